@@ -1,0 +1,162 @@
+"""Cross-modal alignment: per-modality projections into one space, trained CLIP-style on the train split.
+
+Frozen encoders are run once here and their pooled outputs cached (`features/<split>.safetensors`), so
+alignment, every tuning trial and evaluation work on cached features instead of re-encoding.
+Trainable encoders (config-built image/audio by default) are pretrained together with the projections.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, safe_open, save_file
+from tqdm import tqdm
+
+from multimodal.config import ModalitySpec
+from multimodal.dataset import SplitData
+from multimodal.io import read_json, write_json
+from multimodal.model import Embedder, build_encoder_from_entry, encoder_entry, state_dict_for_saving
+from multimodal.modalities import PooledEncoder, get_modality
+from multimodal.modalities.base import FeatureInput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    dim: int = 64
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    temperature: float = 0.1
+    seed: int = 42
+
+
+@torch.no_grad()
+def encode_present(encoder: torch.nn.Module, data: SplitData, modality: str, batch_size: int,
+                   device: torch.device) -> torch.Tensor:
+    """Pooled encoder outputs (N, D) for the rows that have `modality`; zeros elsewhere."""
+    encoder.eval().to(device)
+    rows = data.masks[modality].nonzero().flatten()
+    out = torch.zeros(len(data), encoder.out_dim)
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"encode {modality}", unit="batch", leave=False):
+        index = rows[start : start + batch_size]
+        inputs = {k: v[index].to(device) for k, v in data.inputs[modality].items()}
+        out[index] = encoder(**inputs).float().cpu()
+    return out
+
+
+def use_cached_features(data: SplitData, features: dict[str, torch.Tensor]) -> SplitData:
+    """Swap raw inputs of frozen modalities for their cached features."""
+    inputs = dict(data.inputs)
+    for modality, value in features.items():
+        inputs[modality] = {"features": value}
+    return SplitData(data.sample_ids, data.labels, inputs, data.masks)
+
+
+def build_encoders(specs: dict[str, ModalitySpec], modalities: list[str], frozen: list[str]):
+    """HF encoders with pooling; frozen ones also returned separately to be cached."""
+    encoders = {m: PooledEncoder(get_modality(m).build_encoder(specs[m])) for m in modalities}
+    for m in frozen:
+        encoders[m].requires_grad_(False)
+    return encoders
+
+
+def pair_loss(z: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE averaged over every modality pair, on the rows where both are present."""
+    losses = []
+    for a, b in itertools.combinations(z, 2):
+        both = masks[a] & masks[b]
+        if both.sum() < 2:
+            continue
+        za, zb = F.normalize(z[a][both], dim=-1), F.normalize(z[b][both], dim=-1)
+        logits = za @ zb.T / temperature
+        target = torch.arange(len(za), device=za.device)
+        losses.append((F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2)
+    return torch.stack(losses).mean() if losses else torch.zeros((), requires_grad=True)
+
+
+def train_alignment(embedder: Embedder, train: SplitData, cfg: AlignConfig, device: torch.device) -> list[float]:
+    """Contrastive training of every trainable parameter of `embedder`; returns the loss per epoch."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    embedder.to(device)
+    params = [p for p in embedder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        embedder.train()
+        total, batches = 0.0, 0
+        for batch in tqdm(list(train.batches(cfg.batch_size, generator)), desc=f"align epoch {epoch}", leave=False):
+            batch = batch.to(device)
+            loss = pair_loss(embedder(batch.inputs), batch.masks, cfg.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, batches = total + loss.item(), batches + 1
+        history.append(total / max(batches, 1))
+        logger.info("align epoch %d: contrastive loss %.4f", epoch, history[-1])
+    return history
+
+
+@torch.no_grad()
+def retrieval_recall(embedder: Embedder, data: SplitData, device: torch.device, ks=(1, 5),
+                     batch_size: int = 256) -> dict[str, float]:
+    """Cross-modal retrieval recall@k for every ordered modality pair over rows having both."""
+    embedder.eval().to(device)
+    parts = [embedder(b.to(device).inputs) for b in data.batches(batch_size)]
+    z = {m: F.normalize(torch.cat([p[m] for p in parts]).float().cpu(), dim=-1) for m in data.modalities}
+    out = {}
+    for a, b in itertools.permutations(data.modalities, 2):
+        both = (data.masks[a] & data.masks[b]).nonzero().flatten()
+        if len(both) == 0:
+            continue
+        sims = z[a][both] @ z[b][both].T
+        rank = (sims > sims.diagonal().unsqueeze(1)).sum(dim=1)  # how many candidates beat the true match
+        for k in ks:
+            out[f"{a}_to_{b}_recall@{k}"] = (rank < k).float().mean().item()
+    return out
+
+
+# --- files ---------------------------------------------------------------------------------------------
+
+
+def save_aligned(out_dir: Path, embedder: Embedder, features: dict[str, dict[str, torch.Tensor]],
+                 sample_ids: dict[str, list[str]], cfg: AlignConfig) -> None:
+    """`embedder.safetensors` + `embedder.json`, and `features/<split>.safetensors` for frozen modalities."""
+    save_file(state_dict_for_saving(embedder), str(out_dir / "embedder.safetensors"))
+    entries = {m: encoder_entry(e) for m, e in embedder.encoders.items()}
+    write_json(out_dir / "embedder.json", {"encoders": entries, "modalities": list(entries), "align": asdict(cfg)})
+    (out_dir / "features").mkdir(exist_ok=True)
+    for split, tensors in features.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / "features" / f"{split}.safetensors"),
+                  metadata={"sample_ids": json.dumps(sample_ids[split])})
+
+
+def load_embedder(aligned_dir: Path) -> tuple[Embedder, dict]:
+    meta = read_json(aligned_dir / "embedder.json")
+    encoders = {m: build_encoder_from_entry(meta["encoders"][m]) for m in meta["modalities"]}
+    embedder = Embedder(encoders, meta["align"]["dim"])
+    embedder.load_state_dict(load_file(str(aligned_dir / "embedder.safetensors")))
+    return embedder, meta
+
+
+def load_cached_features(aligned_dir: Path, data: SplitData, split: str) -> SplitData:
+    """Attach the cached frozen features of `split`, checking they line up with `data`'s samples."""
+    path = aligned_dir / "features" / f"{split}.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        ids = json.loads(handle.metadata()["sample_ids"])
+    if ids != data.sample_ids:
+        raise RuntimeError(f"{path} was computed for other samples than the current {split} split; re-run `align`")
+    return use_cached_features(data, load_file(str(path)))
+
+
+def frozen_as_features(encoders: dict[str, torch.nn.Module], frozen: list[str]) -> dict[str, torch.nn.Module]:
+    """The same encoder dict with frozen encoders replaced by cached-feature inputs."""
+    return {m: FeatureInput(e.out_dim) if m in frozen else e for m, e in encoders.items()}

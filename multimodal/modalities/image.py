@@ -1,0 +1,41 @@
+"""Images: PIL decode to RGB, a ViT-style image processor, a ViT encoder (pretrained or config-built)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTImageProcessorPil
+
+from multimodal.config import ModalitySpec
+from multimodal.manifest import resolve_inside
+from multimodal.modalities.base import Modality, resolve_pretrained
+
+
+def load(cell: str, root: Path, spec: ModalitySpec) -> Image.Image:
+    with Image.open(resolve_inside(root, cell)) as image:
+        return image.convert("RGB")  # HF processors expect 3 channels; grayscale is replicated
+
+
+def build_processor(spec: ModalitySpec):
+    if spec.pretrained:
+        return AutoImageProcessor.from_pretrained(resolve_pretrained(spec.pretrained))
+    size = int(spec.options.get("image_size", 28))
+    return ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def process(processor, items: Sequence[Image.Image], spec: ModalitySpec) -> dict[str, torch.Tensor]:
+    return dict(processor(images=list(items), return_tensors="pt"))
+
+
+def build_encoder(spec: ModalitySpec):
+    if spec.pretrained:
+        return AutoModel.from_pretrained(resolve_pretrained(spec.pretrained))
+    config = ViTConfig(image_size=int(spec.options.get("image_size", 28)), num_channels=3, **spec.config)
+    # AutoModel (not ViTModel(add_pooling_layer=False)) so a saved model rebuilds from its config identically.
+    return AutoModel.from_config(config)
+
+
+IMAGE = Modality("image", load, build_processor, process, build_encoder)

@@ -1,0 +1,104 @@
+"""The model is a composition: encoders (dict by modality) -> projections -> fusion -> head.
+
+A model is saved as `model.safetensors` + `model.json` (its `ModelSpec`); `load_model` rebuilds it without any
+download: trainable encoders from their saved HF config, frozen ones as cached-feature inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel
+
+from multimodal.fusion import build_fusion
+from multimodal.io import read_json, write_json
+from multimodal.modalities.base import FeatureInput, PooledEncoder
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model. `encoders[m]` is {"features": dim} or {"hf_config": {...}}."""
+
+    modalities: list[str]
+    encoders: dict[str, dict[str, Any]]
+    labels: list[str]
+    dim: int = 64
+    fusion: str = "concat"
+    dropout: float = 0.1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def restricted(self, modalities: list[str]) -> "ModelSpec":
+        return ModelSpec(modalities, {m: self.encoders[m] for m in modalities}, self.labels, self.dim,
+                         self.fusion, self.dropout, dict(self.extra))
+
+
+def encoder_entry(encoder: nn.Module) -> dict[str, Any]:
+    """How `ModelSpec` records an encoder: cached features, or the HF config to rebuild it from."""
+    if isinstance(encoder, FeatureInput):
+        return {"features": encoder.out_dim}
+    return {"hf_config": encoder.model.config.to_dict()}
+
+
+def build_encoder_from_entry(entry: dict[str, Any]) -> nn.Module:
+    if "features" in entry:
+        return FeatureInput(int(entry["features"]))
+    config = dict(entry["hf_config"])
+    config = AutoConfig.for_model(config.pop("model_type"), **config)
+    return PooledEncoder(AutoModel.from_config(config))
+
+
+class Embedder(nn.Module):
+    """Encoders and their projections into one shared space; the part `align` pretrains."""
+
+    def __init__(self, encoders: dict[str, nn.Module], dim: int):
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.projections = nn.ModuleDict(
+            {m: nn.Sequential(nn.Linear(e.out_dim, dim), nn.LayerNorm(dim)) for m, e in encoders.items()}
+        )
+
+    def forward(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {m: self.projections[m](self.encoders[m](**inputs[m])) for m in self.encoders}
+
+
+class MultimodalModel(nn.Module):
+    def __init__(self, embedder: Embedder, fusion: str, n_classes: int, dropout: float):
+        super().__init__()
+        self.embedder = embedder
+        dim = next(iter(embedder.projections.values()))[0].out_features
+        self.fusion = build_fusion(fusion, list(embedder.encoders), dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.fusion.out_dim, n_classes)
+
+    def forward(self, inputs: dict[str, dict[str, torch.Tensor]], masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        z = {m: self.dropout(v) for m, v in self.embedder(inputs).items()}
+        return self.head(self.dropout(self.fusion(z, masks)))
+
+
+def build_model(spec: ModelSpec) -> MultimodalModel:
+    encoders = {m: build_encoder_from_entry(spec.encoders[m]) for m in spec.modalities}
+    return MultimodalModel(Embedder(encoders, spec.dim), spec.fusion, len(spec.labels), spec.dropout)
+
+
+def state_dict_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state_dict_for_saving(model), str(out_dir / "model.safetensors"))
+    write_json(out_dir / "model.json", asdict(spec))
+
+
+def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[MultimodalModel, ModelSpec]:
+    model_dir = Path(model_dir)
+    spec = ModelSpec(**read_json(model_dir / "model.json"))
+    model = build_model(spec)
+    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+    return model.to(device).eval(), spec

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Creates .venv with the tested pins (once per requirements.lock content) and puts it first on PATH.
+# Sourced by scripts/repro.sh and scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3}
+stamp=".venv/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "setting up .venv (about 2-3 minutes the first time)..."
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch first and pinned: pip then takes the local CPU build here (a CUDA build on GPU machines).
+  .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip check
+  rm -f .venv/.installed-* && touch "$stamp"
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+# Nothing calls out of the machine: telemetry off everywhere, Hugging Face hub offline for the default.
+export DVC_NO_ANALYTICS=1 DVC_STUDIO_OFFLINE=1 DO_NOT_TRACK=1 RAY_USAGE_STATS_ENABLED=0 \
+  PREFECT_SERVER_ANALYTICS_ENABLED=false GX_ANALYTICS_ENABLED=false HF_HUB_DISABLE_TELEMETRY=1
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}

@@ -1,0 +1,59 @@
+"""Stage `align`: cache frozen-encoder features, learn the shared space contrastively, report retrieval recall."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from multimodal.align import (AlignConfig, build_encoders, encode_present, frozen_as_features, retrieval_recall,
+                              save_aligned, train_alignment, use_cached_features)
+from multimodal.config import Params, load_params
+from multimodal.dataset import load_split
+from multimodal.io import atomic_dir, write_json
+from multimodal.manifest import SPLITS, read_manifest
+from multimodal.model import Embedder
+from multimodal.runtime import go_offline_for, pick_device, seed_everything, setup_logging
+from multimodal.splits import load_labels
+
+logger = logging.getLogger(__name__)
+
+
+def align(params: Params) -> dict[str, float]:
+    paths, cfg = params.base.paths, params.align
+    align_cfg = AlignConfig(dim=cfg.dim, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                            temperature=cfg.temperature, seed=params.base.seed)
+    device = pick_device(params.base.device)
+    seed_everything(params.base.seed)
+    modalities = params.preprocess.modalities
+    frozen = [m for m in cfg.freeze if m in modalities]
+    # 1. Joined splits of raw processor outputs.
+    frame = read_manifest(Path(paths.validated) / "manifest.csv")
+    labels = load_labels(params)
+    raw = {s: load_split(frame, s, labels, Path(paths.preprocessed), modalities) for s in SPLITS}
+    # 2. Frozen encoders run once; their pooled outputs replace the raw inputs from here on.
+    encoders = build_encoders(params.modalities, modalities, frozen)
+    features = {s: {m: encode_present(encoders[m], raw[s], m, cfg.batch_size, device) for m in frozen} for s in SPLITS}
+    data = {s: use_cached_features(raw[s], features[s]) for s in SPLITS}
+    # 3. Contrastive training of projections (and trainable encoders) on train, no labels.
+    embedder = Embedder(frozen_as_features(encoders, frozen), cfg.dim)
+    losses = train_alignment(embedder, data["train"], align_cfg, device)
+    # 4. Retrieval quality on held-out splits.
+    metrics = {"contrastive_loss_last": losses[-1] if losses else None}
+    for split in ("val", "test"):
+        metrics.update({f"{split}/{k}": v for k, v in retrieval_recall(embedder, data[split], device).items()})
+    with atomic_dir(Path(paths.aligned)) as tmp:
+        save_aligned(tmp, embedder.cpu(), features, {s: raw[s].sample_ids for s in SPLITS}, align_cfg)
+    write_json(Path(paths.metrics) / "align.json", metrics)
+    logger.info("alignment metrics: %s", metrics)
+    return metrics
+
+
+def main() -> None:
+    setup_logging()
+    params = load_params()
+    go_offline_for(params.modalities)
+    align(params)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Stage `ingest`: the dataset into `paths.raw` as `manifest.csv` + files (embedded demo, or a user manifest)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from multimodal.config import Ingest, load_params
+from multimodal.io import atomic_dir
+from multimodal.manifest import FILE_MODALITIES, MANIFEST_NAME, SPLITS, ManifestError, assign_splits, read_manifest, resolve_inside
+from multimodal.runtime import go_offline, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def copy_user_files(frame: pd.DataFrame, src_root: Path, dest: Path) -> None:
+    """Copy (hard-link where possible) every referenced file, keeping its relative path; refuse escapes."""
+    for column in [c for c in FILE_MODALITIES if c in frame]:
+        for row, cell in enumerate(frame[column], start=2):  # row 1 is the header
+            if not cell:
+                continue
+            try:
+                source = resolve_inside(src_root, cell)
+            except ManifestError as err:
+                raise ManifestError(f"manifest row {row}, column {column!r}: {err}") from None
+            target = dest / source.relative_to(src_root.resolve())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not source.exists():
+                continue  # `validate` reports missing files with their row; ingest keeps the row
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+
+
+def with_splits(frame: pd.DataFrame, cfg: Ingest, seed: int) -> pd.DataFrame:
+    if "split" in frame and (frame["split"] != "").all():
+        bad = frame.index[~frame["split"].isin(SPLITS)].tolist()
+        if bad:
+            raise ManifestError(f"rows {[i + 2 for i in bad[:10]]} have a split outside {list(SPLITS)}")
+        return frame
+    if "split" in frame and (frame["split"] != "").any():
+        empty = frame.index[frame["split"] == ""].tolist()
+        raise ManifestError(f"`split` is filled for some rows but empty for rows {[i + 2 for i in empty[:10]]}")
+    return frame.assign(split=assign_splits(frame, cfg.split.model_dump(), seed))
+
+
+def ingest(cfg: Ingest, out_dir: Path, seed: int) -> pd.DataFrame:
+    """Write `out_dir/manifest.csv` and the files it names; returns the manifest."""
+    with atomic_dir(out_dir) as tmp:
+        if cfg.source == "demo":
+            from multimodal.demo_dataset import build_demo_dataset
+
+            d = cfg.demo
+            frame = build_demo_dataset(
+                tmp, n_samples=d.n_samples, seed=seed, image_components=d.image_components,
+                image_noise=d.image_noise, audio_snr_db=tuple(d.audio_snr_db), missing_rate=d.missing_rate,
+                sample_rate=d.sample_rate,
+            ).astype(str)
+        else:
+            frame = read_manifest(cfg.manifest)
+            copy_user_files(frame, Path(cfg.manifest).parent, tmp)
+        frame = with_splits(frame, cfg, seed)
+        frame.to_csv(tmp / MANIFEST_NAME, index=False)
+    logger.info("ingested %d samples into %s (%s)", len(frame), out_dir, frame["split"].value_counts().to_dict())
+    return frame
+
+
+def main() -> None:
+    setup_logging()
+    go_offline()
+    params = load_params()
+    try:
+        ingest(params.ingest, Path(params.base.paths.raw), params.base.seed)
+    except ManifestError as err:
+        raise SystemExit(f"ingest: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Stage `preprocess@<modality>`: HF processor outputs as sharded safetensors per split."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from multimodal.config import load_params
+from multimodal.io import atomic_dir, write_json
+from multimodal.manifest import read_manifest
+from multimodal.preprocess import preprocess_modality
+from multimodal.runtime import go_offline_for, setup_logging
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("modality", help="which modality to preprocess (image, audio, text)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    params = load_params()
+    spec = params.modalities[args.modality]
+    go_offline_for({args.modality: spec})
+    paths = params.base.paths
+    frame = read_manifest(Path(paths.validated) / "manifest.csv")
+    with atomic_dir(Path(paths.preprocessed) / args.modality) as tmp:
+        counts = preprocess_modality(
+            frame, Path(paths.raw), tmp, modality=args.modality, spec=spec,
+            batch_size=params.preprocess.batch_size, shard_size=params.preprocess.shard_size,
+        )
+        write_json(tmp / "counts.json", counts)
+
+
+if __name__ == "__main__":
+    main()

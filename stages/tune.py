@@ -1,0 +1,93 @@
+"""Stage `tune`: Ray Tune + ASHA over params `tune.space`; writes the best model, trial table, unimodal baselines."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from multimodal.config import Params, load_params
+from multimodal.finetune import finetune, train_config
+from multimodal.io import atomic_dir, write_json, write_text_atomic
+from multimodal.model import save_model
+from multimodal.runtime import go_offline_for, pick_device, seed_everything, setup_logging
+from multimodal.splits import load_labels, load_splits
+from multimodal.tune import run_search
+
+logger = logging.getLogger(__name__)
+
+
+def trial_table(results, metric: str, mode: str) -> pd.DataFrame:
+    """One row per trial: its config, seed, status, epochs run and best metric."""
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        has = history is not None and metric in history
+        best = (history[metric].max() if mode == "max" else history[metric].min()) if has else None
+        rows.append({
+            "trial_id": result.metrics.get("trial_id") if result.metrics else None,
+            **{f"config.{k}": v for k, v in result.config.items()},
+            "seed": result.metrics.get("seed") if result.metrics else None,
+            "status": "error" if result.error else "ok",
+            "epochs": int(history["epoch"].max()) if has else 0,
+            metric: best,
+            "error": str(result.error).splitlines()[0] if result.error else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def tune(params: Params, params_raw: dict, project_dir: Path) -> dict:
+    paths, cfg = params.base.paths, params.tune
+    storage = project_dir / ".ray" / "results"
+    shutil.rmtree(storage / "tune", ignore_errors=True)  # a fresh study each run; DVC versions the outputs
+    # 1. The search.
+    results = run_search(params, params_raw, project_dir, storage)
+    table = trial_table(results, cfg.metric, cfg.mode)
+    ok = [r for r in results if not r.error and r.checkpoint is not None]
+    if not ok:
+        raise SystemExit(f"tune: no trial succeeded; errors:\n{table[['trial_id', 'error']].to_string()}")
+    best = results.get_best_result(cfg.metric, cfg.mode, scope="all")
+    best_config = {**cfg.fixed.model_dump(), **best.config}
+    # 2. Unimodal baselines with the best hyperparameters, through the same loop.
+    data = load_splits(params, ("train", "val"))
+    labels = load_labels(params)
+    device = pick_device(params.base.device)
+    train_cfg = train_config({**best_config, "seed": params.base.seed, "max_epochs": cfg.asha.max_epochs})
+    best_row = table[table["trial_id"] == best.metrics.get("trial_id")]
+    metrics = {"best_" + cfg.metric: float(best_row[cfg.metric].iloc[0]), "best_trial": best.metrics.get("trial_id"),
+               "trials": len(table), "trials_failed": int((table["status"] == "error").sum())}
+    with atomic_dir(Path(paths.models)) as tmp:
+        with best.checkpoint.as_directory() as ckpt:
+            shutil.copytree(ckpt, tmp / "best")
+        write_text_atomic(tmp / "best" / "best_config.yaml", yaml.safe_dump(best_config, sort_keys=True))
+        for modality in data["train"].modalities:
+            model, spec, fit_result = finetune(Path(paths.aligned), labels, data["train"], data["val"],
+                                               train_cfg, device, [modality])
+            save_model(model, spec, tmp / "unimodal" / modality)
+            metrics[f"unimodal/{modality}/val_accuracy"] = fit_result.best.val_accuracy
+    Path(paths.metrics).mkdir(parents=True, exist_ok=True)
+    table.to_csv(Path(paths.metrics) / "tune_trials.csv", index=False)
+    write_json(Path(paths.metrics) / "tune.json", metrics)
+    logger.info("best config %s -> %s", best_config, metrics)
+    return metrics
+
+
+def main() -> None:
+    setup_logging()
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    params = load_params()
+    go_offline_for(params.modalities)
+    seed_everything(params.base.seed)
+    try:
+        tune(params, raw, Path.cwd())
+    finally:
+        import ray
+
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

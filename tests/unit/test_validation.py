@@ -1,0 +1,262 @@
+"""Validation on tiny real datasets: real PNGs (Pillow), WAVs (soundfile) and text, built in temporary folders.
+
+Great Expectations is slow to import and set up, so each dataset is validated once per module and the tests
+read the shared result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import yaml
+from PIL import Image
+
+from multimodal.validation import (
+    ValidationResult,
+    allowed_labels,
+    describe_failures,
+    profile_samples,
+    validate_dataset,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TEXT_MAX = 50
+
+
+def write_png(path: Path, size: tuple[int, int] = (8, 6), mode: str = "L") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(path)))
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode=mode).save(path)
+    return path
+
+
+def write_wav(path: Path, seconds: float = 0.25, rate: int = 8000, channels: int = 1) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.5 * np.sin(2 * np.pi * 440 * t)
+    sf.write(path, np.stack([wave] * channels, axis=1), rate, subtype="PCM_16")
+    return path
+
+
+def row(
+    sample_id: str, label: str = "cat", split: str = "train", image: str = "", audio: str = "", text: str = ""
+) -> dict:
+    return {"sample_id": sample_id, "label": label, "split": split, "image": image, "audio": audio, "text": text}
+
+
+def clean_rows(root: Path) -> list[dict]:
+    """Four good samples over three splits, one of them (a real, supported case) without an image."""
+    for i in range(3):
+        write_png(root / "img" / f"{i}.png", mode="RGB" if i == 1 else "L")
+        write_wav(root / "aud" / f"{i}.wav", channels=2 if i == 2 else 1)
+    write_wav(root / "aud" / "3.wav")
+    return [
+        row("s0", "cat", "train", "img/0.png", "aud/0.wav", "a cat"),
+        row("s1", "dog", "train", "img/1.png", "aud/1.wav", "a dog"),
+        row("s2", "cat", "val", "img/2.png", "aud/2.wav", "another cat"),
+        row("s3", "dog", "test", "", "aud/3.wav", "a dog, no picture"),
+    ]
+
+
+def broken_rows(root: Path) -> list[dict]:
+    """Clean rows plus one row per defect; the sample id names the defect."""
+    clean = clean_rows(root)
+    good = write_png(root / "img" / "good.png")
+    truncated = write_png(root / "img" / "truncated.png", size=(64, 64))
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    (root / "aud" / "empty.wav").write_bytes(b"")
+    write_png(root.parent / "outside.png")  # exists, so only the path rule can refuse it
+    return [
+        *clean,
+        row("truncated_png", image="img/truncated.png"),
+        row("zero_wav", audio="aud/empty.wav"),
+        row("dotdot", image="../outside.png"),
+        row("absolute", image=str(good.resolve())),
+        row("missing_file", audio="aud/nope.wav"),
+        row("dup", text="first"),
+        row("dup", text="second"),
+        row("unknown_label", label="zebra", split="test", text="a zebra"),  # not in the train labels
+        row("bad_split", split="holdout", text="x"),
+        row("too_long", text="y" * (TEXT_MAX + 1)),
+        row("nothing"),
+        row("", text="no id"),
+    ]
+
+
+def write_dataset(root: Path, rows: list[dict]) -> pd.DataFrame:
+    root.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows, dtype=str)
+    frame.to_csv(root / "manifest.csv", index=False)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> tuple[pd.DataFrame, Path, ValidationResult, Path]:
+    root = tmp_path_factory.mktemp("clean") / "raw"
+    frame = write_dataset(root, clean_rows(root))
+    docs = root.parent / "docs"
+    result = validate_dataset(frame, root, labels=None, text_max_chars=TEXT_MAX, docs_dir=docs)
+    return frame, root, result, docs
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory) -> ValidationResult:
+    root = tmp_path_factory.mktemp("broken") / "raw"
+    frame = write_dataset(root, broken_rows(root))
+    return validate_dataset(frame, root, labels=None, text_max_chars=TEXT_MAX)
+
+
+# ------------------------------------------------------------------------------------------ profile (no GX)
+
+
+def test_profile_reads_properties_and_hashes(tmp_path):
+    frame = write_dataset(tmp_path, clean_rows(tmp_path))
+    profile = profile_samples(frame, tmp_path)
+    assert len(profile) == 4 and list(profile["sample_id"]) == ["s0", "s1", "s2", "s3"]
+    first = profile.iloc[0]
+    assert (first["image_width"], first["image_height"], first["image_mode"]) == (8, 6, "L")
+    assert profile.iloc[1]["image_mode"] == "RGB"
+    assert (first["audio_sample_rate"], first["audio_channels"]) == (8000, 1)
+    assert first["audio_duration_s"] == pytest.approx(0.25)
+    assert profile.iloc[2]["audio_channels"] == 2
+    assert first["image_sha256"] == hashlib.sha256((tmp_path / "img/0.png").read_bytes()).hexdigest()
+    assert first["text_sha256"] == hashlib.sha256(b"a cat").hexdigest()
+    assert first["text_chars"] == 5 and first["modalities_present"] == 3
+    no_image = profile.iloc[3]
+    assert not no_image["image_present"] and not no_image["image_decodes"] and no_image["image_error"] == ""
+    assert no_image["modalities_present"] == 2
+
+
+def test_profile_turns_bad_files_into_errors_not_tracebacks(tmp_path):
+    frame = write_dataset(tmp_path / "raw", broken_rows(tmp_path / "raw"))
+    profile = profile_samples(frame, tmp_path / "raw").set_index("sample_id", drop=False)
+    assert "truncated" in profile.loc["truncated_png", "image_error"]
+    assert profile.loc["zero_wav", "audio_error"] == "empty file (0 bytes)"
+    assert "escapes" in profile.loc["dotdot", "image_error"] and not profile.loc["dotdot", "image_exists"]
+    assert "absolute" in profile.loc["absolute", "image_error"]
+    assert "not found" in profile.loc["missing_file", "audio_error"]
+
+
+def test_labels_come_from_params_or_the_train_split():
+    frame = pd.DataFrame({"label": ["10", "2", "2", "99"], "split": ["train", "train", "val", "test"]})
+    assert allowed_labels(frame, None) == ["2", "10"]  # integer-like labels sort numerically
+    assert allowed_labels(frame, ["b", "a"]) == ["b", "a"]  # an explicit list keeps its order
+
+
+def test_importing_validation_does_not_import_gx():
+    code = "import sys, multimodal.validation; print('great_expectations' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------------------ the GX suite
+
+
+def test_clean_dataset_passes(clean):
+    _, _, result, docs = clean
+    assert result.success, result.failing_rows
+    assert result.failing_rows == [] and all(e.success for e in result.expectations)
+    assert result.labels == ["cat", "dog"]
+    names = {e.name for e in result.expectations}
+    assert {"expect_column_values_to_be_unique", "expect_column_values_to_be_in_set"} <= names
+    report = result.to_report()
+    assert report["rows"] == report["valid_rows"] == 4
+    json.dumps(report)  # JSON-ready
+
+
+def test_clean_dataset_writes_data_docs(clean):
+    *_, docs = clean
+    assert (docs / "index.html").is_file()
+    pages = list(docs.rglob("*.html"))
+    assert len(pages) >= 3  # index, suite, validation result
+    assert not any("dataContextId" in p.read_text() for p in pages)  # the tracking logo is replaced
+    gx_json = json.loads((docs / "validation_result.json").read_text())
+    assert gx_json["success"] is True
+
+
+@pytest.mark.parametrize(
+    ("sample_id", "column", "reason", "file"),
+    [
+        ("truncated_png", "image", "truncated", "img/truncated.png"),
+        ("zero_wav", "audio", "empty file", "aud/empty.wav"),
+        ("dotdot", "image", "escapes", "../outside.png"),
+        ("absolute", "image", "absolute", None),
+        ("missing_file", "audio", "not found", "aud/nope.wav"),
+        ("dup", "sample_id", "duplicate sample_id", ""),
+        ("unknown_label", "label", "'zebra' not in the allowed labels", ""),
+        ("bad_split", "split", "'holdout'", ""),
+        ("too_long", "text", f"{TEXT_MAX + 1} characters", ""),
+        ("nothing", "modalities_present", "no modality present", ""),
+        ("", "sample_id", "empty sample_id", ""),
+    ],
+)
+def test_each_defect_is_a_named_failing_row(broken, sample_id, column, reason, file):
+    assert not broken.success
+    hits = [f for f in broken.failing_rows if f.sample_id == sample_id and f.column == column]
+    assert hits, f"no failing row for {sample_id}/{column}: {broken.failing_rows}"
+    assert reason in hits[0].reason
+    if file is not None:
+        assert hits[0].file == file
+
+
+def test_failing_rows_point_at_manifest_rows(broken):
+    dup_rows = sorted(f.row for f in broken.failing_rows if f.sample_id == "dup")
+    assert dup_rows == [10, 11]  # both copies, 1-based data rows
+    clean_ids = {"s0", "s1", "s2", "s3"}
+    assert not clean_ids & {f.sample_id for f in broken.failing_rows}
+    assert broken.n_failing_rows == 12
+    failed = {(e.name, e.column) for e in broken.failed_expectations}
+    assert ("expect_column_values_to_be_in_set", "image_decodes") in failed
+
+
+def test_failure_summary_is_capped(broken):
+    text = describe_failures(broken, limit=3)
+    assert text.count("\n  row ") + text.startswith("  row ") == 3
+    assert text.endswith(f"... and {len(broken.failing_rows) - 3} more")
+
+
+# ------------------------------------------------------------------------------------------ the DVC stage
+
+
+def write_params(cwd: Path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["validate"] = {"labels": None, "text_max_chars": TEXT_MAX}
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_stage_writes_outputs_then_fails_without_leaving_any(tmp_path, monkeypatch):
+    from stages import validate as stage
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path)
+    raw = tmp_path / "data" / "raw"
+    write_dataset(raw, clean_rows(raw))
+
+    stage.main()
+    out = tmp_path / "data" / "validated"
+    assert {p.name for p in out.iterdir()} == {"manifest.csv", "labels.json", "profile.csv", "report.json", "docs"}
+    assert (out / "manifest.csv").read_bytes() == (raw / "manifest.csv").read_bytes()
+    assert json.loads((out / "labels.json").read_text()) == ["cat", "dog"]
+    assert len(pd.read_csv(out / "profile.csv")) == 4
+    assert (out / "docs" / "index.html").is_file()
+    metrics = json.loads((tmp_path / "metrics" / "validate.json").read_text())
+    assert metrics["rows"] == metrics["valid_rows"] == 4 and metrics["failed_expectations"] == 0
+    assert metrics["present"] == {"image": 3, "audio": 4, "text": 4}
+
+    write_dataset(raw, broken_rows(raw))
+    with pytest.raises(SystemExit) as failure:
+        stage.main()
+    message = str(failure.value)
+    assert "truncated_png" in message and "img/truncated.png" in message and "nothing" in message
+    assert not out.exists()  # neither a partial folder nor the stale one from the passing run
+    assert not list(out.parent.glob(".validated.*"))  # no temporary folder left either
+    assert not (tmp_path / "metrics" / "validate.json").exists()
