@@ -95,7 +95,7 @@ def train_alignment(embedder: Embedder, train: SplitData, cfg: AlignConfig, devi
         total, batches = 0.0, 0
         for batch in tqdm(list(train.batches(cfg.batch_size, generator)), desc=f"align epoch {epoch}", leave=False):
             batch = batch.to(device)
-            loss = pair_loss(embedder(batch.inputs), batch.masks, cfg.temperature)
+            loss = pair_loss(embedder(batch.inputs, batch.masks), batch.masks, cfg.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -110,7 +110,7 @@ def retrieval_recall(embedder: Embedder, data: SplitData, device: torch.device, 
                      batch_size: int = 256) -> dict[str, float]:
     """Cross-modal retrieval recall@k for every ordered modality pair over rows having both."""
     embedder.eval().to(device)
-    parts = [embedder(b.to(device).inputs) for b in data.batches(batch_size)]
+    parts = [embedder(b.inputs, b.masks) for b in (b.to(device) for b in data.batches(batch_size))]
     z = {m: F.normalize(torch.cat([p[m] for p in parts]).float().cpu(), dim=-1) for m in data.modalities}
     out = {}
     for a, b in itertools.permutations(data.modalities, 2):
@@ -118,7 +118,8 @@ def retrieval_recall(embedder: Embedder, data: SplitData, device: torch.device, 
         if len(both) == 0:
             continue
         sims = z[a][both] @ z[b][both].T
-        rank = (sims > sims.diagonal().unsqueeze(1)).sum(dim=1)  # how many candidates beat the true match
+        # Candidates scoring at least as high as the true match (ties count against it, so a collapsed space scores 0).
+        rank = (sims >= sims.diagonal().unsqueeze(1)).sum(dim=1) - 1
         for k in ks:
             out[f"{a}_to_{b}_recall@{k}"] = (rank < k).float().mean().item()
     return out

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MODALITIES = ("image", "audio", "text")
+FUSIONS = ("concat", "gated", "attention")  # multimodal.fusion.FUSIONS implements exactly these
 
 
 class Strict(BaseModel):
@@ -71,8 +72,37 @@ class Ingest(Strict):
 
 
 class Validate(Strict):
-    labels: list[str] | None = None
+    """Thresholds of the validate stage's checks and what to do with rows that fail them (docs/data.md)."""
+
+    on_invalid: Literal["fail", "quarantine"] = "fail"
+    max_listed: int = Field(20, ge=1)  # failing rows named in the error message before "... and N more"
+    labels: list[str] | None = None  # None: the train split's labels
+    unique_content: bool = True  # the same image/audio bytes under two sample ids is an error
+    image_min_size: int = Field(8, ge=1)  # px, width and height alike
+    image_max_size: int = Field(8192, ge=1)
+    image_modes: list[str] | None = None  # None: any mode Pillow decodes
+    audio_sample_rates: list[int] | None = [16000]  # None: any rate
+    audio_channels: list[int] | None = [1]  # None: any channel count
+    audio_min_duration_s: float = Field(0.1, ge=0)
+    audio_max_duration_s: float = Field(60.0, gt=0)
+    audio_max_clipping: float = Field(0.01, ge=0, le=1)  # share of samples at full scale
+    audio_max_silence: float = Field(0.99, ge=0, le=1)  # share of samples below -60 dBFS
+    text_min_chars: int = Field(1, ge=1)
     text_max_chars: int = Field(2000, ge=1)
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> "Validate":
+        problems = [
+            f"validate.{low} ({getattr(self, low)}) exceeds validate.{high} ({getattr(self, high)})"
+            for low, high in (("image_min_size", "image_max_size"), ("audio_min_duration_s", "audio_max_duration_s"),
+                              ("text_min_chars", "text_max_chars"))
+            if getattr(self, low) > getattr(self, high)
+        ]
+        problems += [f"validate.{name} is an empty list; use null to allow any value" for name in
+                     ("labels", "image_modes", "audio_sample_rates", "audio_channels") if getattr(self, name) == []]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class Preprocess(Strict):
@@ -148,9 +178,15 @@ class Tune(Strict):
     @classmethod
     def _space_shape(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         problems = []
+        searchable = {"lr", "fusion", "dropout", *TrainFixed.model_fields}
         for name, spec in space.items():
+            if name not in searchable:
+                problems.append(f"tune.space.{name}: not a training knob; searchable: {sorted(searchable)}")
             if len(spec) != 1 or next(iter(spec)) not in SEARCH_KINDS:
                 problems.append(f"tune.space.{name}: expected one of {SEARCH_KINDS} as its only key, got {spec}")
+            elif name == "fusion" and set(spec.get("choice", [])) - set(FUSIONS):
+                problems.append(f"tune.space.fusion: unknown fusion(s) {sorted(set(spec['choice']) - set(FUSIONS))}; "
+                                f"known: {list(FUSIONS)}")
         if problems:
             raise ValueError("; ".join(problems))
         return space
@@ -172,9 +208,15 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _modalities_declared(self) -> "Params":
+        problems = []
         missing = [m for m in self.preprocess.modalities if m not in self.modalities]
         if missing:
-            raise ValueError(f"preprocess.modalities lists {missing} but `modalities:` has no section for them")
+            problems.append(f"preprocess.modalities lists {missing} but `modalities:` has no section for them")
+        unknown_frozen = [m for m in self.align.freeze if m not in MODALITIES]
+        if unknown_frozen:
+            problems.append(f"align.freeze names unknown modalities {unknown_frozen}; known: {list(MODALITIES)}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

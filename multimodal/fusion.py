@@ -5,6 +5,8 @@ Every fusion ignores absent modalities through the masks, so any subset of modal
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -50,6 +52,7 @@ class AttentionFusion(nn.Module):
     def __init__(self, modalities: list[str], dim: int, heads: int = 4, layers: int = 1):
         super().__init__()
         self.order, self.out_dim = modalities, dim
+        heads = math.gcd(heads, dim)  # attention needs heads to divide the width; any align.dim works
         self.modality_embedding = nn.Parameter(torch.zeros(len(modalities), dim))
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)

@@ -7,6 +7,7 @@ An empty modality cell means the sample lacks that modality.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -25,17 +26,28 @@ class ManifestError(ValueError):
     """A manifest that breaks the contract; the message names the file, column or row."""
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a manifest as strings (empty cells -> ""), checking columns. Never guesses dtypes of ids."""
+def read_manifest(path: str | Path, *, errors: str = "strict") -> pd.DataFrame:
+    """Read a manifest as strings (empty cells -> ""), checking columns. Never guesses dtypes of ids.
+
+    `errors="surrogateescape"` keeps bytes that are not UTF-8 (a latin-1 cell) as lone surrogates instead of
+    refusing the whole file, so `validate` can name the rows that hold them; `write_manifest` writes them back.
+    """
     path = Path(path)
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path).astype("string").fillna("")
         else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+            # dtype=object, then str below: read as dtype=str, a kept surrogate would fail inside pandas' reader.
+            frame = pd.read_csv(path, dtype=object, keep_default_na=False, encoding="utf-8", encoding_errors=errors)
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"cannot read manifest {path}: it is not UTF-8 ({err}); save it as UTF-8") from err
+    except (OSError, ValueError) as err:
         raise ManifestError(f"cannot read manifest {path}: {err}") from err
-    frame = frame.astype(str)
+    try:
+        frame = frame.astype(str)
+    except UnicodeEncodeError:
+        # Arrow-backed strings (pandas 3) cannot hold the surrogates `surrogateescape` made: keep Python strings.
+        frame = frame.astype(object)
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise ManifestError(f"manifest {path} lacks required column(s) {missing}; it has {list(frame.columns)}")
@@ -49,6 +61,11 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write `frame` as a CSV manifest, byte for byte what `read_manifest(..., errors="surrogateescape")` read."""
+    frame.to_csv(path, index=False, encoding="utf-8", errors="surrogateescape")
+
+
 def modality_columns(frame: pd.DataFrame) -> list[str]:
     return [m for m in MODALITIES if m in frame.columns]
 
@@ -59,11 +76,22 @@ def resolve_inside(root: Path, cell: str) -> Path:
     if rel.is_absolute() or cell.startswith(("/", "\\")) or (len(cell) > 1 and cell[1] == ":"):
         raise ManifestError(f"path {cell!r} is absolute; manifest paths must be relative to the manifest folder")
     root = root.resolve()
-    # resolve() follows symlinks, so a link pointing outside the folder is caught here too.
+    # Written form first: `a/../../<folder name>/x` comes back in only by the folder's name; refuse it too.
+    if not Path(os.path.normpath(root / rel)).is_relative_to(root):
+        raise ManifestError(f"path {cell!r} escapes the dataset folder {root}")
+    # resolve() follows symlinks, so a link pointing outside the folder is caught here.
     full = (root / rel).resolve()
     if not full.is_relative_to(root):
-        raise ManifestError(f"path {cell!r} escapes the dataset folder {root}")
+        raise ManifestError(f"path {cell!r} escapes the dataset folder {root} through a symlink")
     return full
+
+
+def relative_target(cell: str) -> Path:
+    """Where a path cell's file lives under a copied dataset folder: the cell, normalised, symlinks not followed.
+
+    Call after `resolve_inside` accepted the cell; a copy placed here is what `resolve_inside(copy, cell)` finds.
+    """
+    return Path(os.path.normpath(cell.replace("\\", "/")))
 
 
 def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:

@@ -62,8 +62,14 @@ class Embedder(nn.Module):
             {m: nn.Sequential(nn.Linear(e.out_dim, dim), nn.LayerNorm(dim)) for m, e in encoders.items()}
         )
 
-    def forward(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return {m: self.projections[m](self.encoders[m](**inputs[m])) for m in self.encoders}
+    def forward(self, inputs: dict[str, dict[str, torch.Tensor]], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for m in self.encoders:
+            if inputs[m]:
+                out[m] = self.projections[m](self.encoders[m](**inputs[m]))
+            else:  # no sample of this split has the modality: nothing to encode, the mask hides it
+                out[m] = masks[m].new_zeros((masks[m].shape[0], self.projections[m][0].out_features), dtype=torch.float)
+        return out
 
 
 class MultimodalModel(nn.Module):
@@ -76,7 +82,7 @@ class MultimodalModel(nn.Module):
         self.head = nn.Linear(self.fusion.out_dim, n_classes)
 
     def forward(self, inputs: dict[str, dict[str, torch.Tensor]], masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        z = {m: self.dropout(v) for m, v in self.embedder(inputs).items()}
+        z = {m: self.dropout(v) for m, v in self.embedder(inputs, masks).items()}
         return self.head(self.dropout(self.fusion(z, masks)))
 
 

@@ -21,12 +21,17 @@ class ShardWriter:
         self.shards = 0
 
     def add(self, sample_ids: list[str], tensors: dict[str, torch.Tensor]) -> None:
-        self._ids.extend(sample_ids)
-        for key, value in tensors.items():
-            self._parts.setdefault(key, []).append(value)
-        self._count += len(sample_ids)
-        if self._count >= self.shard_size:
-            self.flush()
+        # Split the batch at shard boundaries so every shard but the last holds exactly `shard_size` samples.
+        start = 0
+        while start < len(sample_ids):
+            take = min(self.shard_size - self._count, len(sample_ids) - start)
+            self._ids.extend(sample_ids[start : start + take])
+            for key, value in tensors.items():
+                self._parts.setdefault(key, []).append(value[start : start + take])
+            self._count += take
+            start += take
+            if self._count >= self.shard_size:
+                self.flush()
 
     def flush(self) -> None:
         if not self._ids:

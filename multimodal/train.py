@@ -72,8 +72,12 @@ def drop_modalities(masks: dict[str, torch.Tensor], rate: float, generator: torc
     present = torch.stack([masks[m] for m in names], dim=1)
     keep = torch.rand(present.shape, generator=generator).to(present.device) >= rate
     dropped = present & keep
-    emptied = ~dropped.any(dim=1)
-    dropped[emptied] = present[emptied]
+    emptied = (~dropped.any(dim=1)) & present.any(dim=1)
+    if emptied.any():
+        # Give an emptied row back one of its present modalities, chosen at random.
+        scores = torch.rand(present.shape, generator=generator).to(present.device).masked_fill(~present, -1.0)
+        keep_one = torch.nn.functional.one_hot(scores.argmax(dim=1), len(names)).bool()
+        dropped[emptied] = keep_one[emptied]
     return {m: dropped[:, i] for i, m in enumerate(names)}
 
 
@@ -114,7 +118,8 @@ def fit(
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / cfg.grad_accum_steps)
+    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * cfg.max_epochs, cfg.warmup_ratio)
     )
@@ -128,8 +133,11 @@ def fit(
             masks = drop_modalities(batch.masks, cfg.modality_dropout, generator)
             with autocast(device):
                 loss = loss_fn(model(batch.inputs, masks).float(), batch.labels)
-            (loss / cfg.grad_accum_steps).backward()
-            if (step + 1) % cfg.grad_accum_steps == 0 or (step + 1) * cfg.batch_size >= len(train):
+            # The last group of an epoch may be short: weight by its real size so every batch counts the same.
+            group_start = step - step % cfg.grad_accum_steps
+            group_size = min(cfg.grad_accum_steps, batches_per_epoch - group_start)
+            (loss / group_size).backward()
+            if (step + 1) % cfg.grad_accum_steps == 0 or step + 1 == batches_per_epoch:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()

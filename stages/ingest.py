@@ -11,30 +11,52 @@ import pandas as pd
 
 from multimodal.config import Ingest, load_params
 from multimodal.io import atomic_dir
-from multimodal.manifest import FILE_MODALITIES, MANIFEST_NAME, SPLITS, ManifestError, assign_splits, read_manifest, resolve_inside
+from multimodal.manifest import (
+    FILE_MODALITIES,
+    MANIFEST_NAME,
+    SPLITS,
+    ManifestError,
+    assign_splits,
+    read_manifest,
+    relative_target,
+    resolve_inside,
+    write_manifest,
+)
 from multimodal.runtime import go_offline, setup_logging
 
 logger = logging.getLogger(__name__)
 
 
+def _place(source: Path, target: Path) -> None:
+    """Hard-link `source` to `target` (copy across filesystems); a file named twice is placed once."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def copy_user_files(frame: pd.DataFrame, src_root: Path, dest: Path) -> None:
-    """Copy (hard-link where possible) every referenced file, keeping its relative path; refuse escapes."""
+    """Copy (hard-link where possible) every referenced file to the path its cell names; refuse escapes.
+
+    The copy lands at the cell's own (normalised) path, not at a symlink's target, so the manifest's cells stay
+    valid under `dest`. Missing files and non-files are skipped: `validate` reports them with their row.
+    """
     for column in [c for c in FILE_MODALITIES if c in frame]:
-        for row, cell in enumerate(frame[column], start=2):  # row 1 is the header
+        for index, cell in enumerate(frame[column]):
             if not cell:
                 continue
+            row = index + 2  # manifest row as a spreadsheet shows it: the header is row 1
             try:
                 source = resolve_inside(src_root, cell)
+                if source.is_file():
+                    _place(source, dest / relative_target(cell))
             except ManifestError as err:
                 raise ManifestError(f"manifest row {row}, column {column!r}: {err}") from None
-            target = dest / source.relative_to(src_root.resolve())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not source.exists():
-                continue  # `validate` reports missing files with their row; ingest keeps the row
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
+            except OSError as err:
+                raise ManifestError(f"manifest row {row}, column {column!r}: cannot copy {cell!r}: {err}") from None
 
 
 def with_splits(frame: pd.DataFrame, cfg: Ingest, seed: int) -> pd.DataFrame:
@@ -62,10 +84,11 @@ def ingest(cfg: Ingest, out_dir: Path, seed: int) -> pd.DataFrame:
                 sample_rate=d.sample_rate,
             ).astype(str)
         else:
-            frame = read_manifest(cfg.manifest)
+            # Cells that are not UTF-8 are kept (byte for byte) for `validate` to report with their rows.
+            frame = read_manifest(cfg.manifest, errors="surrogateescape")
             copy_user_files(frame, Path(cfg.manifest).parent, tmp)
         frame = with_splits(frame, cfg, seed)
-        frame.to_csv(tmp / MANIFEST_NAME, index=False)
+        write_manifest(frame, tmp / MANIFEST_NAME)
     logger.info("ingested %d samples into %s (%s)", len(frame), out_dir, frame["split"].value_counts().to_dict())
     return frame
 

@@ -1,8 +1,14 @@
 """DVC stage `validate`: check the ingested dataset (manifest + files) with Great Expectations.
 
-Reads `<paths.raw>/manifest.csv`; on success writes `<paths.validated>/` (manifest.csv, labels.json, profile.csv,
-report.json, docs/) atomically and `<paths.metrics>/validate.json`. On failure exits non-zero naming each failing
-row, and leaves no `<paths.validated>` folder behind.
+Reads `<paths.raw>/manifest.csv` and writes, atomically, `<paths.validated>/`:
+`manifest.csv` (valid rows; paths stay relative to `<paths.raw>`), `quarantine.csv` (rows set aside, with reasons),
+`labels.json`, `profile.csv` (every row, with a `valid` column), `report.json` and `docs/` (Data Docs HTML), plus
+the metrics `<paths.metrics>/validate.json` (row counts and a count per check).
+
+Policy `validate.on_invalid`:
+- `fail`: any failing row fails the stage, naming the rows; nothing is written and stale outputs are removed.
+- `quarantine`: failing rows go to `quarantine.csv`, the rest go on; rows in = rows valid + rows quarantined.
+Dataset failures (zero rows, a class with no valid row in a split) fail under both policies.
 """
 
 from __future__ import annotations
@@ -10,56 +16,102 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from multimodal.config import Validate, load_params
 from multimodal.io import atomic_dir, write_json
-from multimodal.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from multimodal.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
 from multimodal.runtime import go_offline, setup_logging
-from multimodal.validation import ValidationResult, describe_failures, present_counts, validate_dataset
+from multimodal.validation import (
+    ValidationResult,
+    check_counts,
+    describe_failures,
+    present_counts,
+    split_rows,
+    validate_dataset,
+)
 
 log = logging.getLogger(__name__)
 
+QUARANTINE_NAME = "quarantine.csv"
 
-def _metrics(result: ValidationResult) -> dict:
+
+class ValidationFailed(SystemExit):
+    """The stage's failure: exits non-zero with a message naming what failed (no traceback)."""
+
+
+def metrics(result: ValidationResult, quarantined: int) -> dict[str, Any]:
+    """DVC metrics: row counts (rows = valid_rows + quarantined_rows) and, per check, its failure count."""
     rows = len(result.profile)
     return {
         "rows": rows,
-        "valid_rows": rows - result.n_failing_rows,
-        "failed_expectations": len(result.failed_expectations),
+        "valid_rows": rows - quarantined,
+        "quarantined_rows": quarantined,
+        "failed_checks": len(result.failed_checks),
         "labels": len(result.labels),
         "present": present_counts(result.profile),
+        "checks": check_counts(result),
     }
 
 
-def _drop_stale(folder: Path, metrics: Path) -> None:
+def apply_policy(
+    frame: pd.DataFrame, result: ValidationResult, options: Validate, manifest: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(valid rows, quarantine table) under `options.on_invalid`; ValidationFailed where the policy says stop."""
+    stop = bool(result.dataset_failures) or (bool(result.failing_rows) and options.on_invalid == "fail")
+    if stop:
+        hint = ""
+        if result.failing_rows and not result.dataset_failures:
+            hint = "\nto set failing rows aside and go on, set validate.on_invalid: quarantine in params.yaml"
+        elif result.dataset_failures and options.on_invalid == "quarantine":
+            hint = "\nthese are dataset-level failures: quarantining rows cannot fix them"
+        raise ValidationFailed(
+            f"validation of {manifest} failed: {result.n_failing_rows} of {len(frame)} rows fail a row check, "
+            f"{len(result.dataset_failures)} dataset failure(s)\n"
+            f"{describe_failures(result, options.max_listed)}{hint}"
+        )
+    return split_rows(frame, result)
+
+
+def _drop_stale(folder: Path, metrics_path: Path) -> None:
     # Outputs left from an earlier run would vouch for data that no longer passes: remove them.
     if folder.exists():
         log.warning("removing stale %s: the current dataset does not validate", folder)
         shutil.rmtree(folder)
-    metrics.unlink(missing_ok=True)
+    metrics_path.unlink(missing_ok=True)
 
 
-def _validate_into(raw: Path, target: Path, options: Validate) -> ValidationResult:
-    """Validate `raw/manifest.csv` and write `target` atomically; SystemExit (nothing written) on any failure."""
+def _write_outputs(
+    out: Path, result: ValidationResult, valid: pd.DataFrame, quarantined: pd.DataFrame, options: Validate
+) -> None:
+    write_manifest(valid, out / MANIFEST_NAME)
+    write_manifest(quarantined, out / QUARANTINE_NAME)  # always there (maybe header only): a stable DVC output
+    write_json(out / "labels.json", result.labels)
+    profile = result.profile.assign(valid=~result.profile.index.isin(result.invalid_rows))
+    profile.to_csv(out / "profile.csv", index=False)
+    report = {**result.to_report(), "on_invalid": options.on_invalid, "quarantined_rows": len(quarantined)}
+    write_json(out / "report.json", report)
+
+
+def validate_into(raw: Path, target: Path, options: Validate) -> tuple[ValidationResult, int]:
+    """Validate `raw/manifest.csv` into `target` (atomically); (result, rows quarantined). Raises ValidationFailed."""
     manifest_path = raw / MANIFEST_NAME
     try:
-        frame = read_manifest(manifest_path)
+        frame = read_manifest(manifest_path, errors="surrogateescape")
     except ManifestError as err:
-        raise SystemExit(f"validation cannot start: {err}") from None
+        raise ValidationFailed(f"validation cannot start: {err}") from None
     with atomic_dir(target) as out:
-        result = validate_dataset(
-            frame, raw, labels=options.labels, text_max_chars=options.text_max_chars, docs_dir=out / "docs"
+        result = validate_dataset(frame, raw, options, docs_dir=out / "docs")
+        valid, quarantined = apply_policy(frame, result, options, manifest_path)
+        _write_outputs(out, result, valid, quarantined, options)
+    if len(quarantined):
+        log.warning(
+            "quarantined %d of %d rows into %s:\n%s", len(quarantined), len(frame), target / QUARANTINE_NAME,
+            describe_failures(result, options.max_listed),
         )
-        if not result.success:
-            raise SystemExit(
-                f"validation of {manifest_path} failed: {result.n_failing_rows} of {len(frame)} rows, "
-                f"{len(result.failed_expectations)} failed expectation(s)\n{describe_failures(result)}"
-            )
-        shutil.copyfile(manifest_path, out / MANIFEST_NAME)  # rows unchanged; paths stay relative to raw
-        write_json(out / "labels.json", result.labels)
-        result.profile.to_csv(out / "profile.csv", index=False)
-        write_json(out / "report.json", result.to_report())
-    return result
+    return result, len(quarantined)
 
 
 def main(params_path: str | Path = "params.yaml") -> None:
@@ -69,12 +121,12 @@ def main(params_path: str | Path = "params.yaml") -> None:
     paths = params.base.paths
     metrics_path = paths.metrics / "validate.json"
     try:
-        result = _validate_into(paths.raw, paths.validated, params.validate_)
-    except SystemExit:
+        result, quarantined = validate_into(paths.raw, paths.validated, params.validate_)
+    except BaseException:  # a failure, or a crash: no earlier output may vouch for this dataset
         _drop_stale(paths.validated, metrics_path)
         raise
-    write_json(metrics_path, _metrics(result))
-    log.info("validated %d rows into %s", len(result.profile), paths.validated)
+    write_json(metrics_path, metrics(result, quarantined))
+    log.info("validated %d rows into %s (%d quarantined)", len(result.profile), paths.validated, quarantined)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import soundfile as sf
 import yaml
 from PIL import Image
 
+from multimodal.config import Validate
 from multimodal.validation import (
     ValidationResult,
     allowed_labels,
@@ -29,20 +31,23 @@ from multimodal.validation import (
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT_MAX = 50
+RATE = 8000
+# Small files keep the tests fast: thresholds from params, loosened to fit them.
+OPTIONS = Validate(text_max_chars=TEXT_MAX, audio_sample_rates=[RATE], image_min_size=4)
 
 
 def write_png(path: Path, size: tuple[int, int] = (8, 6), mode: str = "L") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(str(path)))
+    rng = np.random.default_rng(zlib.crc32(str(path).encode()))  # distinct pixels per path
     shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
     Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode=mode).save(path)
     return path
 
 
-def write_wav(path: Path, seconds: float = 0.25, rate: int = 8000, channels: int = 1) -> Path:
+def write_wav(path: Path, seconds: float = 0.25, rate: int = RATE, channels: int = 1, freq: float = 440) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(seconds * rate)) / rate
-    wave = 0.5 * np.sin(2 * np.pi * 440 * t)
+    wave = 0.5 * np.sin(2 * np.pi * freq * t)
     sf.write(path, np.stack([wave] * channels, axis=1), rate, subtype="PCM_16")
     return path
 
@@ -54,17 +59,15 @@ def row(
 
 
 def clean_rows(root: Path) -> list[dict]:
-    """Four good samples over three splits, one of them (a real, supported case) without an image."""
-    for i in range(3):
-        write_png(root / "img" / f"{i}.png", mode="RGB" if i == 1 else "L")
-        write_wav(root / "aud" / f"{i}.wav", channels=2 if i == 2 else 1)
-    write_wav(root / "aud" / "3.wav")
-    return [
-        row("s0", "cat", "train", "img/0.png", "aud/0.wav", "a cat"),
-        row("s1", "dog", "train", "img/1.png", "aud/1.wav", "a dog"),
-        row("s2", "cat", "val", "img/2.png", "aud/2.wav", "another cat"),
-        row("s3", "dog", "test", "", "aud/3.wav", "a dog, no picture"),
-    ]
+    """Six good samples: both labels in every split; one (a real, supported case) without an image."""
+    rows = []
+    for i, (label, split) in enumerate([(lab, sp) for sp in ("train", "val", "test") for lab in ("cat", "dog")]):
+        image = "" if i == 5 else f"img/{i}.png"
+        if image:
+            write_png(root / image, mode="RGB" if i == 1 else "L")
+        write_wav(root / "aud" / f"{i}.wav", freq=300 + 50 * i)  # distinct bytes per file
+        rows.append(row(f"s{i}", label, split, image, f"aud/{i}.wav", f"a {label}, sample {i}"))
+    return rows
 
 
 def broken_rows(root: Path) -> list[dict]:
@@ -104,7 +107,7 @@ def clean(tmp_path_factory) -> tuple[pd.DataFrame, Path, ValidationResult, Path]
     root = tmp_path_factory.mktemp("clean") / "raw"
     frame = write_dataset(root, clean_rows(root))
     docs = root.parent / "docs"
-    result = validate_dataset(frame, root, labels=None, text_max_chars=TEXT_MAX, docs_dir=docs)
+    result = validate_dataset(frame, root, OPTIONS, docs_dir=docs)
     return frame, root, result, docs
 
 
@@ -112,7 +115,7 @@ def clean(tmp_path_factory) -> tuple[pd.DataFrame, Path, ValidationResult, Path]
 def broken(tmp_path_factory) -> ValidationResult:
     root = tmp_path_factory.mktemp("broken") / "raw"
     frame = write_dataset(root, broken_rows(root))
-    return validate_dataset(frame, root, labels=None, text_max_chars=TEXT_MAX)
+    return validate_dataset(frame, root, OPTIONS)
 
 
 # ------------------------------------------------------------------------------------------ profile (no GX)
@@ -121,19 +124,33 @@ def broken(tmp_path_factory) -> ValidationResult:
 def test_profile_reads_properties_and_hashes(tmp_path):
     frame = write_dataset(tmp_path, clean_rows(tmp_path))
     profile = profile_samples(frame, tmp_path)
-    assert len(profile) == 4 and list(profile["sample_id"]) == ["s0", "s1", "s2", "s3"]
+    assert list(profile["sample_id"]) == [f"s{i}" for i in range(6)]
     first = profile.iloc[0]
-    assert (first["image_width"], first["image_height"], first["image_mode"]) == (8, 6, "L")
-    assert profile.iloc[1]["image_mode"] == "RGB"
-    assert (first["audio_sample_rate"], first["audio_channels"]) == (8000, 1)
+    assert (first["image_width"], first["image_height"], first["image_mode"], first["image_channels"]) == (8, 6, "L", 1)
+    assert (profile.iloc[1]["image_mode"], profile.iloc[1]["image_channels"]) == ("RGB", 3)
+    assert (first["audio_sample_rate"], first["audio_channels"]) == (RATE, 1)
     assert first["audio_duration_s"] == pytest.approx(0.25)
-    assert profile.iloc[2]["audio_channels"] == 2
+    assert first["audio_peak"] == pytest.approx(0.5, abs=1e-3)
+    assert first["audio_clipping"] == 0.0 and 0.0 <= first["audio_silence"] < 0.05
     assert first["image_sha256"] == hashlib.sha256((tmp_path / "img/0.png").read_bytes()).hexdigest()
-    assert first["text_sha256"] == hashlib.sha256(b"a cat").hexdigest()
-    assert first["text_chars"] == 5 and first["modalities_present"] == 3
-    no_image = profile.iloc[3]
+    assert first["text_sha256"] == hashlib.sha256(b"a cat, sample 0").hexdigest()
+    assert (first["text_chars"], first["text_words"], first["modalities_present"]) == (15, 4, 3)
+    assert first["utf8"] and first["utf8_error"] == ""
+    no_image = profile.iloc[5]
     assert not no_image["image_present"] and not no_image["image_decodes"] and no_image["image_error"] == ""
+    assert pd.isna(no_image["image_width"]) and pd.isna(no_image["image_sha256"])  # nulls: range checks skip them
     assert no_image["modalities_present"] == 2
+    assert profile["group_splits"].isna().all()  # no group column: nothing to leak
+
+
+def test_profile_measures_silence_and_clipping(tmp_path):
+    rate = 1000
+    wave = np.concatenate([np.zeros(500), np.full(250, 1.0), 0.5 * np.ones(250)])
+    sf.write(tmp_path / "a.wav", wave, rate, subtype="FLOAT")
+    frame = pd.DataFrame([row("a", audio="a.wav")], dtype=str)
+    first = profile_samples(frame, tmp_path).iloc[0]
+    assert first["audio_silence"] == pytest.approx(0.5) and first["audio_clipping"] == pytest.approx(0.25)
+    assert first["audio_peak"] == pytest.approx(1.0)
 
 
 def test_profile_turns_bad_files_into_errors_not_tracebacks(tmp_path):
@@ -158,18 +175,35 @@ def test_importing_validation_does_not_import_gx():
     assert out.stdout.strip() == "False"
 
 
-# ------------------------------------------------------------------------------------------ the GX suite
+def test_params_defaults_and_range_errors():
+    defaults = Validate()
+    assert defaults.on_invalid == "fail" and defaults.audio_sample_rates == [16000] and defaults.audio_channels == [1]
+    with pytest.raises(ValueError, match="image_min_size .* exceeds validate.image_max_size"):
+        Validate(image_min_size=100, image_max_size=10)
+    with pytest.raises(ValueError, match="on_invalid"):
+        Validate(on_invalid="drop")
+    with pytest.raises(ValueError, match="audio_channels is an empty list"):
+        Validate(audio_channels=[])
+
+
+def test_params_yaml_validate_section_is_the_default():
+    section = yaml.safe_load((REPO / "params.yaml").read_text())["validate"]
+    assert Validate.model_validate(section) == Validate()  # the yaml spells out every default
+
+
+# ------------------------------------------------------------------------------------------ the GX suites
 
 
 def test_clean_dataset_passes(clean):
     _, _, result, docs = clean
-    assert result.success, result.failing_rows
-    assert result.failing_rows == [] and all(e.success for e in result.expectations)
+    assert result.success, (result.failing_rows, result.dataset_failures)
+    assert result.failing_rows == [] and result.dataset_failures == [] and all(c.success for c in result.checks)
     assert result.labels == ["cat", "dog"]
-    names = {e.name for e in result.expectations}
-    assert {"expect_column_values_to_be_unique", "expect_column_values_to_be_in_set"} <= names
+    names = {c.name for c in result.checks}
+    assert {"sample_id_unique", "label_in_set", "image_unique_content", "audio_sample_rate", "audio_channels",
+            "audio_duration", "text_length", "group_in_one_split", "rows_present", "classes_in_test"} <= names
     report = result.to_report()
-    assert report["rows"] == report["valid_rows"] == 4
+    assert report["rows"] == report["valid_rows"] == 6 and report["invalid_rows"] == 0
     json.dumps(report)  # JSON-ready
 
 
@@ -177,10 +211,11 @@ def test_clean_dataset_writes_data_docs(clean):
     *_, docs = clean
     assert (docs / "index.html").is_file()
     pages = list(docs.rglob("*.html"))
-    assert len(pages) >= 3  # index, suite, validation result
+    assert len(pages) >= 5  # index, two suites, two validation results
     assert not any("dataContextId" in p.read_text() for p in pages)  # the tracking logo is replaced
-    gx_json = json.loads((docs / "validation_result.json").read_text())
-    assert gx_json["success"] is True
+    for suite in ("sample_checks", "dataset_checks"):
+        assert json.loads((docs / f"gx_{suite}.json").read_text())["success"] is True
+        assert (docs / "expectations" / f"{suite}.html").is_file()
 
 
 @pytest.mark.parametrize(
@@ -210,26 +245,29 @@ def test_each_defect_is_a_named_failing_row(broken, sample_id, column, reason, f
 
 def test_failing_rows_point_at_manifest_rows(broken):
     dup_rows = sorted(f.row for f in broken.failing_rows if f.sample_id == "dup")
-    assert dup_rows == [10, 11]  # both copies, 1-based data rows
-    clean_ids = {"s0", "s1", "s2", "s3"}
+    assert dup_rows == [13, 14]  # both copies, as a spreadsheet numbers them (header = row 1)
+    dup = next(f for f in broken.failing_rows if f.row == 13)
+    assert "'dup (row 14)'" in dup.reason  # names the other copy
+    clean_ids = {f"s{i}" for i in range(6)}
     assert not clean_ids & {f.sample_id for f in broken.failing_rows}
     assert broken.n_failing_rows == 12
-    failed = {(e.name, e.column) for e in broken.failed_expectations}
-    assert ("expect_column_values_to_be_in_set", "image_decodes") in failed
+    assert broken.dataset_failures == []  # the clean rows still cover every class in every split
+    failed = {c.name for c in broken.failed_checks}
+    assert {"image_decodes", "audio_decodes", "sample_id_unique", "label_in_set"} <= failed
 
 
 def test_failure_summary_is_capped(broken):
     text = describe_failures(broken, limit=3)
-    assert text.count("\n  row ") + text.startswith("  row ") == 3
-    assert text.endswith(f"... and {len(broken.failing_rows) - 3} more")
+    assert text.count("  row ") == 3
+    assert text.endswith(f"... and {len(broken.failing_rows) - 3} more problem(s) on 12 failing row(s) in all")
 
 
 # ------------------------------------------------------------------------------------------ the DVC stage
 
 
-def write_params(cwd: Path) -> None:
+def write_params(cwd: Path, **validate) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["validate"] = {"labels": None, "text_max_chars": TEXT_MAX}
+    params["validate"] = {**params["validate"], **OPTIONS.model_dump(exclude_unset=True), **validate}
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -243,20 +281,25 @@ def test_stage_writes_outputs_then_fails_without_leaving_any(tmp_path, monkeypat
 
     stage.main()
     out = tmp_path / "data" / "validated"
-    assert {p.name for p in out.iterdir()} == {"manifest.csv", "labels.json", "profile.csv", "report.json", "docs"}
+    assert {p.name for p in out.iterdir()} == {
+        "manifest.csv", "quarantine.csv", "labels.json", "profile.csv", "report.json", "docs"
+    }
     assert (out / "manifest.csv").read_bytes() == (raw / "manifest.csv").read_bytes()
+    assert len(pd.read_csv(out / "quarantine.csv")) == 0
     assert json.loads((out / "labels.json").read_text()) == ["cat", "dog"]
-    assert len(pd.read_csv(out / "profile.csv")) == 4
+    assert pd.read_csv(out / "profile.csv")["valid"].tolist() == [True] * 6
     assert (out / "docs" / "index.html").is_file()
     metrics = json.loads((tmp_path / "metrics" / "validate.json").read_text())
-    assert metrics["rows"] == metrics["valid_rows"] == 4 and metrics["failed_expectations"] == 0
-    assert metrics["present"] == {"image": 3, "audio": 4, "text": 4}
+    assert metrics["rows"] == metrics["valid_rows"] == 6 and metrics["quarantined_rows"] == 0
+    assert metrics["failed_checks"] == 0 and set(metrics["checks"].values()) == {0}
+    assert metrics["present"] == {"image": 5, "audio": 6, "text": 6}
 
     write_dataset(raw, broken_rows(raw))
     with pytest.raises(SystemExit) as failure:
         stage.main()
     message = str(failure.value)
     assert "truncated_png" in message and "img/truncated.png" in message and "nothing" in message
+    assert "validate.on_invalid: quarantine" in message  # the way out is named
     assert not out.exists()  # neither a partial folder nor the stale one from the passing run
     assert not list(out.parent.glob(".validated.*"))  # no temporary folder left either
     assert not (tmp_path / "metrics" / "validate.json").exists()

@@ -1,0 +1,114 @@
+"""Builders for the Prefect UI artifacts: plain functions from pipeline files to markdown or table rows.
+
+Nothing here talks to Prefect, so each builder is testable on its own; `flows.pipeline` publishes the results.
+The readers are lenient on purpose: a report field that a stage adds or drops later should change the artifact,
+not fail the flow run after the whole pipeline has succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from flows.dvc import Experiment, Plot, flatten
+
+MAX_ROWS = 50  # a table artifact is for reading, not for the whole failing-row list of a big dataset
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "_none_"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows[:MAX_ROWS]:
+        cells = (str(_cell(row.get(c, ""))).replace("|", "\\|").replace("\n", " ") for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(rows) > MAX_ROWS:
+        lines.append(f"\n_... {len(rows) - MAX_ROWS} more rows_")
+    return "\n".join(lines)
+
+
+def validation_markdown(report: Mapping[str, Any], docs_index: Path | None) -> str:
+    """The validate stage's report.json as markdown: verdict, counts, every check, the failing rows."""
+    verdict = "passed" if report.get("success") else "FAILED"
+    scalars = {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
+    parts = [f"# Data validation {verdict}", "", _md_table([{"field": k, "value": v} for k, v in scalars.items()])]
+    if report.get("labels"):
+        parts += ["", f"**Labels ({len(report['labels'])}):** " + ", ".join(map(str, report["labels"]))]
+    for key, value in report.items():
+        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            parts += ["", f"## {key.replace('_', ' ')} ({len(value)})", "", _md_table(value)]
+        elif isinstance(value, list) and not value and key != "labels":
+            parts += ["", f"## {key.replace('_', ' ')}: none"]
+    if docs_index is not None:
+        parts += ["", f"Great Expectations Data Docs: [`{docs_index}`]({docs_index.as_uri()}) "
+                      "(open the file in a browser on the machine that ran the flow)"]
+    return "\n".join(parts)
+
+
+def metrics_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`{file: parsed json}` -> one row per scalar metric, dotted keys as `dvc metrics show` prints them."""
+    rows = []
+    for path, data in metrics.items():
+        for key, value in flatten(data).items():
+            rows.append({"file": path, "metric": key, "value": _cell(value)})
+    return rows
+
+
+def confusion_rows(records: Sequence[Mapping[str, Any]], plot: Plot) -> list[dict[str, Any]]:
+    """DVC's confusion plot data (one record per prediction) -> counts: a row per actual, a column per predicted."""
+    x, y = plot.props.get("x", "actual"), plot.props.get("y", "predicted")
+    counts = Counter((str(r[x]), str(r[y])) for r in records)
+    labels = sorted({a for a, _ in counts} | {p for _, p in counts}, key=lambda s: (len(s), s))
+    return [{f"{x} \\ {y}": a, **{p: counts.get((a, p), 0) for p in labels}} for a in labels]
+
+
+def confusion_records(path: Path) -> list[dict[str, Any]]:
+    data = json.loads(path.read_text())
+    # DVCLive writes a list; `dvc plots show --json`-style files nest it under the plot name.
+    return list(next(iter(data.values()))) if isinstance(data, dict) else list(data)
+
+
+def best_config_markdown(text: str, path: str) -> str:
+    return f"# Best configuration\n\n`{path}`\n\n```yaml\n{text.rstrip()}\n```"
+
+
+def experiments_rows(
+    experiments: Sequence[Experiment], headline_metrics: Sequence[str], limit: int, current: str | None = None
+) -> list[dict[str, Any]]:
+    """Most recent experiments first: name, rev, created, the params that differ among them, headline metrics.
+
+    Only params that differ are shown: with ~100 params per run the table is otherwise unreadable, and the
+    differences are what a comparison is about.
+    """
+    chosen = sorted(experiments, key=lambda e: e.timestamp, reverse=True)[:limit]
+    keys = list(dict.fromkeys(k for e in chosen for k in e.params))
+    varying = [k for k in keys if len({json.dumps(e.params.get(k), sort_keys=True) for e in chosen}) > 1]
+    rows = []
+    for exp in chosen:
+        row: dict[str, Any] = {
+            "experiment": exp.name + (" (this run)" if exp.name == current else ""),
+            "rev": exp.rev,
+            "created": exp.timestamp,
+            "kind": "baseline" if exp.baseline else "experiment",
+        }
+        row.update({k: _cell(exp.params.get(k)) for k in varying})
+        for path in headline_metrics:
+            stem = Path(path).stem
+            for key, value in (exp.metrics.get(path) or {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    row[f"{stem}.{key}"] = _cell(value)
+        rows.append(row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return [{c: row.get(c, "") for c in columns} for row in rows]  # one shape: the UI table needs every cell

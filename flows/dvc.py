@@ -1,0 +1,338 @@
+"""What the Prefect flow asks of DVC, with no Prefect in it: the stage graph, one stage's repro, params overrides,
+experiments.
+
+The DAG is read from DVC's own index (`dvc.repo.Repo(...).index.graph`), so `dvc.yaml` stays the only definition
+of the pipeline; `foreach` stages arrive expanded (`preprocess@image`, ...). Each stage runs through
+`dvc repro --single-item`, so DVC alone decides whether it is up to date. Overrides use the code behind
+`dvc exp run -S` (Hydra override grammar), and a run is recorded with `dvc exp save`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from multimodal.workspace import project_env
+
+log = logging.getLogger(__name__)
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+# --------------------------------------------------------------------------------------------------- the graph
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One DVC stage as the flow needs it; `name` is what `dvc repro` accepts (`preprocess@image`)."""
+
+    name: str
+    upstream: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plot:
+    path: str
+    props: Mapping[str, Any] = field(default_factory=dict)  # template, x, y as declared in dvc.yaml
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The stages in a topological order (ties in `dvc.yaml` order) plus the outputs DVC declares."""
+
+    stages: tuple[Stage, ...]
+    metrics: tuple[str, ...]  # declared `metrics:` files, in stage order
+    plots: tuple[Plot, ...]
+    git_outputs: tuple[str, ...]  # `cache: false` outputs: git keeps them, so experiments must too
+    last_metrics: tuple[str, ...]  # metrics of the last stage that has any: the headline for comparisons
+
+
+def read_pipeline(workspace: Path) -> Pipeline:
+    """Read the stage graph and declared outputs from DVC's index (no second DAG in Python)."""
+    import networkx as nx
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(workspace)) as repo:
+        index = repo.index
+        # Only stages with a command are run; `.dvc` data sources have nothing to reproduce.
+        stages = [s for s in index.stages if isinstance(s, PipelineStage)]
+        order = {s: i for i, s in enumerate(stages)}
+        graph = index.graph.subgraph(stages)  # DVC's edges point from a stage to the stages it depends on
+
+        def address(stage) -> str:
+            # `stage.addressing` is relative to the process cwd; `dvc repro` runs with cwd=workspace.
+            dvcfile = os.path.relpath(stage.dvcfile.path, repo.root_dir)
+            return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
+
+        ordered = list(nx.lexicographical_topological_sort(graph.reverse(copy=False), key=order.__getitem__))
+        nodes, metrics, plots, git_outputs, last_metrics = [], [], [], [], ()
+        for stage in ordered:
+            upstream = sorted(graph.successors(stage), key=order.__getitem__)
+            nodes.append(Stage(address(stage), tuple(address(u) for u in upstream)))
+            stage_metrics = []
+            for out in stage.outs:
+                path = os.path.relpath(out.fs_path, repo.root_dir)
+                if out.metric:
+                    stage_metrics.append(path)
+                if out.plot:
+                    plots.append(Plot(path, dict(out.plot) if isinstance(out.plot, dict) else {}))
+                if not out.use_cache:
+                    git_outputs.append(path)
+            metrics += stage_metrics
+            last_metrics = tuple(stage_metrics) or last_metrics
+    return Pipeline(tuple(nodes), tuple(metrics), tuple(plots), tuple(git_outputs), last_metrics)
+
+
+# ------------------------------------------------------------------------------------------- running commands
+
+
+def dvc_env() -> dict[str, str]:
+    """The stages' environment (telemetry off, hub offline) with unbuffered Python so output streams live."""
+    return {**project_env(), "PYTHONUNBUFFERED": "1"}
+
+
+def stream(cmd: Sequence[str], cwd: Path, on_line: Callable[[str], Any], tail_lines: int = 25) -> tuple[int, list[str]]:
+    """Run `cmd`, handing each output line (stdout and stderr, interleaved as written) to `on_line`.
+
+    Returns the exit code and the last `tail_lines` lines, for the error message.
+    """
+    tail: deque[str] = deque(maxlen=tail_lines)
+    proc = subprocess.Popen(list(cmd), cwd=cwd, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            # Progress bars redraw one line with '\r' hundreds of times: log only what it finally says.
+            segments = [s for s in raw.decode("utf-8", errors="replace").rstrip("\n").split("\r") if s.strip()]
+            if segments:
+                line = segments[-1].rstrip()
+                tail.append(line)
+                on_line(line)
+        return proc.wait(), list(tail)
+    finally:
+        if proc.poll() is None:  # we are being cancelled or crashed mid-stage: do not leave the stage running
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@dataclass(frozen=True)
+class ReproResult:
+    stage: str
+    returncode: int
+    ran: bool  # DVC executed the stage's command
+    reason: str  # DVC's own words for what it did
+    tail: tuple[str, ...]
+
+
+def classify(stage: str, lines: Sequence[str]) -> tuple[bool, str]:
+    """What `dvc repro --single-item <stage>` did, from its own messages (`dvc/stage/__init__.py`, `run.py`)."""
+    quoted = f"'{stage}'"
+    for line in lines:
+        if f"Running stage {quoted}" in line:
+            return True, "dvc: stage ran"
+        if f"Stage {quoted} is cached - skipping run" in line:
+            return False, "dvc: stage is in the run-cache; outputs checked out without running"
+        if f"Stage {quoted} didn't change" in line:
+            return False, "dvc: stage didn't change, skipping"
+    return False, "dvc: nothing to reproduce"
+
+
+def repro(workspace: Path, stage: str, on_line: Callable[[str], Any]) -> ReproResult:
+    """`dvc repro --single-item <stage>`: DVC checks deps, params and outs and runs the stage only if needed."""
+    seen: list[str] = []
+
+    def collect(line: str) -> None:
+        if "stage" in line.lower():  # the few lines `classify` looks at, without keeping a whole tune log
+            seen.append(line)
+        on_line(line)
+
+    code, tail = stream([*DVC, "repro", "--single-item", stage], workspace, collect)
+    ran, reason = classify(stage, seen)
+    return ReproResult(stage, code, ran, reason, tuple(tail))
+
+
+def run_dvc(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*DVC, *args], cwd=workspace, env=dvc_env(), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+
+
+# ------------------------------------------------------------------------------------------------ overrides
+
+
+class OverrideError(ValueError):
+    """An override that `dvc exp run -S` would also reject (unknown key, bad syntax)."""
+
+
+def _hydra_value(value: Any) -> str:
+    """A JSON value in Hydra override syntax: what `-S key=<this>` would say."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # quoted: "3" stays a string, `a,b` is not a sweep
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
+    raise OverrideError(f"cannot express {value!r} ({type(value).__name__}) as a params.yaml value")
+
+
+def to_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
+    """`{"tune.num_samples": 3}` or `["tune.num_samples=3"]` (exactly `dvc exp run -S` syntax) -> `-S` strings."""
+    if not overrides:
+        return []
+    if isinstance(overrides, Mapping):
+        return [f"{key}={_hydra_value(value)}" for key, value in overrides.items()]
+    if isinstance(overrides, str):
+        return [overrides]
+    return [str(item) for item in overrides]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def overridden_params(params_file: Path, overrides: Sequence[str]) -> Iterator[list[str]]:
+    """Apply `-S`-style overrides to params.yaml for the block; put the original bytes back afterwards, always."""
+    if not overrides:
+        yield []
+        return
+    # DVC's own implementation of `exp run -S`: same grammar, comments and key order in params.yaml survive.
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides
+
+    original = params_file.read_bytes()
+    try:
+        try:
+            apply_overrides(params_file, list(overrides))
+        except InvalidArgumentError as err:
+            raise OverrideError(f"invalid overrides {list(overrides)}: {err.__cause__ or err}") from None
+        yield list(overrides)
+    finally:
+        _write_atomic(params_file, original)
+
+
+# ---------------------------------------------------------------------------------------------- workspace lock
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another flow run holds this workspace."""
+
+
+@contextmanager
+def workspace_lock(workspace: Path) -> Iterator[None]:
+    """One flow run per workspace, whatever started it (deployment, CLI, test).
+
+    DVC's own lock lasts one command; between commands a second flow would rewrite params.yaml under the first.
+    flock is released by the kernel if the process dies, so a crash never leaves the workspace locked.
+    """
+    path = workspace / ".dvc" / "tmp" / "prefect-flow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkspaceBusy(f"another flow run is using {workspace} (lock {path})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------------ experiments
+
+
+def experiment_name(run_name: str) -> str:
+    """A flow run name as a valid git ref component (`git check-ref-format`), which `dvc exp save -n` needs."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run_name)
+    name = re.sub(r"\.{2,}", ".", name).strip("-.")  # no '..', no leading '-' (would read as a CLI option)
+    if name.endswith(".lock"):
+        name = name[: -len(".lock")]
+    return name or "prefect-run"
+
+
+def save_experiment(workspace: Path, name: str, message: str, include: Sequence[str], fallback_suffix: str) -> str:
+    """`dvc exp save -n <name>`; returns the name used. `include`: git-kept outputs that may be untracked yet.
+
+    Without `-I`, `exp save` leaves out untracked files, so a first run's metrics would be missing from
+    `dvc exp show`. A name already taken (flow run names can repeat) gets `fallback_suffix` appended.
+    """
+    extra = [arg for path in include if (workspace / path).exists() for arg in ("-I", path)]
+    for candidate in (name, f"{name}-{fallback_suffix}"):
+        done = run_dvc(workspace, "exp", "save", "-n", candidate, "-m", message, *extra)
+        if done.returncode == 0:
+            return candidate
+        if "conflicts with existing experiment" not in done.stderr + done.stdout:
+            break
+    raise RuntimeError(f"dvc exp save -n {name} exited {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    rev: str
+    timestamp: str
+    baseline: bool
+    params: dict[str, Any]  # flattened `params.yaml` keys
+    metrics: dict[str, dict[str, Any]]  # metrics file -> flattened keys
+
+
+def list_experiments(workspace: Path) -> list[Experiment]:
+    """`dvc exp show --json`: the HEAD baseline and every experiment on it (the workspace row left out)."""
+    done = run_dvc(workspace, "exp", "show", "--json")
+    if done.returncode != 0:
+        raise RuntimeError(f"dvc exp show exited {done.returncode}: {done.stderr[-2000:]}")
+    found = []
+
+    def record(entry: dict, name: str, baseline: bool) -> None:
+        data = entry.get("data") or {}
+        params = {}
+        for values in (data.get("params") or {}).values():
+            params.update(flatten(values.get("data") or {}))
+        metrics = {path: flatten(values.get("data") or {}) for path, values in (data.get("metrics") or {}).items()}
+        found.append(Experiment(name, entry["rev"][:7], data.get("timestamp") or "", baseline, params, metrics))
+
+    for base in json.loads(done.stdout):
+        if base.get("rev") == "workspace":
+            continue
+        record(base, base.get("name") or base["rev"][:7], True)
+        for exp in base.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                record(rev, exp.get("name") or rev.get("name") or rev["rev"][:7], False)
+    return found

@@ -1,0 +1,181 @@
+"""The DVC pipeline as a Prefect flow: one task per `dvc.yaml` stage, DVC deciding what is up to date.
+
+    python -m flows.pipeline [--workspace .] [-S tune.num_samples=3 ...]     # one run, from a shell
+    python -m flows.serve --cron "0 3 * * *"                                   # a scheduled deployment
+
+A run: take the workspace lock -> apply param overrides to params.yaml (as `dvc exp run -S` does) -> read the
+stage graph from DVC -> `dvc repro --single-item <stage>` per stage, in topological order -> `dvc exp save -n
+<flow-run-name>` -> publish artifacts -> restore params.yaml (also on failure).
+
+Stages run one at a time. `dvc repro` holds DVC's repository lock (`.dvc/tmp/lock`) for its whole duration, so
+a second `dvc repro` in the same workspace fails ("Unable to acquire lock"); the preprocess@<modality> stages
+are independent in the graph, but cannot run concurrently in one workspace. The task runner therefore has one
+worker; tasks are still submitted with their upstream futures, so the Prefect graph shows DVC's edges, and a
+failure leaves independent stages running (like `dvc repro --keep-going`) and dependants NotReady.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.states import Completed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows import artifacts as build
+from flows import dvc
+
+REPO = Path(__file__).resolve().parents[1]
+FLOW_NAME = "dvc-pipeline"
+
+
+class StageFailed(RuntimeError):
+    """A stage's `dvc repro` exited non-zero; the message carries the end of its output."""
+
+
+# Prefect's own caching is off (NO_CACHE): whether a stage is up to date is DVC's decision, made inside the task.
+@task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, task_run_name="{stage}")
+def run_stage(workspace: str, stage: str) -> State:
+    """`dvc repro --single-item <stage>`, its output streamed line by line into this task's log."""
+    logger = get_run_logger()
+    started = time.monotonic()
+    result = dvc.repro(Path(workspace), stage, on_line=logger.info)
+    if result.returncode != 0:
+        tail = "\n".join(result.tail)
+        raise StageFailed(f"stage '{stage}': dvc repro exited {result.returncode}\n{tail}")
+    if not result.ran:
+        return Completed(name="Cached", message=result.reason)
+    return Completed(message=f"{result.reason} in {time.monotonic() - started:.1f} s")
+
+
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def save_experiment(workspace: str, include: list[str]) -> str:
+    """`dvc exp save -n <flow run name>`: this run becomes a row of `dvc exp show`, beside local experiments."""
+    name = dvc.experiment_name(flow_run.get_name() or "prefect-run")
+    run_id = str(flow_run.get_id() or "")
+    saved = dvc.save_experiment(Path(workspace), name, f"prefect flow run {name} ({run_id})", include,
+                                fallback_suffix=run_id[:8] or str(int(time.time())))
+    get_run_logger().info("saved DVC experiment %s", saved)
+    return saved
+
+
+def _read(path: Path) -> Any:
+    text = path.read_text()
+    return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+
+
+@task(cache_policy=NO_CACHE)
+def publish_artifacts(workspace: str, pipeline: dvc.Pipeline, experiment: str | None, recent: int) -> list[str]:
+    """Validation summary, metrics, best config, confusion matrix and recent experiments, as UI artifacts."""
+    from multimodal.config import load_params
+
+    logger = get_run_logger()
+    ws = Path(workspace)
+    paths = load_params(ws / "params.yaml").base.paths
+    published = []
+
+    report = ws / paths.validated / "report.json"
+    if report.exists():
+        docs = ws / paths.validated / "docs" / "index.html"
+        create_markdown_artifact(build.validation_markdown(_read(report), docs.resolve() if docs.exists() else None),
+                                 key="validation-summary", description=f"{report.relative_to(ws)}")
+        published.append("validation-summary")
+
+    metrics = {m: _read(ws / m) for m in pipeline.metrics if (ws / m).exists() and Path(m).suffix in (".json", ".yaml")}
+    if metrics:
+        create_table_artifact(build.metrics_rows(metrics), key="metrics", description="metrics declared in dvc.yaml")
+        published.append("metrics")
+
+    best = ws / paths.models / "best" / "best_config.yaml"
+    if best.exists():
+        rel = str(best.relative_to(ws))
+        create_markdown_artifact(build.best_config_markdown(best.read_text(), rel), key="best-config", description=rel)
+        published.append("best-config")
+
+    for plot in pipeline.plots:
+        if plot.props.get("template") == "confusion" and (ws / plot.path).exists():
+            rows = build.confusion_rows(build.confusion_records(ws / plot.path), plot)
+            create_table_artifact(rows, key="confusion-matrix", description=f"counts from {plot.path}")
+            published.append("confusion-matrix")
+
+    if recent > 0:
+        rows = build.experiments_rows(dvc.list_experiments(ws), pipeline.last_metrics, recent, current=experiment)
+        create_table_artifact(rows, key="experiments",
+                              description=f"`dvc exp show`: the {recent} most recent experiments on this baseline")
+        published.append("experiments")
+    logger.info("published artifacts: %s", ", ".join(published) or "none")
+    return published
+
+
+@flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def dvc_pipeline(
+    workspace: str = str(REPO),
+    overrides: dict[str, Any] | list[str] | None = None,
+    retries: int = 1,
+    retry_delay_seconds: float = 10.0,
+    save_as_experiment: bool = True,
+    recent_experiments: int = 10,
+) -> dict[str, Any]:
+    """Reproduce the DVC pipeline in `workspace`, one task per stage, and save the run as a DVC experiment.
+
+    overrides: params for this run only, `{"tune.num_samples": 3}` or `["tune.num_samples=3"]` (the syntax of
+        `dvc exp run -S`); params.yaml is restored afterwards, also when the run fails.
+    retries: per stage, for transient failures (e.g. a DVC lock held by someone's `dvc repro`).
+    recent_experiments: rows of the experiment comparison artifact (0: none).
+    """
+    logger = get_run_logger()
+    ws = Path(workspace).resolve()
+    stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
+    with dvc.workspace_lock(ws), dvc.overridden_params(ws / "params.yaml", dvc.to_overrides(overrides)) as applied:
+        if applied:
+            logger.info("params overridden for this run: %s", applied)
+        # Read after the overrides: `foreach` stages expand from params (preprocess.modalities).
+        pipeline = dvc.read_pipeline(ws)
+        logger.info("DVC stages in order: %s", [s.name for s in pipeline.stages])
+        futures: dict[str, Any] = {}
+        for stage in pipeline.stages:
+            futures[stage.name] = stage_task.submit(str(ws), stage.name,
+                                                    wait_for=[futures[u] for u in stage.upstream])
+        wait(list(futures.values()))
+        states = {name: future.state for name, future in futures.items()}
+        failed = [name for name, state in states.items() if state.is_failed() or state.is_crashed()]
+        if failed:
+            raise StageFailed("; ".join(f"{name}: {states[name].message}" for name in failed))
+        not_done = [name for name, state in states.items() if not state.is_completed()]
+        if not_done:
+            raise StageFailed(f"stages did not complete: {not_done}")
+
+        experiment = save_experiment(str(ws), list(pipeline.git_outputs)) if save_as_experiment else None
+        published = publish_artifacts(str(ws), pipeline, experiment, recent_experiments)
+    return {
+        "experiment": experiment,
+        "stages": {name: state.name for name, state in states.items()},
+        "overrides": applied,
+        "artifacts": published,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the DVC pipeline once as a Prefect flow.")
+    parser.add_argument("--workspace", default=str(REPO), help="the DVC repo to reproduce (default: this one)")
+    parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[],
+                        help="param override for this run, as in `dvc exp run -S` (repeatable)")
+    parser.add_argument("--retries", type=int, default=1)
+    parser.add_argument("--no-experiment", action="store_true", help="do not `dvc exp save` the run")
+    args = parser.parse_args(argv)
+    state = dvc_pipeline(workspace=args.workspace, overrides=args.overrides or None, retries=args.retries,
+                         save_as_experiment=not args.no_experiment, return_state=True)
+    raise SystemExit(0 if state.is_completed() else 1)
+
+
+if __name__ == "__main__":
+    main()

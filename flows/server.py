@@ -1,0 +1,111 @@
+"""A local Prefect server on 127.0.0.1, started and stopped by the caller (tests, benchmark, quick demos).
+
+`prefect server start` is the real server the UI talks to; this module only wraps its lifecycle: a private
+PREFECT_HOME (its SQLite database lives there), analytics off, bound to loopback, healthy before use, and stopped
+with SIGTERM. Users who want a long-lived server run the same command by hand (see docs/prefect.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+# Nothing may call out of the machine; the server also reads these from the environment of its own process.
+OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """A running server: `api_url` goes into PREFECT_API_URL; `log_path` holds its output."""
+
+    api_url: str
+    home: Path
+    log_path: Path
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def server_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the server process: private PREFECT_HOME and offline switches on top of ours."""
+    env = dict(os.environ)
+    # An inherited PREFECT_API_URL would make the server's own services talk to some other server.
+    env.pop("PREFECT_API_URL", None)
+    env.update(OFFLINE_ENV)
+    env["PREFECT_HOME"] = str(home)
+    env.update(extra or {})
+    return env
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (the server shuts its services down cleanly), then SIGKILL the group we created if it hangs."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("prefect server %d ignored SIGTERM for %.0f s; killing its process group", proc.pid, timeout)
+        os.killpg(proc.pid, signal.SIGKILL)  # the group is the one start_new_session gave this server
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def local_server(
+    home: Path,
+    port: int | None = None,
+    *,
+    ui: bool = True,
+    extra_env: dict[str, str] | None = None,
+    startup_timeout: float = 120.0,
+) -> Iterator[LocalServer]:
+    """Run `prefect server start` on 127.0.0.1 until the block ends; yields once `/api/health` answers."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    api_url = f"http://{HOST}:{port}/api"
+    log_path = home / "server.log"
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port),
+           "--analytics-off", "--ui" if ui else "--no-ui"]
+    with open(log_path, "ab") as out:
+        # Own session: the server's uvicorn child goes with it, and a hung server can be killed as a group.
+        proc = subprocess.Popen(cmd, env=server_env(home, extra_env), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not _healthy(api_url):
+            if proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prefect server not healthy after {startup_timeout:.0f} s; see {log_path}")
+            time.sleep(0.5)
+        log.info("prefect server %s healthy (pid %d, home %s)", api_url, proc.pid, home)
+        yield LocalServer(api_url=api_url, home=home, log_path=log_path, pid=proc.pid)
+    finally:
+        _stop(proc, timeout=30)

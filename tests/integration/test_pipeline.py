@@ -1,0 +1,65 @@
+"""The whole pipeline through a real `dvc repro` in a temporary copy of the repo (tiny params)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from multimodal.workspace import run
+
+pytestmark = pytest.mark.integration
+
+STAGES = {"ingest", "validate", "preprocess@image", "preprocess@audio", "preprocess@text", "align", "tune", "evaluate"}
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def test_pipeline_end_to_end_then_noop_then_experiment(project: Path) -> None:
+    # 1. A full run produces every stage's outputs.
+    first = run(["dvc", "repro"], project)
+    assert stages_run(first.stdout) == STAGES
+
+    manifest = (project / "data/raw/manifest.csv").read_text().splitlines()
+    assert manifest[0] == "sample_id,label,image,audio,text,split" and len(manifest) == 121
+    report = json.loads((project / "data/validated/report.json").read_text())
+    assert report["success"] is True
+    for modality in ("image", "audio", "text"):
+        assert (project / f"data/preprocessed/{modality}/train-00000.safetensors").stat().st_size > 0
+    assert (project / "data/aligned/embedder.safetensors").exists()
+    assert (project / "data/aligned/features/test.safetensors").exists()
+    align = json.loads((project / "metrics/align.json").read_text())
+    assert 0.0 <= align["test/image_to_audio_recall@5"] <= 1.0
+
+    best = project / "models/best"
+    assert {"model.safetensors", "model.json", "best_config.yaml"} <= {p.name for p in best.iterdir()}
+    assert {p.name for p in (project / "models/unimodal").iterdir()} == {"image", "audio", "text"}
+    trials = (project / "metrics/tune_trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 2 and all(",ok," in row for row in trials[1:])
+
+    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+    for key in ("fused", "unimodal_image", "unimodal_audio", "unimodal_text", "fused_only_text"):
+        assert 0.0 <= metrics[key]["accuracy"] <= 1.0 and 0.0 <= metrics[key]["macro_f1"] <= 1.0
+    confusion = json.loads((project / "plots/evaluate/plots/sklearn/confusion_matrix.json").read_text())
+    rows = next(iter(confusion.values())) if isinstance(confusion, dict) else confusion
+    assert len(rows) == sum(1 for line in manifest[1:] if line.endswith(",test"))
+
+    # 2. Nothing changed: nothing runs.
+    second = run(["dvc", "repro"], project)
+    assert stages_run(second.stdout) == set()
+    assert "Data and pipelines are up to date" in second.stdout
+
+    # 3. A tune knob changed as an experiment: only tune and evaluate re-run; both runs are comparable.
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline run"], project)
+    exp = run(["dvc", "exp", "run", "-S", "tune.fixed.patience=1", "-n", "patience-1"], project)
+    assert stages_run(exp.stdout) == {"tune", "evaluate"}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = {e["name"]: e for rev in shown for e in (rev.get("experiments") or [])}
+    assert "patience-1" in experiments
+    exp_metrics = experiments["patience-1"]["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]
+    assert 0.0 <= exp_metrics["fused"]["accuracy"] <= 1.0

