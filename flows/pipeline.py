@@ -31,8 +31,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import artifacts as build
-from flows import dvc
+from flows import dvc_tools, ui_artifacts
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW_NAME = "dvc-pipeline"
@@ -48,7 +47,7 @@ def run_stage(workspace: str, stage: str) -> State:
     """`dvc repro --single-item <stage>`, its output streamed line by line into this task's log."""
     logger = get_run_logger()
     started = time.monotonic()
-    result = dvc.repro(Path(workspace), stage, on_line=logger.info)
+    result = dvc_tools.repro(Path(workspace), stage, on_line=logger.info)
     if result.returncode != 0:
         tail = "\n".join(result.tail)
         raise StageFailed(f"stage '{stage}': dvc repro exited {result.returncode}\n{tail}")
@@ -60,10 +59,10 @@ def run_stage(workspace: str, stage: str) -> State:
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def save_experiment(workspace: str, include: list[str]) -> str:
     """`dvc exp save -n <flow run name>`: this run becomes a row of `dvc exp show`, beside local experiments."""
-    name = dvc.experiment_name(flow_run.get_name() or "prefect-run")
+    name = dvc_tools.experiment_name(flow_run.get_name() or "prefect-run")
     run_id = str(flow_run.get_id() or "")
-    saved = dvc.save_experiment(Path(workspace), name, f"prefect flow run {name} ({run_id})", include,
-                                fallback_suffix=run_id[:8] or str(int(time.time())))
+    saved = dvc_tools.save_experiment(Path(workspace), name, f"prefect flow run {name} ({run_id})", include,
+                                      fallback_suffix=run_id[:8] or str(int(time.time())))
     get_run_logger().info("saved DVC experiment %s", saved)
     return saved
 
@@ -74,46 +73,69 @@ def _read(path: Path) -> Any:
 
 
 @task(cache_policy=NO_CACHE)
-def publish_artifacts(workspace: str, pipeline: dvc.Pipeline, experiment: str | None, recent: int) -> list[str]:
+def publish_artifacts(workspace: str, pipeline: dvc_tools.Pipeline, experiment: str | None, recent: int) -> list[str]:
     """Validation summary, metrics, best config, confusion matrix and recent experiments, as UI artifacts."""
     from multimodal.config import load_params
 
-    logger = get_run_logger()
     ws = Path(workspace)
-    paths = load_params(ws / "params.yaml").base.paths
+    paths = load_params(ws / "params.yaml").base.paths  # the same paths dvc.yaml templates its outs from
     published = []
 
     report = ws / paths.validated / "report.json"
     if report.exists():
-        docs = ws / paths.validated / "docs" / "index.html"
-        create_markdown_artifact(build.validation_markdown(_read(report), docs.resolve() if docs.exists() else None),
-                                 key="validation-summary", description=f"{report.relative_to(ws)}")
+        docs = (ws / paths.validated / "docs" / "index.html").resolve()
+        markdown = ui_artifacts.validation_markdown(_read(report), docs if docs.exists() else None)
+        create_markdown_artifact(markdown, key="validation-summary", description=str(report.relative_to(ws)))
         published.append("validation-summary")
 
-    metrics = {m: _read(ws / m) for m in pipeline.metrics if (ws / m).exists() and Path(m).suffix in (".json", ".yaml")}
+    metrics = {m: _read(ws / m) for m in pipeline.metrics if Path(m).suffix in (".json", ".yaml") and (ws / m).exists()}
     if metrics:
-        create_table_artifact(build.metrics_rows(metrics), key="metrics", description="metrics declared in dvc.yaml")
+        rows = ui_artifacts.metrics_rows(metrics)
+        create_table_artifact(rows, key="metrics", description="the metrics files declared in dvc.yaml")
         published.append("metrics")
 
     best = ws / paths.models / "best" / "best_config.yaml"
     if best.exists():
         rel = str(best.relative_to(ws))
-        create_markdown_artifact(build.best_config_markdown(best.read_text(), rel), key="best-config", description=rel)
+        create_markdown_artifact(ui_artifacts.best_config_markdown(best.read_text(), rel), key="best-config",
+                                 description=rel)
         published.append("best-config")
 
     for plot in pipeline.plots:
         if plot.props.get("template") == "confusion" and (ws / plot.path).exists():
-            rows = build.confusion_rows(build.confusion_records(ws / plot.path), plot)
+            rows = ui_artifacts.confusion_rows(ui_artifacts.confusion_records(ws / plot.path), plot)
             create_table_artifact(rows, key="confusion-matrix", description=f"counts from {plot.path}")
             published.append("confusion-matrix")
 
     if recent > 0:
-        rows = build.experiments_rows(dvc.list_experiments(ws), pipeline.last_metrics, recent, current=experiment)
+        rows = ui_artifacts.experiments_rows(dvc_tools.list_experiments(ws), pipeline.last_metrics, recent,
+                                             current=experiment)
         create_table_artifact(rows, key="experiments",
-                              description=f"`dvc exp show`: the {recent} most recent experiments on this baseline")
+                              description=f"`dvc exp show`: the {recent} most recent runs on this baseline")
         published.append("experiments")
-    logger.info("published artifacts: %s", ", ".join(published) or "none")
+    get_run_logger().info("published artifacts: %s", ", ".join(published) or "none")
     return published
+
+
+def _run_stages(ws: Path, stages: tuple[dvc_tools.Stage, ...], stage_task: Any) -> dict[str, State]:
+    """Submit each stage with its upstream futures (the UI graph shows DVC's edges); raise if any failed.
+
+    The task runner has one worker and takes tasks in submission order, which is topological, so each stage
+    starts after its upstream ones without a worker ever blocking on a future that is queued behind it.
+    """
+    futures: dict[str, Any] = {}
+    for stage in stages:
+        futures[stage.name] = stage_task.submit(str(ws), stage.name, wait_for=[futures[u] for u in stage.upstream])
+    wait(list(futures.values()))
+    states = {name: future.state for name, future in futures.items()}
+    failed = [name for name, state in states.items() if state.is_failed() or state.is_crashed()]
+    if failed:
+        # The tasks' own exceptions: their messages end with the stage's output, i.e. its error.
+        raise StageFailed("\n".join(str(futures[name].result(raise_on_failure=False)) for name in failed))
+    not_done = [name for name, state in states.items() if not state.is_completed()]
+    if not_done:
+        raise StageFailed(f"stages did not complete: {not_done}")
+    return states
 
 
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -123,6 +145,7 @@ def dvc_pipeline(
     retries: int = 1,
     retry_delay_seconds: float = 10.0,
     save_as_experiment: bool = True,
+    artifacts: bool = True,
     recent_experiments: int = 10,
 ) -> dict[str, Any]:
     """Reproduce the DVC pipeline in `workspace`, one task per stage, and save the run as a DVC experiment.
@@ -130,32 +153,23 @@ def dvc_pipeline(
     overrides: params for this run only, `{"tune.num_samples": 3}` or `["tune.num_samples=3"]` (the syntax of
         `dvc exp run -S`); params.yaml is restored afterwards, also when the run fails.
     retries: per stage, for transient failures (e.g. a DVC lock held by someone's `dvc repro`).
-    recent_experiments: rows of the experiment comparison artifact (0: none).
+    artifacts: publish the UI artifacts; recent_experiments: rows of the experiment comparison (0: none).
     """
     logger = get_run_logger()
     ws = Path(workspace).resolve()
     stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
-    with dvc.workspace_lock(ws), dvc.overridden_params(ws / "params.yaml", dvc.to_overrides(overrides)) as applied:
+    with (
+        dvc_tools.workspace_lock(ws),
+        dvc_tools.overridden_params(ws / "params.yaml", dvc_tools.to_overrides(overrides)) as applied,
+    ):
         if applied:
             logger.info("params overridden for this run: %s", applied)
         # Read after the overrides: `foreach` stages expand from params (preprocess.modalities).
-        pipeline = dvc.read_pipeline(ws)
+        pipeline = dvc_tools.read_pipeline(ws)
         logger.info("DVC stages in order: %s", [s.name for s in pipeline.stages])
-        futures: dict[str, Any] = {}
-        for stage in pipeline.stages:
-            futures[stage.name] = stage_task.submit(str(ws), stage.name,
-                                                    wait_for=[futures[u] for u in stage.upstream])
-        wait(list(futures.values()))
-        states = {name: future.state for name, future in futures.items()}
-        failed = [name for name, state in states.items() if state.is_failed() or state.is_crashed()]
-        if failed:
-            raise StageFailed("; ".join(f"{name}: {states[name].message}" for name in failed))
-        not_done = [name for name, state in states.items() if not state.is_completed()]
-        if not_done:
-            raise StageFailed(f"stages did not complete: {not_done}")
-
+        states = _run_stages(ws, pipeline.stages, stage_task)
         experiment = save_experiment(str(ws), list(pipeline.git_outputs)) if save_as_experiment else None
-        published = publish_artifacts(str(ws), pipeline, experiment, recent_experiments)
+        published = publish_artifacts(str(ws), pipeline, experiment, recent_experiments) if artifacts else []
     return {
         "experiment": experiment,
         "stages": {name: state.name for name, state in states.items()},

@@ -76,6 +76,7 @@ class Validate(Strict):
 
     on_invalid: Literal["fail", "quarantine"] = "fail"
     max_listed: int = Field(20, ge=1)  # failing rows named in the error message before "... and N more"
+    docs_dir: Path = Path("data/validation_docs")  # Data Docs HTML (kept apart from paths.validated: not deterministic)
     labels: list[str] | None = None  # None: the train split's labels
     unique_content: bool = True  # the same image/audio bytes under two sample ids is an error
     image_min_size: int = Field(8, ge=1)  # px, width and height alike

@@ -76,8 +76,9 @@ def resolve_inside(root: Path, cell: str) -> Path:
     if rel.is_absolute() or cell.startswith(("/", "\\")) or (len(cell) > 1 and cell[1] == ":"):
         raise ManifestError(f"path {cell!r} is absolute; manifest paths must be relative to the manifest folder")
     root = root.resolve()
-    # Written form first: `a/../../<folder name>/x` comes back in only by the folder's name; refuse it too.
-    if not Path(os.path.normpath(root / rel)).is_relative_to(root):
+    # The written form on its own, not joined to root: `a/../../<folder name>/x` leaves the folder and comes back
+    # only by the folder's name, which a copy of the dataset does not share; refuse it like any `..` escape.
+    if _lexical(cell).parts[:1] == ("..",):
         raise ManifestError(f"path {cell!r} escapes the dataset folder {root}")
     # resolve() follows symlinks, so a link pointing outside the folder is caught here.
     full = (root / rel).resolve()
@@ -86,12 +87,20 @@ def resolve_inside(root: Path, cell: str) -> Path:
     return full
 
 
+def _lexical(cell: str) -> Path:
+    """The cell normalised as written (`a/./b/../c` -> `a/c`), symlinks not followed."""
+    return Path(os.path.normpath(cell.replace("\\", "/")))
+
+
 def relative_target(cell: str) -> Path:
     """Where a path cell's file lives under a copied dataset folder: the cell, normalised, symlinks not followed.
 
-    Call after `resolve_inside` accepted the cell; a copy placed here is what `resolve_inside(copy, cell)` finds.
+    A copy placed there is what `resolve_inside(copy, cell)` finds. Refuses what `resolve_inside` refuses in writing.
     """
-    return Path(os.path.normpath(cell.replace("\\", "/")))
+    target = _lexical(cell)
+    if target.is_absolute() or target.parts[:1] == ("..",):
+        raise ManifestError(f"path {cell!r} escapes the dataset folder")
+    return target
 
 
 def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:

@@ -2,8 +2,11 @@
 
 Reads `<paths.raw>/manifest.csv` and writes, atomically, `<paths.validated>/`:
 `manifest.csv` (valid rows; paths stay relative to `<paths.raw>`), `quarantine.csv` (rows set aside, with reasons),
-`labels.json`, `profile.csv` (every row, with a `valid` column), `report.json` and `docs/` (Data Docs HTML), plus
-the metrics `<paths.metrics>/validate.json` (row counts and a count per check).
+`labels.json`, `profile.csv` (every row, with a `valid` column) and `report.json`; the Data Docs HTML site and raw
+GX results into `<validate.docs_dir>/`; the metrics `<paths.metrics>/validate.json` (row counts, a count per check).
+
+Data Docs carry run times and random ids, so they live outside `<paths.validated>`: the stages downstream depend on
+that folder, and a re-run on unchanged data must leave its hash, and so their cache, intact.
 
 Policy `validate.on_invalid`:
 - `fail`: any failing row fails the stage, naming the rows; nothing is written and stale outputs are removed.
@@ -75,11 +78,12 @@ def apply_policy(
     return split_rows(frame, result)
 
 
-def _drop_stale(folder: Path, metrics_path: Path) -> None:
+def _drop_stale(folders: list[Path], metrics_path: Path) -> None:
     # Outputs left from an earlier run would vouch for data that no longer passes: remove them.
-    if folder.exists():
-        log.warning("removing stale %s: the current dataset does not validate", folder)
-        shutil.rmtree(folder)
+    for folder in folders:
+        if folder.exists():
+            log.warning("removing stale %s: the current dataset does not validate", folder)
+            shutil.rmtree(folder)
     metrics_path.unlink(missing_ok=True)
 
 
@@ -91,19 +95,25 @@ def _write_outputs(
     write_json(out / "labels.json", result.labels)
     profile = result.profile.assign(valid=~result.profile.index.isin(result.invalid_rows))
     profile.to_csv(out / "profile.csv", index=False)
-    report = {**result.to_report(), "on_invalid": options.on_invalid, "quarantined_rows": len(quarantined)}
+    report = {
+        **result.to_report(), "on_invalid": options.on_invalid, "quarantined_rows": len(quarantined),
+        "docs": str(options.docs_dir / "index.html"),
+    }
     write_json(out / "report.json", report)
 
 
 def validate_into(raw: Path, target: Path, options: Validate) -> tuple[ValidationResult, int]:
-    """Validate `raw/manifest.csv` into `target` (atomically); (result, rows quarantined). Raises ValidationFailed."""
+    """Validate `raw/manifest.csv` into `target` and `options.docs_dir` (atomically); (result, rows quarantined).
+
+    Raises ValidationFailed, with neither folder written, when the policy says the dataset does not pass.
+    """
     manifest_path = raw / MANIFEST_NAME
     try:
         frame = read_manifest(manifest_path, errors="surrogateescape")
     except ManifestError as err:
         raise ValidationFailed(f"validation cannot start: {err}") from None
-    with atomic_dir(target) as out:
-        result = validate_dataset(frame, raw, options, docs_dir=out / "docs")
+    with atomic_dir(target) as out, atomic_dir(options.docs_dir) as docs:
+        result = validate_dataset(frame, raw, options, docs_dir=docs)
         valid, quarantined = apply_policy(frame, result, options, manifest_path)
         _write_outputs(out, result, valid, quarantined, options)
     if len(quarantined):
@@ -123,7 +133,7 @@ def main(params_path: str | Path = "params.yaml") -> None:
     try:
         result, quarantined = validate_into(paths.raw, paths.validated, params.validate_)
     except BaseException:  # a failure, or a crash: no earlier output may vouch for this dataset
-        _drop_stale(paths.validated, metrics_path)
+        _drop_stale([paths.validated, params.validate_.docs_dir], metrics_path)
         raise
     write_json(metrics_path, metrics(result, quarantined))
     log.info("validated %d rows into %s (%d quarantined)", len(result.profile), paths.validated, quarantined)

@@ -63,3 +63,19 @@ def test_pipeline_end_to_end_then_noop_then_experiment(project: Path) -> None:
     assert "patience-1" in experiments
     exp_metrics = experiments["patience-1"]["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]
     assert 0.0 <= exp_metrics["fused"]["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_same_params_and_data_give_the_same_metrics(project: Path) -> None:
+    run(["dvc", "repro"], project)
+    first = (project / "metrics/evaluate.json").read_text()
+    trials = (project / "metrics/tune_trials.csv").read_text()
+    lock = (project / "dvc.lock").read_text()
+    for stage in ("tune", "evaluate"):
+        run(["dvc", "repro", "--force", "--single-item", stage], project)
+    assert (project / "metrics/evaluate.json").read_text() == first
+    # Trial ids are random per study; configs, seeds and metrics are not.
+    assert [r.split(",", 1)[1] for r in (project / "metrics/tune_trials.csv").read_text().splitlines()] == \
+        [r.split(",", 1)[1] for r in trials.splitlines()]
+    # Bit-identical weights: the re-run's models/ hash equals the first one's.
+    assert (project / "dvc.lock").read_text() == lock

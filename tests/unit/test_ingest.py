@@ -127,8 +127,6 @@ def test_escaping_path_is_refused_with_its_row(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside.png", "user"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG stages/ingest.py copy_user_files + manifest.relative_target: "
-                   "'images/../../user/x.png' is accepted and copied to <out>/../user/x.png, outside the output")
 def test_cell_reentering_the_folder_writes_nothing_outside_the_output(tmp_path):
     root = tmp_path / "user"
     manifest = user_dataset(root)

@@ -95,9 +95,6 @@ def test_resolve_inside_refuses_escapes(tmp_path, cell):
         resolve_inside(root, cell)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG manifest.py resolve_inside: the 'written form' check normalises "
-                   "root/cell, so a cell that leaves and re-enters by the folder's name passes (its own comment "
-                   "says it is refused), and relative_target() then maps it to '../<folder>/...'")
 def test_resolve_inside_refuses_reentry_by_folder_name(tmp_path):
     root = tmp_path / "data"
     root.mkdir()

@@ -280,15 +280,15 @@ def test_stage_writes_outputs_then_fails_without_leaving_any(tmp_path, monkeypat
     write_dataset(raw, clean_rows(raw))
 
     stage.main()
-    out = tmp_path / "data" / "validated"
-    assert {p.name for p in out.iterdir()} == {
-        "manifest.csv", "quarantine.csv", "labels.json", "profile.csv", "report.json", "docs"
-    }
+    out, docs = tmp_path / "data" / "validated", tmp_path / "data" / "validation_docs"
+    outputs = {"manifest.csv", "quarantine.csv", "labels.json", "profile.csv", "report.json"}
+    assert {p.name for p in out.iterdir()} == outputs
     assert (out / "manifest.csv").read_bytes() == (raw / "manifest.csv").read_bytes()
     assert len(pd.read_csv(out / "quarantine.csv")) == 0
     assert json.loads((out / "labels.json").read_text()) == ["cat", "dog"]
     assert pd.read_csv(out / "profile.csv")["valid"].tolist() == [True] * 6
-    assert (out / "docs" / "index.html").is_file()
+    assert (docs / "index.html").is_file() and (docs / "gx_sample_checks.json").is_file()
+    assert json.loads((out / "report.json").read_text())["docs"] == "data/validation_docs/index.html"
     metrics = json.loads((tmp_path / "metrics" / "validate.json").read_text())
     assert metrics["rows"] == metrics["valid_rows"] == 6 and metrics["quarantined_rows"] == 0
     assert metrics["failed_checks"] == 0 and set(metrics["checks"].values()) == {0}
@@ -300,6 +300,6 @@ def test_stage_writes_outputs_then_fails_without_leaving_any(tmp_path, monkeypat
     message = str(failure.value)
     assert "truncated_png" in message and "img/truncated.png" in message and "nothing" in message
     assert "validate.on_invalid: quarantine" in message  # the way out is named
-    assert not out.exists()  # neither a partial folder nor the stale one from the passing run
-    assert not list(out.parent.glob(".validated.*"))  # no temporary folder left either
+    assert not out.exists() and not docs.exists()  # neither a partial folder nor the stale one from the passing run
+    assert not list(out.parent.glob(".validat*"))  # no temporary folder left either
     assert not (tmp_path / "metrics" / "validate.json").exists()

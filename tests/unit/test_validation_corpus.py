@@ -46,8 +46,8 @@ DEFECTS: dict[str, tuple[set[str], str, str, str | None]] = {
     "missing_label": ({"label_present"}, "label", "missing label", None),
     "unknown_label": ({"label_in_set"}, "label", "label 'zebra' not in the allowed labels ['cat', 'dog']", None),
     "dup_id": ({"sample_id_unique"}, "sample_id", "duplicate sample_id", None),
-    "dup_content_a": ({"image_unique_content"}, "image", "same image bytes are also in ['dup_content_b", "img/dupA.png"),
-    "dup_content_b": ({"image_unique_content"}, "image", "same image bytes are also in ['dup_content_a", "img/dupB.png"),
+    "dup_content_a": ({"image_unique_content"}, "image", "image bytes are also in ['dup_content_b", "img/dupA.png"),
+    "dup_content_b": ({"image_unique_content"}, "image", "image bytes are also in ['dup_content_a", "img/dupB.png"),
     "dotdot": ({"image_decodes"}, "image", "escapes the dataset folder", "../outside.png"),
     "absolute": ({"image_decodes"}, "image", "is absolute", None),
     "missing_file": ({"audio_decodes"}, "audio", "file not found", "aud/nope.wav"),
@@ -228,23 +228,6 @@ def test_row_numbers_match_the_manifest_as_a_spreadsheet_shows_it(corpus):
 # --------------------------------------------------------------------------------------------- policies
 
 
-def test_fail_policy_names_rows_and_exits_without_traceback_or_output(fail_run, corpus):
-    _, result = corpus
-    out, err = fail_run["proc"].communicate(timeout=300)
-    assert fail_run["proc"].returncode == 1
-    assert "Traceback" not in err and "Traceback" not in out
-    first = result.failing_rows[0]
-    assert f"row {first.row} sample {first.sample_id!r} [{first.column}]" in err
-    assert "file 'img/truncated.png'" in err and "truncated" in err  # row, file and reason
-    extra = len(result.failing_rows) - MAX_LISTED
-    assert f"... and {extra} more problem(s) on {result.n_failing_rows} failing row(s) in all" in err
-    assert err.count("\n  row ") == MAX_LISTED  # first N, then a count
-    assert "validate.on_invalid: quarantine" in err
-    project = fail_run["project"]
-    assert not (project / "data" / "validated").exists() and not list((project / "data").glob(".validated*"))
-    assert not (project / "metrics" / "validate.json").exists()
-
-
 def test_quarantine_conserves_every_row(quarantine_run, corpus):
     frame, _ = corpus
     out = quarantine_run / "data" / "validated"
@@ -279,7 +262,7 @@ def test_quarantine_metrics_count_each_check(quarantine_run):
     assert checks["group_in_one_split"] == 2 and checks["audio_channels"] == 1 and checks["utf8"] == 1
     assert checks["classes_in_test"] == 0 and checks["rows_present"] == 0
     assert metrics["failed_checks"] == len(set().union(*(checks for checks, *_ in DEFECTS.values())))
-    docs = quarantine_run / "data" / "validated" / "docs"
+    docs = quarantine_run / "data" / "validation_docs"
     assert (docs / "index.html").is_file() and len(list((docs / "validations").rglob("*.html"))) == 2
 
 
@@ -297,25 +280,31 @@ def test_class_missing_from_a_split_fails_under_both_policies(dataset_level, pol
     assert ("quarantining rows cannot fix them" in message) == (policy == "quarantine")
 
 
-@pytest.mark.parametrize("policy", ["fail", "quarantine"])
-def test_zero_rows_fail_under_both_policies(tmp_path, policy):
-    raw = tmp_path / "data" / "raw"
-    raw.mkdir(parents=True)
+@pytest.fixture(scope="module")
+def zero_rows(tmp_path_factory) -> tuple[pd.DataFrame, ValidationResult, Path]:
+    raw = tmp_path_factory.mktemp("zero") / "raw"
+    raw.mkdir()
     (raw / MANIFEST_NAME).write_text("sample_id,label,split,image,audio,text\n")
     frame = read_manifest(raw / MANIFEST_NAME)
-    result = validate_dataset(frame, raw, OPTIONS)
+    return frame, validate_dataset(frame, raw, OPTIONS), raw / MANIFEST_NAME
+
+
+@pytest.mark.parametrize("policy", ["fail", "quarantine"])
+def test_zero_rows_fail_under_both_policies(zero_rows, policy):
+    frame, result, manifest = zero_rows
     assert result.dataset_failures == ["the manifest has zero rows"]
     with pytest.raises(ValidationFailed, match="dataset: the manifest has zero rows"):
-        apply_policy(frame, result, OPTIONS.model_copy(update={"on_invalid": policy}), raw / MANIFEST_NAME)
+        apply_policy(frame, result, OPTIONS.model_copy(update={"on_invalid": policy}), manifest)
 
 
 def test_dataset_failure_under_quarantine_leaves_no_output(tmp_path):
     raw = tmp_path / "data" / "raw"
     write_raw(raw, [row("only", "cat", "train", text="one row, no val or test split")])
     target = tmp_path / "data" / "validated"
+    options = OPTIONS.model_copy(update={"on_invalid": "quarantine", "docs_dir": tmp_path / "data" / "docs"})
     with pytest.raises(ValidationFailed, match="split 'val' has no valid row of 1 class"):
-        validate_into(raw, target, OPTIONS.model_copy(update={"on_invalid": "quarantine"}))
-    assert not target.exists() and not list(target.parent.glob(".validated.*"))
+        validate_into(raw, target, options)
+    assert not target.exists() and not options.docs_dir.exists() and not list(target.parent.glob(".*"))
 
 
 def test_manifest_missing_a_column_cannot_start(tmp_path):
@@ -350,25 +339,41 @@ def _with_cell(manifest: Path, column: str, value: str) -> None:
     write_manifest(frame, manifest)
 
 
-@pytest.mark.parametrize(
-    ("edit", "message"),
-    [
-        (lambda m: write_manifest(read_manifest(m).drop(columns=["label"]), m), r"lacks required column\(s\) \['label'\]"),
-        (lambda m: write_manifest(read_manifest(m).assign(video="v.mp4"), m), r"unknown column\(s\) \['video'\]"),
-        (lambda m: _with_cell(m, "image", "/etc/hostname"), r"manifest row 3, column 'image': .* is absolute"),
-        (lambda m: _with_cell(m, "image", "img/../../secret.png"), r"manifest row 3, column 'image': .*escapes the dataset folder"),
-        (lambda m: (m.parent / "img" / "b.png").unlink() or (m.parent / "img" / "b.png").symlink_to(m.parent.parent / "secret.png"),
-         r"manifest row 3, column 'image': .*escapes the dataset folder .* through a symlink"),
-        (lambda m: (m.parent / "linked").symlink_to(m.parent.parent, target_is_directory=True)
-         or _with_cell(m, "image", "linked/secret.png"), r"row 3, column 'image': .*through a symlink"),
-        (lambda m: m.write_bytes(b""), r"cannot read manifest .*"),
-        (lambda m: m.unlink(), r"cannot read manifest .*"),
-        (lambda m: m.unlink() or m.mkdir(), r"cannot read manifest .*"),
-    ],
-    ids=["missing-column", "unknown-modality", "absolute", "dotdot", "symlink-out", "dir-symlink-out", "empty-file",
-         "no-file", "a-directory"],
-)
-def test_ingest_rejects_bad_user_manifests_by_name(tmp_path, edit, message):
+def _link_out(manifest: Path) -> None:
+    (manifest.parent / "img" / "b.png").unlink()
+    (manifest.parent / "img" / "b.png").symlink_to(manifest.parent.parent / "secret.png")
+
+
+def _dir_link_out(manifest: Path) -> None:
+    (manifest.parent / "linked").symlink_to(manifest.parent.parent, target_is_directory=True)
+    _with_cell(manifest, "image", "linked/secret.png")
+
+
+def _make_dir(manifest: Path) -> None:
+    manifest.unlink()
+    manifest.mkdir()
+
+
+# name -> (how the user's folder is broken, what the message must say)
+BAD_USER_DATA = {
+    "missing-column": (lambda m: write_manifest(read_manifest(m).drop(columns=["label"]), m),
+                       r"lacks required column\(s\) \['label'\]"),
+    "unknown-modality": (lambda m: write_manifest(read_manifest(m).assign(video="v.mp4"), m),
+                         r"unknown column\(s\) \['video'\]"),
+    "absolute": (lambda m: _with_cell(m, "image", "/etc/hostname"), r"manifest row 3, column 'image': .*is absolute"),
+    "dotdot": (lambda m: _with_cell(m, "image", "img/../../secret.png"), r"manifest row 3, .*escapes the dataset"),
+    "re-entry": (lambda m: _with_cell(m, "image", "img/../../user/img/b.png"), r"row 3, .*escapes the dataset"),
+    "symlink-out": (_link_out, r"manifest row 3, column 'image': .*escapes the dataset folder .* through a symlink"),
+    "dir-symlink-out": (_dir_link_out, r"manifest row 3, column 'image': .*through a symlink"),
+    "empty-file": (lambda m: m.write_bytes(b""), r"cannot read manifest .*"),
+    "no-file": (lambda m: m.unlink(), r"cannot read manifest .*"),
+    "a-directory": (_make_dir, r"cannot read manifest .*"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_USER_DATA))
+def test_ingest_rejects_bad_user_manifests_by_name(tmp_path, case):
+    edit, message = BAD_USER_DATA[case]
     write_png(tmp_path / "secret.png")
     manifest = user_folder(tmp_path / "user")
     edit(manifest)
@@ -378,7 +383,8 @@ def test_ingest_rejects_bad_user_manifests_by_name(tmp_path, edit, message):
 
 
 def test_ingest_keeps_non_utf8_cells_for_validate_to_report(tmp_path):
-    manifest = user_folder(tmp_path / "user", [{"sample_id": "a", "label": "cat", "image": "img/a.png", "text": LATIN1}])
+    rows = [{"sample_id": "a", "label": "cat", "image": "img/a.png", "text": LATIN1}]
+    manifest = user_folder(tmp_path / "user", rows)
     ingest_from(manifest, tmp_path / "raw")
     assert b"caf\xe9 au lait" in (tmp_path / "raw" / MANIFEST_NAME).read_bytes()
     with pytest.raises(ManifestError, match="not UTF-8.*save it as UTF-8"):  # strict readers refuse it, clearly
@@ -394,3 +400,25 @@ def test_ingest_copies_an_inside_symlink_to_the_path_the_manifest_names(tmp_path
     ingest_from(manifest, tmp_path / "raw")
     assert (tmp_path / "raw" / "img" / "b.png").read_bytes() == blob.read_bytes()
     assert not (tmp_path / "raw" / "blobs").exists()
+
+
+# --------------------------------------------------------------------------------------------- fail, for real
+
+
+def test_fail_policy_names_rows_and_exits_without_traceback_or_output(fail_run, corpus):
+    # Last in the file: the subprocess started with the module has had the other tests' time to finish.
+    _, result = corpus
+    out, err = fail_run["proc"].communicate(timeout=300)
+    assert fail_run["proc"].returncode == 1
+    assert "Traceback" not in err and "Traceback" not in out
+    first = result.failing_rows[0]
+    assert f"row {first.row} sample {first.sample_id!r} [{first.column}]" in err
+    assert "file 'img/truncated.png'" in err and "truncated" in err  # row, file and reason
+    extra = len(result.failing_rows) - MAX_LISTED
+    assert f"... and {extra} more problem(s) on {result.n_failing_rows} failing row(s) in all" in err
+    assert err.count("\n  row ") == MAX_LISTED  # first N, then a count
+    assert "validate.on_invalid: quarantine" in err
+    project = fail_run["project"]
+    assert not (project / "data" / "validated").exists() and not (project / "data" / "validation_docs").exists()
+    assert not list((project / "data").glob(".validat*"))
+    assert not (project / "metrics" / "validate.json").exists()

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flows.dvc import Experiment, Plot, flatten
+from flows.dvc_tools import Experiment, Plot, flatten
 
-MAX_ROWS = 50  # a table artifact is for reading, not for the whole failing-row list of a big dataset
+MAX_ROWS = 50  # markdown is for reading: not the whole failing-row list of a big dataset
 
 
 def _cell(value: Any) -> Any:
@@ -47,10 +47,15 @@ def validation_markdown(report: Mapping[str, Any], docs_index: Path | None) -> s
     if report.get("labels"):
         parts += ["", f"**Labels ({len(report['labels'])}):** " + ", ".join(map(str, report["labels"]))]
     for key, value in report.items():
-        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-            parts += ["", f"## {key.replace('_', ' ')} ({len(value)})", "", _md_table(value)]
-        elif isinstance(value, list) and not value and key != "labels":
-            parts += ["", f"## {key.replace('_', ' ')}: none"]
+        if not isinstance(value, list) or key == "labels":
+            continue
+        title = key.replace("_", " ")
+        if not value:
+            parts += ["", f"## {title}: none"]
+        elif all(isinstance(v, Mapping) for v in value):
+            parts += ["", f"## {title} ({len(value)})", "", _md_table(value)]
+        else:
+            parts += ["", f"## {title} ({len(value)})", ""] + [f"- {v}" for v in value[:MAX_ROWS]]
     if docs_index is not None:
         parts += ["", f"Great Expectations Data Docs: [`{docs_index}`]({docs_index.as_uri()}) "
                       "(open the file in a browser on the machine that ran the flow)"]

@@ -1,0 +1,330 @@
+"""The Prefect flow on the tiny project, against a real Prefect server (one per session, see conftest_prefect).
+
+One scratch project serves the whole module: the first flow run (the expensive part, ~2-3 min) builds it, and the
+later tests reuse it. Tests that change its state come last, in file order: cached run, overrides, failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import pytest
+
+from flows import dvc_tools
+from flows.pipeline import FLOW_NAME, REPO, dvc_pipeline
+from flows.serve import build_deployment
+from multimodal.workspace import copy_project, run
+from tests.integration.conftest import TINY_PARAMS
+
+pytest_plugins = ["tests.integration.conftest_prefect"]
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = {"validation-summary", "metrics", "best-config", "confusion-matrix", "experiments"}
+T = TypeVar("T")
+
+
+def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float, what: str) -> T:
+    """The server records task states, logs and scheduled runs asynchronously: ask until it has them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not there after {timeout:.0f} s; last answer: {value!r}")
+        time.sleep(1)
+
+
+def client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def task_runs(flow_run_id: UUID, expected: int) -> dict[str, Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def fetch():
+        with client() as c:
+            return c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    def settled(runs) -> bool:  # NotReady (upstream failed) is PENDING for good; count it as settled
+        return len(runs) >= expected and all(r.state and (r.state.is_final() or r.state.name == "NotReady")
+                                             for r in runs)
+
+    return {r.name: r for r in poll(fetch, settled, 60, f"task runs of {flow_run_id}")}
+
+
+def artifacts(flow_run_id: UUID) -> dict[str, Any]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    only_this_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    with client() as c:
+        found = c.read_artifacts(artifact_filter=only_this_run)
+    return {a.key: a for a in found}
+
+
+def task_log(task_run_id: UUID, text: str) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    def fetch():
+        with client() as c:
+            return [log.message for log in c.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id])))]
+
+    return poll(fetch, lambda lines: any(text in line for line in lines), 30, f"log line {text!r}")
+
+
+def table(artifact: Any) -> list[dict]:
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+def experiments(workspace: Path) -> dict[str, dict]:
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)
+    return {e["name"]: e["revs"][0]["data"] for rev in shown for e in (rev.get("experiments") or [])}
+
+
+def one_at_a_time(deployment: Any) -> bool:
+    """Deployment concurrency is a global concurrency limit owned by the deployment; ENQUEUE makes runs wait."""
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    return (deployment.global_concurrency_limit.limit == 1
+            and deployment.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE)
+
+
+@dataclass(frozen=True)
+class FlowRun:
+    id: UUID
+    name: str
+    state: Any
+    seconds: float
+
+
+def run_flow(workspace: Path, **parameters: Any) -> FlowRun:
+    started = time.monotonic()
+    state = dvc_pipeline(workspace=str(workspace), return_state=True, **parameters)
+    seconds = time.monotonic() - started
+    flow_run_id = state.state_details.flow_run_id
+    with client() as c:
+        name = c.read_flow_run(flow_run_id).name
+    return FlowRun(flow_run_id, name, state, seconds)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_project(tmp_path_factory.mktemp("flow") / "project", TINY_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def stage_names(workspace: Path) -> list[str]:
+    return [s.name for s in dvc_tools.read_pipeline(workspace).stages]
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace: Path, prefect_api: str) -> FlowRun:
+    return run_flow(workspace)
+
+
+@pytest.fixture(scope="module")
+def second_run(workspace: Path, first_run: FlowRun) -> FlowRun:
+    return run_flow(workspace)
+
+
+# ------------------------------------------------------------------------------ helpers (no server, no DVC run)
+
+
+def test_classify_reads_dvcs_own_messages() -> None:
+    assert dvc_tools.classify("preprocess@image", ["Running stage 'preprocess@image':"])[0] is True
+    ran, reason = dvc_tools.classify("tune", ["Stage 'tune' didn't change, skipping"])
+    assert not ran and "didn't change" in reason
+    ran, reason = dvc_tools.classify("tune", ["Stage 'tune' is cached - skipping run, checking out outputs"])
+    assert not ran and "run-cache" in reason
+
+
+def test_overrides_and_experiment_names() -> None:
+    assert dvc_tools.to_overrides({"tune.num_samples": 3, "preprocess.modalities": ["image", "text"],
+                                   "ingest.manifest": None, "tune.asha": {"max_epochs": 2}}) == [
+        "tune.num_samples=3", 'preprocess.modalities=["image","text"]', "ingest.manifest=null",
+        "tune.asha={max_epochs:2}"]
+    assert dvc_tools.to_overrides(["align.epochs=2"]) == ["align.epochs=2"]
+    assert dvc_tools.experiment_name("crimson-gorilla") == "crimson-gorilla"
+    assert dvc_tools.experiment_name("-nightly run..2.lock") == "nightly-run.2"
+
+
+def test_unknown_override_is_rejected_and_params_yaml_kept(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("# knobs\ntune:\n  num_samples: 6  # trials\n")
+    before = params.read_bytes()
+    with dvc_tools.overridden_params(params, ["tune.num_samples=2"]):
+        assert "num_samples: 2  # trials" in params.read_text()  # DVC's -S code keeps comments
+    assert params.read_bytes() == before
+    with pytest.raises(dvc_tools.OverrideError, match="tune.nope"):
+        with dvc_tools.overridden_params(params, ["tune.nope=1"]):
+            pass
+    assert params.read_bytes() == before
+
+
+# --------------------------------------------------------------------------------- deployments (no flow runs)
+
+
+def test_cron_deployment_gets_runs_scheduled_by_the_server(workspace: Path, prefect_api: str) -> None:
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    # Registered without a runner: the server's scheduler creates the runs, nobody executes them.
+    deployment_id = build_deployment(name="every-minute", cron="* * * * *", workspace=workspace).apply()
+    try:
+        with client() as c:
+            deployment = c.read_deployment(deployment_id)
+        assert one_at_a_time(deployment)
+        assert deployment.schedules[0].schedule.cron == "* * * * *"
+        assert deployment.parameters == {"workspace": str(workspace)}
+
+        def fetch():
+            with client() as c:
+                return c.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+                )
+
+        scheduled = poll(fetch, lambda runs: len(runs) >= 2, 90, "scheduled runs of the every-minute deployment")
+        times = sorted(r.expected_start_time for r in scheduled)
+        assert all(t.second == 0 and t.microsecond == 0 for t in times)
+        assert (times[1] - times[0]).total_seconds() % 60 == 0
+    finally:
+        with client() as c:
+            c.delete_deployment(deployment_id)  # its runs go with it: nothing left for the scheduler
+
+
+def test_serve_command_registers_the_scheduled_deployment(workspace: Path, prefect_api: str) -> None:
+    # A yearly cron: the served runner must not start a pipeline run while the other tests use the workspace.
+    cmd = [sys.executable, "-m", "flows.serve", "--name", "serve-test", "--cron", "0 3 1 1 *",
+           "--workspace", str(workspace)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        from prefect.exceptions import ObjectNotFound
+
+        def fetch():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                with client() as c:
+                    return c.read_deployment_by_name(f"{FLOW_NAME}/serve-test")
+            except ObjectNotFound:
+                return None
+
+        # READY once the runner polls for its runs: it is serving, and handles SIGTERM.
+        deployment = poll(fetch, lambda d: d is not None and d.status.value == "READY", 90, "the served deployment")
+        assert one_at_a_time(deployment)
+        assert deployment.schedules[0].schedule.cron == "0 3 1 1 *"
+        assert deployment.parameters["workspace"] == str(workspace)
+        assert not deployment.paused
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    with client() as c:
+        deployment = c.read_deployment_by_name(f"{FLOW_NAME}/serve-test")
+        assert deployment.paused  # serve pauses its schedules on shutdown
+        c.delete_deployment(deployment.id)
+
+
+# ------------------------------------------------------------------------------------------------- flow runs
+
+
+def test_first_run_runs_every_stage_and_publishes_artifacts(
+    workspace: Path, first_run: FlowRun, stage_names: list[str]
+) -> None:
+    assert first_run.state.is_completed(), first_run.state.message
+    assert {"preprocess@image", "preprocess@audio", "preprocess@text"} <= set(stage_names)
+
+    runs = task_runs(first_run.id, len(stage_names) + 2)
+    for stage in stage_names:
+        state = runs[stage].state
+        assert (state.type.value, state.name) == ("COMPLETED", "Completed"), (stage, state)
+        assert state.message.startswith("dvc: stage ran in"), state.message
+    assert runs["tune"].total_run_time.total_seconds() > 1
+    # The stage's own output, line by line, in its task's log.
+    assert task_log(runs["ingest"].id, "Running stage 'ingest'")
+    assert task_log(runs["evaluate"].id, "python -m stages.evaluate")
+
+    found = artifacts(first_run.id)
+    assert ARTIFACTS <= set(found)
+    assert "Data validation passed" in found["validation-summary"].data
+    assert "docs/index.html" in found["validation-summary"].data
+    assert {"metrics/evaluate.json", "metrics/tune.json"} <= {row["file"] for row in table(found["metrics"])}
+    assert "fusion:" in found["best-config"].data
+    manifest = (workspace / "data/raw/manifest.csv").read_text().splitlines()
+    counts = [v for row in table(found["confusion-matrix"]) for v in row.values() if isinstance(v, int)]
+    assert sum(counts) == sum(1 for line in manifest if line.endswith(",test"))
+    assert first_run.name in {row["experiment"].split(" ")[0] for row in table(found["experiments"])}
+
+    assert first_run.state.result()["experiment"] == first_run.name
+    saved = experiments(workspace)[first_run.name]
+    assert "metrics/evaluate.json" in saved["metrics"]  # untracked on the first run, included with `-I`
+    assert run(["git", "status", "--porcelain", "params.yaml"], workspace).stdout == ""
+
+
+def test_second_run_shows_stages_cached_and_is_fast(
+    workspace: Path, first_run: FlowRun, second_run: FlowRun, stage_names: list[str]
+) -> None:
+    assert second_run.state.is_completed(), second_run.state.message
+    runs = task_runs(second_run.id, len(stage_names) + 2)
+    for stage in stage_names:
+        state = runs[stage].state
+        assert (state.type.value, state.name) == ("COMPLETED", "Cached"), (stage, state)
+        assert "didn't change" in state.message
+    assert second_run.seconds < 0.5 * first_run.seconds, (second_run.seconds, first_run.seconds)
+    assert {first_run.name, second_run.name} <= set(experiments(workspace))
+
+
+def test_overrides_apply_to_one_run_and_params_yaml_is_restored(
+    workspace: Path, second_run: FlowRun, stage_names: list[str]
+) -> None:
+    params_before = (workspace / "params.yaml").read_bytes()
+    override = run_flow(workspace, overrides={"evaluate.batch_size": 100})
+    assert override.state.is_completed(), override.state.message
+    assert override.state.result()["overrides"] == ["evaluate.batch_size=100"]
+
+    runs = task_runs(override.id, len(stage_names) + 2)
+    assert {s: runs[s].state.name for s in stage_names} == {s: "Completed" if s == "evaluate" else "Cached"
+                                                            for s in stage_names}
+    assert (workspace / "params.yaml").read_bytes() == params_before
+    saved = experiments(workspace)
+    assert saved[override.name]["params"]["params.yaml"]["data"]["evaluate"]["batch_size"] == 100
+    assert saved[second_run.name]["params"]["params.yaml"]["data"]["evaluate"]["batch_size"] == 256
+
+
+def test_failing_stage_fails_its_task_and_the_flow_with_the_stage_error(
+    workspace: Path, second_run: FlowRun, stage_names: list[str]
+) -> None:
+    params_before = (workspace / "params.yaml").read_bytes()
+    # A broken param: only `evaluate` reads it, and its params check exits non-zero naming the problem.
+    failed = run_flow(workspace, overrides={"evaluate.batch_size": 0}, retries=1, retry_delay_seconds=0)
+
+    assert failed.state.is_failed()
+    assert "evaluate" in failed.state.message and "evaluate.batch_size" in failed.state.message, failed.state.message
+    runs = task_runs(failed.id, len(stage_names))
+    evaluate = runs["evaluate"]
+    assert evaluate.state.is_failed() and evaluate.run_count == 2  # one retry
+    assert "greater than or equal to 1" in evaluate.state.message
+    assert all(runs[s].state.name == "Cached" for s in stage_names if s != "evaluate")
+    assert "save_experiment" not in " ".join(runs)  # a failed run is not recorded as an experiment
+    assert failed.name not in experiments(workspace)
+    assert (workspace / "params.yaml").read_bytes() == params_before
