@@ -72,19 +72,33 @@ def _read(path: Path) -> Any:
     return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
 
 
+def _data_docs(ws: Path, report: dict[str, Any], params: Any) -> Path | None:
+    """The Great Expectations Data Docs index: where the report says, else where params put it."""
+    candidates = [report.get("docs"), getattr(params.validate_, "docs_dir", None),
+                  params.base.paths.validated / "docs"]
+    for candidate in candidates:
+        if isinstance(candidate, (str, Path)) and candidate:
+            path = ws / candidate
+            path = path / "index.html" if path.is_dir() else path
+            if path.name == "index.html" and path.is_file():
+                return path.resolve()
+    return None
+
+
 @task(cache_policy=NO_CACHE)
 def publish_artifacts(workspace: str, pipeline: dvc_tools.Pipeline, experiment: str | None, recent: int) -> list[str]:
     """Validation summary, metrics, best config, confusion matrix and recent experiments, as UI artifacts."""
     from multimodal.config import load_params
 
     ws = Path(workspace)
-    paths = load_params(ws / "params.yaml").base.paths  # the same paths dvc.yaml templates its outs from
+    params = load_params(ws / "params.yaml")
+    paths = params.base.paths  # the same paths dvc.yaml templates its outs from
     published = []
 
     report = ws / paths.validated / "report.json"
     if report.exists():
-        docs = (ws / paths.validated / "docs" / "index.html").resolve()
-        markdown = ui_artifacts.validation_markdown(_read(report), docs if docs.exists() else None)
+        content = _read(report)
+        markdown = ui_artifacts.validation_markdown(content, _data_docs(ws, content, params))
         create_markdown_artifact(markdown, key="validation-summary", description=str(report.relative_to(ws)))
         published.append("validation-summary")
 

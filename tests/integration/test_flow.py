@@ -267,7 +267,7 @@ def test_first_run_runs_every_stage_and_publishes_artifacts(
     found = artifacts(first_run.id)
     assert ARTIFACTS <= set(found)
     assert "Data validation passed" in found["validation-summary"].data
-    assert "docs/index.html" in found["validation-summary"].data
+    assert "Data Docs" in found["validation-summary"].data and "index.html" in found["validation-summary"].data
     assert {"metrics/evaluate.json", "metrics/tune.json"} <= {row["file"] for row in table(found["metrics"])}
     assert "fusion:" in found["best-config"].data
     manifest = (workspace / "data/raw/manifest.csv").read_text().splitlines()
