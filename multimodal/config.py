@@ -53,7 +53,7 @@ class Demo(Strict):
     n_samples: int = Field(3000, ge=30)
     image_components: int = Field(6, ge=1, le=784)
     image_noise: float = Field(0.35, ge=0)
-    audio_snr_db: tuple[float, float] = (-16.0, -8.0)
+    audio_snr_db: tuple[float, float] = (-6.0, 2.0)
     missing_rate: float = Field(0.1, ge=0, lt=0.34)
     sample_rate: int = 16000
 
