@@ -57,6 +57,7 @@ def server_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
 
 
 def _healthy(api_url: str) -> bool:
+    # Polls our own server: api_url is always built from HOST (127.0.0.1), never a remote address.
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
             return response.status == 200
@@ -93,9 +94,11 @@ def local_server(
     log_path = home / "server.log"
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port),
            "--analytics-off", "--ui" if ui else "--no-ui"]
+    # The UI asks /ui-settings where the API is; unset, that is port 4200 whatever port the server got.
+    env = server_env(home, {"PREFECT_UI_API_URL": api_url, **(extra_env or {})})
     with open(log_path, "ab") as out:
         # Own session: the server's uvicorn child goes with it, and a hung server can be killed as a group.
-        proc = subprocess.Popen(cmd, env=server_env(home, extra_env), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + startup_timeout

@@ -3,4 +3,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dvc repro "$@"
-dvc metrics show
+dvc metrics show metrics/evaluate.json   # all metrics: `dvc metrics show`; compare runs: `dvc exp show`

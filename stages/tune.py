@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -20,15 +21,25 @@ from multimodal.tune import run_search
 logger = logging.getLogger(__name__)
 
 
+def trial_number(result) -> str | None:
+    """The trial's sequence number ("00004"); Ray's trial id adds a random per-study prefix ("f1e41_00004")."""
+    trial_id = result.metrics.get("trial_id") if result.metrics else None
+    if trial_id:
+        return trial_id.rsplit("_", 1)[-1]
+    # A trial that failed before reporting has no metrics; its folder is named `<trainable>_<id>_<n>_<params>`.
+    match = re.search(r"_[0-9a-f]{5}_(\d{5})_", Path(result.path).name) if result.path else None
+    return match.group(1) if match else None
+
+
 def trial_table(results, metric: str, mode: str) -> pd.DataFrame:
-    """One row per trial: its config, seed, status, epochs run and best metric."""
+    """One row per trial, in trial order: its config, seed, status, epochs run and best metric."""
     rows = []
     for result in results:
         history = result.metrics_dataframe
         has = history is not None and metric in history
         best = (history[metric].max() if mode == "max" else history[metric].min()) if has else None
         rows.append({
-            "trial_id": result.metrics.get("trial_id") if result.metrics else None,
+            "trial": trial_number(result),
             **{f"config.{k}": v for k, v in result.config.items()},
             "seed": result.metrics.get("seed") if result.metrics else None,
             "status": "error" if result.error else "ok",
@@ -36,7 +47,7 @@ def trial_table(results, metric: str, mode: str) -> pd.DataFrame:
             metric: best,
             "error": str(result.error).splitlines()[0] if result.error else "",
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values("trial", ignore_index=True)
 
 
 def tune(params: Params, params_raw: dict, project_dir: Path) -> dict:
@@ -48,7 +59,7 @@ def tune(params: Params, params_raw: dict, project_dir: Path) -> dict:
     table = trial_table(results, cfg.metric, cfg.mode)
     ok = [r for r in results if not r.error and r.checkpoint is not None]
     if not ok:
-        raise SystemExit(f"tune: no trial succeeded; errors:\n{table[['trial_id', 'error']].to_string()}")
+        raise SystemExit(f"tune: no trial succeeded; errors:\n{table[['trial', 'error']].to_string()}")
     best = results.get_best_result(cfg.metric, cfg.mode, scope="all")
     best_config = {**cfg.fixed.model_dump(), **best.config}
     # 2. Unimodal baselines with the best hyperparameters, through the same loop.
@@ -56,8 +67,8 @@ def tune(params: Params, params_raw: dict, project_dir: Path) -> dict:
     labels = load_labels(params)
     device = pick_device(params.base.device)
     train_cfg = train_config({**best_config, "seed": params.base.seed, "max_epochs": cfg.asha.max_epochs})
-    best_row = table[table["trial_id"] == best.metrics.get("trial_id")]
-    metrics = {"best_" + cfg.metric: float(best_row[cfg.metric].iloc[0]), "best_trial": best.metrics.get("trial_id"),
+    best_row = table[table["trial"] == trial_number(best)]
+    metrics = {"best_" + cfg.metric: float(best_row[cfg.metric].iloc[0]), "best_trial": trial_number(best),
                "trials": len(table), "trials_failed": int((table["status"] == "error").sum())}
     with atomic_dir(Path(paths.models)) as tmp:
         with best.checkpoint.as_directory() as ckpt:

@@ -2,8 +2,9 @@
 
 Load it from a test module with `pytest_plugins = ["tests.integration.conftest_prefect"]` and ask for the
 `prefect_api` fixture. The server gets its own PREFECT_HOME (its SQLite database) in a temporary folder, analytics
-off and no UI; the tests' Prefect client points at it through PREFECT_API_URL, and subprocesses (e.g.
-`python -m flows.serve`) inherit that from the environment. The server stops with SIGTERM at session end.
+off, and serves its UI at the API URL less `/api` (for the headless-browser test); the tests' Prefect client points
+at it through PREFECT_API_URL, and subprocesses (e.g. `python -m flows.serve`) inherit that from the environment.
+The server stops with SIGTERM at session end.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flows.local_server import OFFLINE_ENV, local_server
+from flows.local_server import OFFLINE_ENV, free_port, local_server
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +23,8 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect")
-    with local_server(home / "server", ui=False) as server, pytest.MonkeyPatch.context() as env:
+    with (local_server(home / "server", free_port(), ui=True) as server,
+          pytest.MonkeyPatch.context() as env):
         client_home = home / "client"
         # Environment for subprocesses; temporary_settings for this process, whose settings were read at import.
         env.setenv("PREFECT_API_URL", server.api_url)

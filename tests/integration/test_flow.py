@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -279,6 +280,49 @@ def test_first_run_runs_every_stage_and_publishes_artifacts(
     saved = experiments(workspace)[first_run.name]
     assert "metrics/evaluate.json" in saved["metrics"]  # untracked on the first run, included with `-I`
     assert run(["git", "status", "--porcelain", "params.yaml"], workspace).stdout == ""
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium for a headless browser")
+def test_flow_run_page_shows_stage_tasks_and_metrics_artifact(
+    first_run: FlowRun, stage_names: list[str], prefect_api: str, tmp_path: Path
+) -> None:
+    """The server's UI (the v2 app under /v2: the v1 app at / drops `?tab=` while the run loads) in Chromium."""
+    from html.parser import HTMLParser
+
+    class Text(HTMLParser):  # the page's visible text nodes, stripped; scripts and styles left out
+        def __init__(self) -> None:
+            super().__init__()
+            self.nodes: list[str] = []
+            self.skip = 0
+
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            self.skip += tag in ("script", "style")
+
+        def handle_endtag(self, tag: str) -> None:
+            self.skip -= tag in ("script", "style")
+
+        def handle_data(self, data: str) -> None:
+            if not self.skip and data.strip():
+                self.nodes.append(data.strip())
+
+    def rendered(url: str, profile: Path) -> list[str]:
+        # Virtual time runs the app until its API calls are answered and it is idle; then the DOM is dumped.
+        cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", url]
+        dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+        parser = Text()
+        parser.feed(dom)
+        return parser.nodes
+
+    page = f"{prefect_api.removesuffix('/api')}/v2/runs/flow-run/{first_run.id}"
+    task_runs(first_run.id, len(stage_names) + 2)  # the server has recorded them all before the page asks
+    tasks_tab = rendered(f"{page}?tab=TaskRuns", tmp_path / "tasks")
+    assert first_run.name in tasks_tab, tasks_tab
+    assert set(stage_names) <= set(tasks_tab), set(stage_names) - set(tasks_tab)
+    artifacts_tab = rendered(f"{page}?tab=Artifacts", tmp_path / "artifacts")
+    assert "metrics" in artifacts_tab, artifacts_tab
+    assert "the metrics files declared in dvc.yaml" in artifacts_tab, artifacts_tab  # the artifact's description
 
 
 def test_second_run_shows_stages_cached_and_is_fast(
