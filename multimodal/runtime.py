@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,8 +32,6 @@ def go_offline(allow_hub: bool = False) -> None:
 
 def go_offline_for(specs) -> None:
     """Offline unless some modality names a hub id (not the bundled `minilm`, not a local folder)."""
-    from pathlib import Path
-
     hub = any(s.pretrained and s.pretrained != "minilm" and not Path(s.pretrained).exists() for s in specs.values())
     go_offline(allow_hub=hub)
 

@@ -90,7 +90,7 @@ def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str,
     fit(model, data["train"], data["val"], cfg, pick_device(params.base.device), on_epoch=report)
 
 
-def run_search(params: Params, params_raw: dict[str, Any], project_dir: Path, storage: Path):
+def run_search(params: Params, project_dir: Path, storage: Path):
     """Run the study; returns Ray's ResultGrid."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -100,7 +100,9 @@ def run_search(params: Params, params_raw: dict[str, Any], project_dir: Path, st
     start_ray(cfg, project_dir)
     resources = trial_resources(cfg)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, project_dir=str(project_dir), params_raw=params_raw), resources
+        # Trials get the validated params as plain JSON data (no objects pickled) and re-validate them.
+        tune.with_parameters(run_trial, project_dir=str(project_dir),
+                             params_raw=params.model_dump(mode="json", by_alias=True)), resources
     )
     scheduler = ASHAScheduler(max_t=cfg.asha.max_epochs, grace_period=cfg.asha.grace_period,
                               reduction_factor=cfg.asha.reduction_factor)

@@ -50,12 +50,12 @@ def trial_table(results, metric: str, mode: str) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("trial", ignore_index=True)
 
 
-def tune(params: Params, params_raw: dict, project_dir: Path) -> dict:
+def tune(params: Params, project_dir: Path) -> dict:
     paths, cfg = params.base.paths, params.tune
     storage = project_dir / ".ray" / "results"
     shutil.rmtree(storage / "tune", ignore_errors=True)  # a fresh study each run; DVC versions the outputs
     # 1. The search.
-    results = run_search(params, params_raw, project_dir, storage)
+    results = run_search(params, project_dir, storage)
     table = trial_table(results, cfg.metric, cfg.mode)
     ok = [r for r in results if not r.error and r.checkpoint is not None]
     if not ok:
@@ -88,12 +88,11 @@ def tune(params: Params, params_raw: dict, project_dir: Path) -> dict:
 
 def main() -> None:
     setup_logging()
-    raw = yaml.safe_load(Path("params.yaml").read_text())
     params = load_params()
     go_offline_for(params.modalities)
     seed_everything(params.base.seed)
     try:
-        tune(params, raw, Path.cwd())
+        tune(params, Path.cwd())
     finally:
         import ray
 
