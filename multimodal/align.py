@@ -2,7 +2,8 @@
 
 Frozen encoders are run once here and their pooled outputs cached (`features/<split>.safetensors`), so
 alignment, every tuning trial and evaluation work on cached features instead of re-encoding.
-Trainable encoders (config-built image/audio by default) are pretrained together with the projections.
+Trainable encoders (config-built image/audio by default) are pretrained together with the projections; once
+aligned, their pooled outputs are cached too, so the `frozen` fine-tuning strategy never runs an encoder.
 """
 
 from __future__ import annotations
@@ -108,7 +109,12 @@ def train_alignment(embedder: Embedder, train: SplitData, cfg: AlignConfig, devi
 @torch.no_grad()
 def retrieval_recall(embedder: Embedder, data: SplitData, device: torch.device, ks=(1, 5),
                      batch_size: int = 256) -> dict[str, float]:
-    """Cross-modal retrieval recall@k for every ordered modality pair over rows having both."""
+    """Cross-modal retrieval recall@k for every ordered modality pair over rows having both.
+
+    Also `<a>_to_<b>_same_label@1`: how often the top match carries the query's label. Pairs that share only
+    their class (as in the demo dataset) cannot be told apart within a class, so instance recall stays near
+    chance there while this shows whether the space groups classes.
+    """
     embedder.eval().to(device)
     parts = [embedder(b.inputs, b.masks) for b in (b.to(device) for b in data.batches(batch_size))]
     z = {m: F.normalize(torch.cat([p[m] for p in parts]).float().cpu(), dim=-1) for m in data.modalities}
@@ -122,6 +128,8 @@ def retrieval_recall(embedder: Embedder, data: SplitData, device: torch.device, 
         rank = (sims >= sims.diagonal().unsqueeze(1)).sum(dim=1) - 1
         for k in ks:
             out[f"{a}_to_{b}_recall@{k}"] = (rank < k).float().mean().item()
+        labels = data.labels[both]
+        out[f"{a}_to_{b}_same_label@1"] = (labels[sims.argmax(dim=1)] == labels).float().mean().item()
     return out
 
 
@@ -130,7 +138,8 @@ def retrieval_recall(embedder: Embedder, data: SplitData, device: torch.device, 
 
 def save_aligned(out_dir: Path, embedder: Embedder, features: dict[str, dict[str, torch.Tensor]],
                  sample_ids: dict[str, list[str]], cfg: AlignConfig) -> None:
-    """`embedder.safetensors` + `embedder.json`, and `features/<split>.safetensors` for frozen modalities."""
+    """`embedder.safetensors` + `embedder.json`, and `features/<split>.safetensors` (pooled, pre-projection
+    outputs of every modality's encoder: frozen ones and, with their aligned weights, trainable ones)."""
     save_file(state_dict_for_saving(embedder), str(out_dir / "embedder.safetensors"))
     entries = {m: encoder_entry(e) for m, e in embedder.encoders.items()}
     write_json(out_dir / "embedder.json", {"encoders": entries, "modalities": list(entries), "align": asdict(cfg)})
@@ -148,14 +157,25 @@ def load_embedder(aligned_dir: Path) -> tuple[Embedder, dict]:
     return embedder, meta
 
 
-def load_cached_features(aligned_dir: Path, data: SplitData, split: str) -> SplitData:
-    """Attach the cached frozen features of `split`, checking they line up with `data`'s samples."""
+def load_cached_features(aligned_dir: Path, data: SplitData, split: str, modalities: list[str]) -> SplitData:
+    """Replace the raw inputs of `modalities` by their cached features of `split`, checking the samples line up."""
     path = aligned_dir / "features" / f"{split}.safetensors"
     with safe_open(str(path), framework="pt") as handle:
         ids = json.loads(handle.metadata()["sample_ids"])
-    if ids != data.sample_ids:
-        raise RuntimeError(f"{path} was computed for other samples than the current {split} split; re-run `align`")
-    return use_cached_features(data, load_file(str(path)))
+        if ids != data.sample_ids:
+            raise RuntimeError(f"{path} was computed for other samples than the current {split} split; re-run `align`")
+        missing = sorted(set(modalities) - set(handle.keys()))
+        if missing:
+            raise RuntimeError(f"{path} holds no features of {missing} (written by an older `align`); re-run `align`")
+        return use_cached_features(data, {m: handle.get_tensor(m) for m in modalities})
+
+
+def encode_trainable(embedder: Embedder, data: dict[str, SplitData], batch_size: int,
+                     device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+    """Pooled outputs {split: {modality: (N, D)}} of the embedder's real (not cached) encoders on raw `data`."""
+    return {split: {m: encode_present(e, raw, m, batch_size, device)
+                    for m, e in embedder.encoders.items() if not isinstance(e, FeatureInput)}
+            for split, raw in data.items()}
 
 
 def frozen_as_features(encoders: dict[str, torch.nn.Module], frozen: list[str]) -> dict[str, torch.nn.Module]:

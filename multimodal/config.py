@@ -12,7 +12,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MODALITIES = ("image", "audio", "text")
-FUSIONS = ("concat", "gated", "attention")  # multimodal.fusion.FUSIONS implements exactly these
+FUSIONS = ("concat", "gated", "attention", "late", "weighted", "tensor")  # multimodal.fusion.FUSIONS implements these
+STRATEGIES = ("frozen", "last_k", "lora", "full")  # multimodal.strategies.STRATEGIES implements these
 
 
 class Strict(BaseModel):
@@ -157,23 +158,64 @@ class TrainFixed(Strict):
     grad_accum_steps: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, gt=0)
     modality_dropout: float = Field(0.1, ge=0, lt=1)
+    # Fine-tuning strategy of the encoders (multimodal.strategies); searchable too, e.g. {choice: [frozen, lora]}.
+    strategy: Literal[STRATEGIES] = "full"
+    last_k: int = Field(1, ge=1)  # last_k: blocks trained per encoder
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    # Module-name suffixes: BERT/MiniLM query/value, ViT/AST q_proj/v_proj, HF ResNet convolution.
+    lora_targets: list[str] = Field(["query", "value", "q_proj", "v_proj", "convolution"], min_length=1)
 
 
 SEARCH_KINDS = ("loguniform", "uniform", "choice", "randint")
+REPORTED_METRICS = ("val_accuracy", "val_loss", "train_loss")  # what every trial reports each epoch
+
+
+def _space_problems(name: str, spec: Any) -> list[str]:
+    """What is wrong with one `tune.space` entry, e.g. `{loguniform: [1e-4, 1e-2]}` (empty: nothing)."""
+    where = f"tune.space.{name}"
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SEARCH_KINDS:
+        return [f"{where}: expected one of {SEARCH_KINDS} as its only key, got {spec}"]
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        return [] if isinstance(args, list) and args else [f"{where}: choice needs a non-empty list, got {args}"]
+    if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args)):
+        return [f"{where}: {kind} needs [low, high], got {args}"]
+    low, high = args
+    if not low < high:
+        return [f"{where}: {kind} needs low < high, got {args}"]
+    if kind == "loguniform" and low <= 0:
+        return [f"{where}: loguniform needs low > 0, got {args}"]
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        return [f"{where}: randint needs integers [low, high) (high excluded), got {args}"]
+    return []
 
 
 class Tune(Strict):
+    search: Literal["random", "optuna"] = "random"  # optuna: TPE seeded from base.seed
     num_samples: int = Field(6, ge=1)
     max_concurrent_trials: int = Field(1, ge=1)
     cpus_per_trial: float = Field(2, gt=0)
-    gpus_per_trial: float = Field(1, ge=0)
+    gpus_per_trial: float = Field(1, ge=0)  # used only when the cluster has GPUs; below 1 shares a GPU
+    max_failures: int = Field(1, ge=0)  # retries of a failed trial, from its last checkpoint
+    keep_checkpoints: int = Field(2, ge=1)  # per trial, the best by `metric` (Ray also keeps the latest)
     object_store_memory_mb: int = Field(512, ge=78)
     address: str | None = None
-    metric: str = "val_accuracy"
+    metric: Literal[REPORTED_METRICS] = "val_accuracy"
     mode: Literal["max", "min"] = "max"
+    # asha: stop weak trials early at rungs (`asha`); fifo: every trial runs until max_epochs or its own early stop.
+    scheduler: Literal["asha", "fifo"] = "asha"
     asha: Asha = Asha()
     space: dict[str, dict[str, Any]]
     fixed: TrainFixed = TrainFixed()
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_or_fraction(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"a trial takes a fraction of one GPU or whole GPUs, got {value:g}")
+        return value
 
     @field_validator("space")
     @classmethod
@@ -183,11 +225,11 @@ class Tune(Strict):
         for name, spec in space.items():
             if name not in searchable:
                 problems.append(f"tune.space.{name}: not a training knob; searchable: {sorted(searchable)}")
-            if len(spec) != 1 or next(iter(spec)) not in SEARCH_KINDS:
-                problems.append(f"tune.space.{name}: expected one of {SEARCH_KINDS} as its only key, got {spec}")
-            elif name == "fusion" and set(spec.get("choice", [])) - set(FUSIONS):
-                problems.append(f"tune.space.fusion: unknown fusion(s) {sorted(set(spec['choice']) - set(FUSIONS))}; "
-                                f"known: {list(FUSIONS)}")
+            problems += _space_problems(name, spec)
+            known = {"fusion": FUSIONS, "strategy": STRATEGIES}.get(name)
+            if known and isinstance(spec, dict) and set(spec.get("choice") or []) - set(known):
+                problems.append(f"tune.space.{name}: unknown value(s) {sorted(set(spec['choice']) - set(known))}; "
+                                f"known: {list(known)}")
         if problems:
             raise ValueError("; ".join(problems))
         return space

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,15 +53,20 @@ class SplitData:
                          {m: v.to(device) for m, v in self.masks.items()})
 
 
-def load_split(frame: pd.DataFrame, split: str, labels: list[str], preprocessed: Path, modalities: list[str]) -> SplitData:
-    """Join `<preprocessed>/<modality>/<split>-*.safetensors` onto the manifest rows of `split`."""
+def load_split(frame: pd.DataFrame, split: str, labels: list[str], preprocessed: Path, modalities: list[str],
+               masks_only: Collection[str] = ()) -> SplitData:
+    """Join `<preprocessed>/<modality>/<split>-*.safetensors` onto the manifest rows of `split`.
+
+    Modalities in `masks_only` get their presence mask but no inputs (`{}`): callers that swap in cached
+    features for them skip reading the raw tensors (most of the bytes).
+    """
     rows = frame[frame["split"] == split]
     ids = rows["sample_id"].tolist()
     position = {sid: i for i, sid in enumerate(ids)}
     label_index = {name: i for i, name in enumerate(labels)}
     inputs, masks = {}, {}
     for modality in modalities:
-        shard_ids, tensors = read_split(Path(preprocessed) / modality, split)
+        shard_ids, tensors = read_split(Path(preprocessed) / modality, split, tensors=modality not in masks_only)
         rows_at = torch.tensor([position[s] for s in shard_ids], dtype=torch.long)
         mask = torch.zeros(len(ids), dtype=torch.bool)
         mask[rows_at] = True

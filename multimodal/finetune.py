@@ -11,7 +11,9 @@ from torch import nn
 
 from multimodal.align import load_embedder
 from multimodal.dataset import SplitData
-from multimodal.model import Embedder, ModelSpec, MultimodalModel
+from multimodal.model import Embedder, ModelSpec, MultimodalModel, encoder_entry
+from multimodal.modalities.base import FeatureInput
+from multimodal.strategies import apply_strategy
 from multimodal.train import FitResult, TrainConfig, fit
 
 
@@ -25,24 +27,40 @@ def train_config(values: dict[str, Any]) -> TrainConfig:
 
 
 def initial_model(aligned_dir: Path, labels: list[str], modalities: list[str], cfg: TrainConfig):
-    """A model whose encoders and projections start from `align`'s weights; fusion and head are new."""
+    """A model whose encoders and projections start from `align`'s weights, set up for `cfg.strategy`.
+
+    Fusion and head are new. The data it trains on must come from `load_splits(..., strategy=cfg.strategy)`:
+    the model reads exactly `spec.feature_modalities` as cached features.
+    """
     embedder, meta = load_embedder(aligned_dir)
     if list(modalities) != list(meta["modalities"]):
         subset = Embedder({m: embedder.encoders[m] for m in modalities}, meta["align"]["dim"])
         subset.projections = nn.ModuleDict({m: embedder.projections[m] for m in modalities})
         embedder = subset
-    torch.manual_seed(cfg.seed)  # fusion/head initialization depends on the seed only
+    torch.manual_seed(cfg.seed)  # adapter, fusion and head initialization depend on the seed only
+    apply_strategy(embedder, cfg)
     model = MultimodalModel(embedder, cfg.fusion, len(labels), cfg.dropout)
-    spec = ModelSpec(list(modalities), {m: meta["encoders"][m] for m in modalities}, labels,
-                     meta["align"]["dim"], cfg.fusion, cfg.dropout)
+    encoders = {m: encoder_entry(e) if isinstance(e, FeatureInput) else meta["encoders"][m]
+                for m, e in embedder.encoders.items()}
+    spec = ModelSpec(list(modalities), encoders, labels, meta["align"]["dim"], cfg.fusion, cfg.dropout)
     return model, spec
 
 
+def check_inputs(spec: ModelSpec, data: SplitData) -> None:
+    """Fail early, with the fix, when `data` holds raw inputs where the model reads cached features or vice versa."""
+    features = set(spec.feature_modalities)
+    wrong = [m for m in spec.modalities if data.inputs[m] and ("features" in data.inputs[m]) != (m in features)]
+    if wrong:
+        raise ValueError(f"the model reads {sorted(features)} as cached features but the data differs for {wrong}; "
+                         "load it with multimodal.splits.load_splits(..., strategy=<the config's strategy>)")
+
+
 def finetune(aligned_dir: Path, labels: list[str], train: SplitData, val: SplitData, cfg: TrainConfig,
-             device: torch.device, modalities: list[str] | None = None, on_epoch=None
+             device: torch.device, modalities: list[str] | None = None, on_epoch=None, resume_from: Path | None = None
              ) -> tuple[MultimodalModel, ModelSpec, FitResult]:
     """Fine-tune on `modalities` (default: all in `train`); one modality gives a unimodal baseline."""
     modalities = modalities or train.modalities
     model, spec = initial_model(aligned_dir, labels, modalities, cfg)
-    result = fit(model, train.only(modalities), val.only(modalities), cfg, device, on_epoch)
+    check_inputs(spec, train)
+    result = fit(model, train.only(modalities), val.only(modalities), cfg, device, on_epoch, resume_from)
     return model, spec, result

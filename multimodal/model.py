@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModel
 from multimodal.fusion import build_fusion
 from multimodal.io import read_json, write_json
 from multimodal.modalities.base import FeatureInput, PooledEncoder
+from multimodal.strategies import without_adapters
 
 
 @dataclass
@@ -31,6 +32,11 @@ class ModelSpec:
     fusion: str = "concat"
     dropout: float = 0.1
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feature_modalities(self) -> list[str]:
+        """Modalities this model reads as features cached by `align` instead of raw processor outputs."""
+        return [m for m in self.modalities if "features" in self.encoders[m]]
 
     def restricted(self, modalities: list[str]) -> "ModelSpec":
         return ModelSpec(modalities, {m: self.encoders[m] for m in modalities}, self.labels, self.dim,
@@ -77,13 +83,16 @@ class MultimodalModel(nn.Module):
         super().__init__()
         self.embedder = embedder
         dim = next(iter(embedder.projections.values()))[0].out_features
-        self.fusion = build_fusion(fusion, list(embedder.encoders), dim)
+        self.fusion = build_fusion(fusion, list(embedder.encoders), dim, n_classes)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(self.fusion.out_dim, n_classes)
+        # A fusion that produces logits (late fusion) has one classifier per modality instead of a shared head.
+        produces_logits = getattr(self.fusion, "produces_logits", False)
+        self.head = None if produces_logits else nn.Linear(self.fusion.out_dim, n_classes)
 
     def forward(self, inputs: dict[str, dict[str, torch.Tensor]], masks: dict[str, torch.Tensor]) -> torch.Tensor:
         z = {m: self.dropout(v) for m, v in self.embedder(inputs, masks).items()}
-        return self.head(self.dropout(self.fusion(z, masks)))
+        fused = self.fusion(z, masks)
+        return fused if self.head is None else self.head(self.dropout(fused))
 
 
 def build_model(spec: ModelSpec) -> MultimodalModel:
@@ -96,9 +105,10 @@ def state_dict_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path) -> None:
+    """Weights + spec of a plain model: LoRA adapters are merged into a copy, so loading needs no peft."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict_for_saving(model), str(out_dir / "model.safetensors"))
+    save_file(state_dict_for_saving(without_adapters(model)), str(out_dir / "model.safetensors"))
     write_json(out_dir / "model.json", asdict(spec))
 
 

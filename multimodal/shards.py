@@ -43,13 +43,17 @@ class ShardWriter:
         self._ids, self._parts, self._count = [], {}, 0
 
 
-def read_split(in_dir: Path, split: str) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """All shards of one split, concatenated; ([], {}) when the split has none."""
+def read_split(in_dir: Path, split: str, tensors: bool = True) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """All shards of one split, concatenated; ([], {}) when the split has none.
+
+    `tensors=False` reads only the sample ids (from the metadata): enough where cached features replace the inputs.
+    """
     ids: list[str] = []
     parts: dict[str, list[torch.Tensor]] = {}
     for path in sorted(Path(in_dir).glob(f"{split}-*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
             ids.extend(json.loads(handle.metadata()["sample_ids"]))
-        for key, value in load_file(str(path)).items():
-            parts.setdefault(key, []).append(value)
+        if tensors:
+            for key, value in load_file(str(path)).items():
+                parts.setdefault(key, []).append(value)
     return ids, {k: torch.cat(v) for k, v in parts.items()}

@@ -1,7 +1,8 @@
 """One supervised training loop, used by the tune trials, the unimodal baselines, tests and benchmarks.
 
 AdamW with linear warm-up then cosine decay, dropout, modality dropout, gradient accumulation and clipping,
-early stopping on validation accuracy, bf16 autocast on CUDA.
+early stopping on validation accuracy, bf16 autocast on CUDA. The complete training state can be saved after
+any epoch (safetensors + JSON, no pickle) and a run resumed from it ends exactly as an uninterrupted one on CPU.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import copy
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from multimodal.dataset import SplitData
+from multimodal.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +37,18 @@ class TrainConfig:
     grad_accum_steps: int = 1
     grad_clip: float = 1.0
     modality_dropout: float = 0.1
-    max_epochs: int = 20
+    max_epochs: int = 20  # the LR schedule is laid out over this many epochs
+    epoch_limit: int | None = None  # stop after this epoch, schedule unchanged (re-running an ASHA-stopped trial)
     seed: int = 42
+    # Fine-tuning strategy of the encoders (multimodal.strategies): frozen | last_k | lora | full.
+    strategy: str = "full"
+    last_k: int = 1
+    lora_rank: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.0
+    # Module-name suffixes that get adapters: BERT/MiniLM query/value, transformers-5 ViT/AST q_proj/v_proj,
+    # HF ResNet convolution (peft adapts Conv2d layers too).
+    lora_targets: list[str] = field(default_factory=lambda: ["query", "value", "q_proj", "v_proj", "convolution"])
 
 
 @dataclass
@@ -104,15 +119,24 @@ def _val_metrics(model: nn.Module, data: SplitData, batch_size: int, device: tor
     return loss, (probs.argmax(dim=1) == data.labels).float().mean().item()
 
 
+StateSaver = Callable[[Path], None]
+
+
 def fit(
     model: nn.Module,
     train: SplitData,
     val: SplitData,
     cfg: TrainConfig,
     device: torch.device,
-    on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
+    on_epoch: Callable[[EpochMetrics, nn.Module, StateSaver], None] | None = None,
+    resume_from: Path | None = None,
 ) -> FitResult:
-    """Train `model` in place; keep the best-on-val weights; stop after `patience` epochs without improvement."""
+    """Train `model` in place; keep the best-on-val weights; stop after `patience` epochs without improvement.
+
+    After each epoch `on_epoch(metrics, model, save_state)` is called; `save_state(directory)` writes the complete
+    training state there, and `fit(..., resume_from=directory)` continues with the next epoch.
+    """
+    # 1. Everything random is seeded from the config; a resumed run then overwrites it with the saved state.
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model.to(device)
@@ -125,7 +149,15 @@ def fit(
     )
     loss_fn = nn.CrossEntropyLoss()
     result = FitResult(best_state=copy.deepcopy(model.state_dict()), best=None)
-    for epoch in range(1, cfg.max_epochs + 1):
+    parts = TrainingState(model, optimizer, scheduler, generator, result)
+    start = 1
+    if resume_from is not None:
+        start = parts.load(Path(resume_from), device) + 1
+        logger.info("resuming from %s at epoch %d", resume_from, start)
+        if _should_stop(result, start - 1, cfg):
+            start = cfg.max_epochs + 1  # the interrupted run had already decided to stop
+    # 2. The epochs.
+    for epoch in range(start, cfg.max_epochs + 1):
         model.train()
         total, seen = 0.0, 0
         for step, batch in enumerate(train.batches(cfg.batch_size, generator)):
@@ -153,8 +185,95 @@ def fit(
             result.best_state = copy.deepcopy(model.state_dict())
         logger.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f", epoch, metrics.train_loss, val_loss, val_acc)
         if on_epoch is not None:
-            on_epoch(metrics, model)
-        if result.best is not None and epoch - result.best.epoch >= cfg.patience:
+            on_epoch(metrics, model, lambda directory, epoch=epoch: parts.save(Path(directory), epoch))
+        if _should_stop(result, epoch, cfg):
             break
     model.load_state_dict(result.best_state)
     return result
+
+
+def _should_stop(result: FitResult, epoch: int, cfg: TrainConfig) -> bool:
+    if cfg.epoch_limit is not None and epoch >= cfg.epoch_limit:
+        return True
+    return result.best is not None and epoch - result.best.epoch >= cfg.patience
+
+
+# --- training state: safetensors for tensors, JSON for the rest ---------------------------------------------
+
+STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"
+
+
+@dataclass
+class TrainingState:
+    """What `fit` needs to continue a run exactly: weights, best weights, optimizer, scheduler, RNGs, history."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    result: FitResult
+
+    def save(self, directory: Path, epoch: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors |= {f"best.{k}": v for k, v in self.result.best_state.items()}
+        optimizer = self.optimizer.state_dict()
+        optimizer_values: dict[str, dict[str, Any]] = {}
+        for index, values in optimizer["state"].items():
+            for name, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.{index}.{name}"] = value
+                else:
+                    optimizer_values.setdefault(str(index), {})[name] = value
+        tensors |= {f"rng.{name}": value for name, value in _rng_states(self.generator).items()}
+        # Clones: safetensors refuses tensors sharing memory, which state dicts may hold.
+        tmp = directory / f".{STATE_TENSORS}.tmp"
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp))
+        tmp.replace(directory / STATE_TENSORS)
+        write_json(directory / STATE_JSON, {  # written last: its presence marks a complete state
+            "epoch": epoch,
+            "history": [asdict(m) for m in self.result.history],
+            "best": asdict(self.result.best) if self.result.best else None,
+            "optimizer": {"param_groups": optimizer["param_groups"], "values": optimizer_values,
+                          "indices": sorted(optimizer["state"])},
+            "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
+        })
+
+    def load(self, directory: Path, device: torch.device) -> int:
+        """Restore everything saved in `directory`; returns the epoch it was saved after."""
+        meta = read_json(directory / STATE_JSON)
+        tensors = load_file(str(directory / STATE_TENSORS))
+        take = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        self.model.load_state_dict(take("model."))
+        self.result.best_state = {k: v.to(device) for k, v in take("best.").items()}
+        self.result.history = [EpochMetrics(**m) for m in meta["history"]]
+        self.result.best = EpochMetrics(**meta["best"]) if meta["best"] else None
+        saved = meta["optimizer"]
+        state = {}
+        for index in saved["indices"]:
+            values = dict(saved["values"].get(str(index), {}))
+            values |= {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"optimizer.{index}.")}
+            state[index] = values
+        # JSON turned tuples (AdamW betas) into lists.
+        groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+                  for g in saved["param_groups"]]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(groups)})
+        _set_rng_states(self.generator, take("rng."))
+        return int(meta["epoch"])
+
+
+def _rng_states(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The data generator (shuffles, modality dropout) and torch's global RNGs (dropout)."""
+    states = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    return states
+
+
+def _set_rng_states(generator: torch.Generator, states: dict[str, torch.Tensor]) -> None:
+    generator.set_state(states["generator"])
+    torch.set_rng_state(states["torch"])
+    cuda = [states[f"cuda.{i}"] for i in range(len(states) - 2) if f"cuda.{i}" in states]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])

@@ -1,10 +1,16 @@
-"""Ray Tune over the fine-tuning space in params.yaml, with ASHA; trials wrap `finetune` unchanged."""
+"""Ray Tune over the fine-tuning space in params.yaml: ASHA, random or Optuna search, retries from checkpoints.
+
+Trials wrap the same training loop as everything else (`multimodal.train.fit`); each epoch a trial reports its
+metrics with a checkpoint holding the model and the full training state, so a retried trial (`tune.max_failures`)
+continues from its last epoch instead of starting over.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +20,11 @@ from multimodal.config import Params, Tune
 
 logger = logging.getLogger(__name__)
 
+STUDY = "tune"  # the study's folder under the storage path
+
 
 def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """params.yaml `{name: {loguniform: [lo, hi]}}` -> Ray Tune sampling objects."""
+    """params.yaml `{name: {loguniform: [lo, hi]}}` -> Ray Tune sampling objects (randint: high excluded)."""
     from ray import tune
 
     makers = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint,
@@ -24,99 +32,187 @@ def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {name: makers[kind](*args) for name, spec in space.items() for kind, args in spec.items()}
 
 
+def search_algorithm(cfg: Tune, seed: int):
+    """The searcher of `tune.search`, seeded from `base.seed`, running at most `max_concurrent_trials` at once."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if cfg.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        # metric and mode come from TuneConfig; Optuna's TPE sampler gets the seed.
+        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=cfg.max_concurrent_trials)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=cfg.max_concurrent_trials)
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars from samplers -> Python values (YAML, JSON and dataclasses want those)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def trial_train_config(params: Params, config: dict[str, Any]):
+    """The TrainConfig a trial trains with: fixed knobs, the sampled ones, the seed and ASHA's epoch budget."""
+    from multimodal.finetune import train_config
+
+    return train_config({**params.tune.fixed.model_dump(), **{k: plain(v) for k, v in config.items()},
+                         "seed": params.base.seed, "max_epochs": params.tune.asha.max_epochs})
+
+
 def ray_home(project_dir: Path) -> Path:
     """A HOME for Ray holding `ray_bootstrap_config.yaml`: Ray 2.60 then skips its cloud-metadata probe."""
-    home = project_dir / ".ray" / "home"
+    home = project_dir.resolve() / ".ray" / "home"
     home.mkdir(parents=True, exist_ok=True)
     (home / "ray_bootstrap_config.yaml").write_text("{}\n")
     return home
 
 
-def start_ray(cfg: Tune, project_dir: Path) -> None:
+def ray_env(project_dir: Path, joining: bool = False) -> dict[str, str]:
+    """Environment for any Ray process (the driver, `ray start`): no usage stats, no metadata probe.
+
+    `joining`: for a driver that joins a cluster by address. Ray 2.60 writes an auth token under HOME at the first
+    local `ray.init`, and a `ray start` cluster then requires it; a joining driver sends it only with
+    RAY_AUTH_MODE=token (Ray sets that itself only for clusters it starts).
+    """
+    home = ray_home(project_dir)
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "HOME": str(home)}
+    token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
+    if joining and "RAY_AUTH_MODE" not in os.environ and (token or (home / ".ray" / "auth_token").exists()):
+        env["RAY_AUTH_MODE"] = "token"
+    return env
+
+
+def start_ray(cfg: Tune, project_dir: Path) -> str | None:
+    """Join `tune.address` / RAY_ADDRESS, or start a local Ray; returns the address joined (None: local)."""
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # Before `import ray`: Ray reads some of these (the auth mode) once, at import.
+    os.environ.update(ray_env(project_dir, joining=bool(address)))
     import ray
 
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["HOME"] = str(ray_home(project_dir))
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        logger.info("joined the Ray cluster at %s", address)
     else:
-        ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
+        # "local": never the cluster a past `ray start` left in /tmp/ray/ray_current_cluster.
+        ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
                  object_store_memory=cfg.object_store_memory_mb * 2**20, log_to_driver=True)
+    return address
 
 
-def trial_resources(cfg: Tune) -> dict[str, float]:
-    """Resources of one trial, checked against the cluster so an impossible request fails now, not hangs."""
-    import ray
+def decide_resources(cfg: Tune, device: str, nodes: list[dict[str, float]]) -> dict[str, float]:
+    """CPUs and GPUs of one trial, or an error naming the param key and what the cluster has.
 
-    available = ray.cluster_resources()
-    wanted = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial if available.get("GPU", 0) > 0 else 0.0}
-    problems = [f"{k}={v:g} per trial but the cluster has {available.get(k.upper(), 0):g}"
-                for k, v in wanted.items() if v > available.get(k.upper(), 0)]
+    `nodes` holds each alive node's resources (`{"CPU": 2.0, "GPU": 1.0, ...}`); a trial must fit on one node.
+    GPUs are used when the cluster has any (`base.device: auto`) or `base.device: cuda`; never with `cpu`.
+    """
+    largest = {kind: max((n.get(kind, 0.0) for n in nodes), default=0.0) for kind in ("CPU", "GPU")}
+    total = {kind: sum(n.get(kind, 0.0) for n in nodes) for kind in ("CPU", "GPU")}
+    has = f"the cluster has {len(nodes)} node(s), at most {largest['CPU']:g} CPUs and {largest['GPU']:g} GPUs " \
+          f"on one (in all {total['CPU']:g} CPUs, {total['GPU']:g} GPUs)"
+    use_gpu = device == "cuda" or (device == "auto" and total["GPU"] > 0)
+    wanted = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial if use_gpu else 0.0}
+    problems = []
+    if wanted["cpu"] > largest["CPU"]:
+        problems.append(f"tune.cpus_per_trial={wanted['cpu']:g}")
+    if device == "cuda" and total["GPU"] == 0:
+        problems.append("base.device=cuda")
+    elif wanted["gpu"] > largest["GPU"]:
+        problems.append(f"tune.gpus_per_trial={wanted['gpu']:g}")
+    if device == "cuda" and wanted["gpu"] == 0:
+        problems.append("base.device=cuda with tune.gpus_per_trial=0")
     if problems:
-        raise RuntimeError("tune: resource request cannot be met: " + "; ".join(problems))
+        raise RuntimeError(f"tune: a trial cannot be placed: {', '.join(problems)} but {has}")
     return wanted
 
 
-def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str, Any]) -> None:
-    """One Ray trial: fine-tune with the sampled config, report val metrics each epoch, checkpoint on improvement."""
+def trial_resources(cfg: Tune, device: str) -> dict[str, float]:
+    """`decide_resources` against the running cluster, once, before launch: an impossible request fails now."""
+    import ray
+
+    return decide_resources(cfg, device, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+
+
+def prepare_trial(params: Params, cfg):
+    """Train/val data and the initial model of a trial config: (model, spec, train, val)."""
+    from multimodal.finetune import initial_model
+    from multimodal.splits import load_labels, load_splits
+
+    # The strategy decides which modalities are read as cached features (`frozen`: all of them).
+    data = load_splits(params, ("train", "val"), strategy=cfg.strategy)
+    model, spec = initial_model(Path(params.base.paths.aligned), load_labels(params), data["train"].modalities, cfg)
+    return model, spec, data["train"], data["val"]
+
+
+def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str, Any], device: str) -> None:
+    """One Ray trial: fine-tune with the sampled config; each epoch report metrics with a full checkpoint."""
+    import ray
     from ray import tune
 
-    from multimodal.config import Params
-    from multimodal.finetune import initial_model, train_config
     from multimodal.model import save_model
-    from multimodal.runtime import pick_device
-    from multimodal.splits import load_labels, load_splits
+    from multimodal.runtime import seed_everything
     from multimodal.train import fit
 
     os.chdir(project_dir)  # Ray starts trials elsewhere; stage paths are relative to the project
     params = Params.model_validate(params_raw)
-    torch.set_num_threads(max(1, int(params.tune.cpus_per_trial)))
-    data = load_splits(params, ("train", "val"))
-    cfg = train_config({**params.tune.fixed.model_dump(), **config, "seed": params.base.seed,
-                        "max_epochs": params.tune.asha.max_epochs})
-    model, spec = initial_model(Path(params.base.paths.aligned), load_labels(params), data["train"].modalities, cfg)
+    torch.set_num_threads(max(1, int(params.tune.cpus_per_trial)))  # `reproduce_best` uses the same count
+    cfg = trial_train_config(params, config)
+    seed_everything(cfg.seed)
+    model, spec, train, val = prepare_trial(params, cfg)
+    # The node is recorded so a study on an existing cluster shows where its trials ran.
+    node_id = ray.get_runtime_context().get_node_id()
 
-    def report(metrics, model) -> None:
-        values = {"val_accuracy": metrics.val_accuracy, "val_loss": metrics.val_loss,
-                  "train_loss": metrics.train_loss, "epoch": metrics.epoch, "seed": cfg.seed}
-        if not metrics.improved:
-            tune.report(values)
-            return
+    def report(metrics, model, save_state) -> None:
+        values = {"epoch": metrics.epoch, "val_accuracy": metrics.val_accuracy, "val_loss": metrics.val_loss,
+                  "train_loss": metrics.train_loss, "seed": cfg.seed, "node_id": node_id}
         with tempfile.TemporaryDirectory() as tmp:
-            save_model(model, spec, tmp)
+            save_state(Path(tmp) / "state")
+            save_model(model, spec, Path(tmp) / "model")
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    fit(model, data["train"], data["val"], cfg, pick_device(params.base.device), on_epoch=report)
+    # A retried trial gets its last checkpoint back and continues from that epoch.
+    checkpoint = tune.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext() as restored:
+        resume_from = Path(restored) / "state" if restored else None
+        if resume_from:
+            logger.info("trial resumes from %s", resume_from)
+        fit(model, train, val, cfg, torch.device(device), on_epoch=report, resume_from=resume_from)
 
 
 def run_search(params: Params, project_dir: Path, storage: Path):
     """Run the study; returns Ray's ResultGrid."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
-
     cfg = params.tune
-    start_ray(cfg, project_dir)
-    resources = trial_resources(cfg)
+    start_ray(cfg, project_dir)  # first: it sets the environment Ray reads when imported
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    # 1. Resources, decided once: the device every trial trains on follows from them.
+    resources = trial_resources(cfg, params.base.device)
+    device = "cuda" if resources["gpu"] > 0 else "cpu"
+    logger.info("each trial takes %s and trains on %s", resources, device)
     trainable = tune.with_resources(
         # Trials get the validated params as plain JSON data (no objects pickled) and re-validate them.
-        tune.with_parameters(run_trial, project_dir=str(project_dir),
-                             params_raw=params.model_dump(mode="json", by_alias=True)), resources
+        tune.with_parameters(run_trial, project_dir=str(project_dir.resolve()),
+                             params_raw=params.model_dump(mode="json", by_alias=True), device=device),
+        resources,
     )
-    scheduler = ASHAScheduler(max_t=cfg.asha.max_epochs, grace_period=cfg.asha.grace_period,
-                              reduction_factor=cfg.asha.reduction_factor)
+    # 2. The study: the search and ASHA decide which trials run and how long.
+    if cfg.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.asha.max_epochs, grace_period=cfg.asha.grace_period,
+                                  reduction_factor=cfg.asha.reduction_factor)
+    else:  # every trial runs to completion (bench/tune_search.py compares the two)
+        scheduler = FIFOScheduler()
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(cfg.space),
-        tune_config=tune.TuneConfig(
-            metric=cfg.metric, mode=cfg.mode, scheduler=scheduler, num_samples=cfg.num_samples,
-            # Seeded sampling: the same params draw the same trial configs.
-            search_alg=BasicVariantGenerator(random_state=params.base.seed, max_concurrent=cfg.max_concurrent_trials),
-        ),
+        tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
+                                    num_samples=cfg.num_samples, search_alg=search_algorithm(cfg, params.base.seed),
+                                    # One worker process runs trial after trial: no re-import of torch per trial.
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
-            name="tune", storage_path=str(storage.resolve()), verbose=1,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=cfg.metric,
+            name=STUDY, storage_path=str(storage.resolve()), verbose=1,
+            # A failed trial is retried from its latest checkpoint; Ray keeps that one even when it is not
+            # among the best `keep_checkpoints` (see docs/tune.md).
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
+                                                    checkpoint_score_attribute=cfg.metric,
                                                     checkpoint_score_order=cfg.mode),
         ),
     )

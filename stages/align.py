@@ -1,12 +1,12 @@
-"""Stage `align`: cache frozen-encoder features, learn the shared space contrastively, report retrieval recall."""
+"""Stage `align`: learn the shared space contrastively, report retrieval recall, cache every encoder's features."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from multimodal.align import (AlignConfig, build_encoders, encode_present, frozen_as_features, retrieval_recall,
-                              save_aligned, train_alignment, use_cached_features)
+from multimodal.align import (AlignConfig, build_encoders, encode_present, encode_trainable, frozen_as_features,
+                              retrieval_recall, save_aligned, train_alignment, use_cached_features)
 from multimodal.config import Params, load_params
 from multimodal.dataset import load_split
 from multimodal.io import atomic_dir, write_json
@@ -41,6 +41,9 @@ def align(params: Params) -> dict[str, float]:
     metrics = {"contrastive_loss_last": losses[-1] if losses else None}
     for split in ("val", "test"):
         metrics.update({f"{split}/{k}": v for k, v in retrieval_recall(embedder, data[split], device).items()})
+    # 5. Every trainable encoder, with its aligned weights, run once more: the `frozen` strategy reads these.
+    for split, values in encode_trainable(embedder, raw, cfg.batch_size, device).items():
+        features[split].update(values)
     with atomic_dir(Path(paths.aligned)) as tmp:
         save_aligned(tmp, embedder.cpu(), features, {s: raw[s].sample_ids for s in SPLITS}, align_cfg)
     write_json(Path(paths.metrics) / "align.json", metrics)

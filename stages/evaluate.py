@@ -18,9 +18,9 @@ def evaluate(params: Params) -> dict:
     from dvclive import Live
 
     paths = params.base.paths
-    test = load_splits(params, ("test",))["test"]
+    test = load_splits(params, ("test",))["test"]  # each model then swaps in the cached features it reads
     metrics, y_true, y_pred, labels = evaluate_models(
-        Path(paths.models), test, params.evaluate.batch_size, pick_device(params.base.device)
+        Path(paths.models), test, params.evaluate.batch_size, pick_device(params.base.device), Path(paths.aligned)
     )
     write_json(Path(paths.metrics) / "evaluate.json", metrics)
     # dvcyaml=False: DVCLive must not rewrite our dvc.yaml; the plot is declared there instead.

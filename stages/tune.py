@@ -1,88 +1,81 @@
-"""Stage `tune`: Ray Tune + ASHA over params `tune.space`; writes the best model, trial table, unimodal baselines."""
+"""Stage `tune`: Ray Tune over params `tune`; writes the best model, the trial tables and plots, unimodal baselines."""
 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from multimodal.config import Params, load_params
-from multimodal.finetune import finetune, train_config
+from multimodal.finetune import finetune
 from multimodal.io import atomic_dir, write_json, write_text_atomic
 from multimodal.model import save_model
 from multimodal.runtime import go_offline_for, pick_device, seed_everything, setup_logging
 from multimodal.splits import load_labels, load_splits
-from multimodal.tune import run_search
+from multimodal.tune import STUDY, run_search, trial_train_config
+from multimodal.tune_results import (best_checkpoint, best_trial, epochs_table, trial_number, trial_table,
+                                     write_plots)
 
 logger = logging.getLogger(__name__)
 
 
-def trial_number(result) -> str | None:
-    """The trial's sequence number ("00004"); Ray's trial id adds a random per-study prefix ("f1e41_00004")."""
-    trial_id = result.metrics.get("trial_id") if result.metrics else None
-    if trial_id:
-        return trial_id.rsplit("_", 1)[-1]
-    # A trial that failed before reporting has no metrics; its folder is named `<trainable>_<id>_<n>_<params>`.
-    match = re.search(r"_[0-9a-f]{5}_(\d{5})_", Path(result.path).name) if result.path else None
-    return match.group(1) if match else None
+def no_trial_succeeded(table: pd.DataFrame) -> SystemExit:
+    return SystemExit(f"tune: no trial succeeded; errors:\n{table[['trial', 'error']].to_string(index=False)}")
 
 
-def trial_table(results, metric: str, mode: str) -> pd.DataFrame:
-    """One row per trial, in trial order: its config, seed, status, epochs run and best metric."""
-    rows = []
-    for result in results:
-        history = result.metrics_dataframe
-        has = history is not None and metric in history
-        best = (history[metric].max() if mode == "max" else history[metric].min()) if has else None
-        rows.append({
-            "trial": trial_number(result),
-            **{f"config.{k}": v for k, v in result.config.items()},
-            "seed": result.metrics.get("seed") if result.metrics else None,
-            "status": "error" if result.error else "ok",
-            "epochs": int(history["epoch"].max()) if has else 0,
-            metric: best,
-            "error": str(result.error).splitlines()[0] if result.error else "",
-        })
-    return pd.DataFrame(rows).sort_values("trial", ignore_index=True)
+def write_best(result, row: pd.Series, params: Params, out: Path) -> dict:
+    """models/best: the best checkpoint's model, the config it trained with, and what `reproduce_best` needs."""
+    cfg = params.tune
+    checkpoint = best_checkpoint(result, cfg.metric, cfg.mode)
+    with checkpoint.as_directory() as ckpt:
+        shutil.copytree(Path(ckpt) / "model", out)
+    train_cfg = trial_train_config(params, result.config)
+    write_text_atomic(out / "best_config.yaml", yaml.safe_dump(asdict(train_cfg), sort_keys=True))
+    trial = {"trial": row["trial"], "epochs": int(row["epochs"]), "best_epoch": int(row["best_epoch"]),
+             "metric": cfg.metric, "mode": cfg.mode, "value": float(row[cfg.metric]),
+             "torch_threads": max(1, int(cfg.cpus_per_trial))}
+    write_json(out / "trial.json", trial)
+    return trial
 
 
 def tune(params: Params, project_dir: Path) -> dict:
     paths, cfg = params.base.paths, params.tune
     storage = project_dir / ".ray" / "results"
-    shutil.rmtree(storage / "tune", ignore_errors=True)  # a fresh study each run; DVC versions the outputs
-    # 1. The search.
+    shutil.rmtree(storage / STUDY, ignore_errors=True)  # a fresh study each run; DVC versions the outputs
+    # 1. The search. Failed trials are rows of the table; only a study without a success fails the stage.
     results = run_search(params, project_dir, storage)
-    table = trial_table(results, cfg.metric, cfg.mode)
-    ok = [r for r in results if not r.error and r.checkpoint is not None]
-    if not ok:
-        raise SystemExit(f"tune: no trial succeeded; errors:\n{table[['trial', 'error']].to_string()}")
-    best = results.get_best_result(cfg.metric, cfg.mode, scope="all")
-    best_config = {**cfg.fixed.model_dump(), **best.config}
-    # 2. Unimodal baselines with the best hyperparameters, through the same loop.
-    data = load_splits(params, ("train", "val"))
+    table, epochs = trial_table(results, cfg.metric, cfg.mode), epochs_table(results)
+    best_row = best_trial(table, cfg.metric, cfg.mode)
+    if best_row is None:
+        raise no_trial_succeeded(table)
+    best = next(r for r in results if trial_number(r) == best_row["trial"])
+    metrics = {"best_" + cfg.metric: float(best_row[cfg.metric]), "best_trial": best_row["trial"],
+               "best_epoch": int(best_row["best_epoch"]), "trials": len(table),
+               "trials_failed": int((table["status"] == "error").sum())}
+    # 2. The best model, then unimodal baselines with its hyperparameters through the same loop.
+    baseline_cfg = trial_train_config(params, best.config)
+    data = load_splits(params, ("train", "val"), strategy=baseline_cfg.strategy)
     labels = load_labels(params)
     device = pick_device(params.base.device)
-    train_cfg = train_config({**best_config, "seed": params.base.seed, "max_epochs": cfg.asha.max_epochs})
-    best_row = table[table["trial"] == trial_number(best)]
-    metrics = {"best_" + cfg.metric: float(best_row[cfg.metric].iloc[0]), "best_trial": trial_number(best),
-               "trials": len(table), "trials_failed": int((table["status"] == "error").sum())}
     with atomic_dir(Path(paths.models)) as tmp:
-        with best.checkpoint.as_directory() as ckpt:
-            shutil.copytree(ckpt, tmp / "best")
-        write_text_atomic(tmp / "best" / "best_config.yaml", yaml.safe_dump(best_config, sort_keys=True))
+        write_best(best, best_row, params, tmp / "best")
         for modality in data["train"].modalities:
             model, spec, fit_result = finetune(Path(paths.aligned), labels, data["train"], data["val"],
-                                               train_cfg, device, [modality])
+                                               baseline_cfg, device, [modality])
             save_model(model, spec, tmp / "unimodal" / modality)
             metrics[f"unimodal/{modality}/val_accuracy"] = fit_result.best.val_accuracy
+    # 3. Tables, plots and metrics DVC declares.
     Path(paths.metrics).mkdir(parents=True, exist_ok=True)
     table.to_csv(Path(paths.metrics) / "tune_trials.csv", index=False)
+    epochs.to_csv(Path(paths.metrics) / "tune_epochs.csv", index=False)
+    with atomic_dir(Path(paths.plots) / "tune") as tmp:
+        write_plots(table, epochs, cfg.space, cfg.metric, tmp)
     write_json(Path(paths.metrics) / "tune.json", metrics)
-    logger.info("best config %s -> %s", best_config, metrics)
+    logger.info("best trial %s -> %s", best_row["trial"], metrics)
     return metrics
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import soundfile as sf
 import torch
 from scipy.signal import resample_poly
-from transformers import ASTConfig, ASTFeatureExtractor, AutoFeatureExtractor, AutoModel
+from transformers import ASTFeatureExtractor, AutoFeatureExtractor, AutoModel
 
 from multimodal.config import ModalitySpec
 from multimodal.manifest import resolve_inside
-from multimodal.modalities.base import Modality, resolve_pretrained
+from multimodal.modalities.base import Modality, config_built, resolve_pretrained
 
 
 def _rate(spec: ModalitySpec) -> int:
@@ -50,12 +50,9 @@ def process(processor, items: Sequence[np.ndarray], spec: ModalitySpec) -> dict[
 def build_encoder(spec: ModalitySpec):
     if spec.pretrained:
         return AutoModel.from_pretrained(resolve_pretrained(spec.pretrained))
-    config = ASTConfig(
-        num_mel_bins=int(spec.options.get("num_mel_bins", 64)),
-        max_length=int(spec.options.get("max_length", 128)),
-        **spec.config,
-    )
-    return AutoModel.from_config(config)
+    # AST by default; `config.model_type: resnet` (num_channels: 1) reads the spectrogram as a one-channel image.
+    return config_built(spec, "audio-spectrogram-transformer", num_mel_bins=int(spec.options.get("num_mel_bins", 64)),
+                        max_length=int(spec.options.get("max_length", 128)))
 
 
 AUDIO = Modality("audio", load, build_processor, process, build_encoder)

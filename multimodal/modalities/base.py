@@ -41,16 +41,45 @@ class Modality:
     build_encoder: Callable[[ModalitySpec], nn.Module]
 
 
+def config_built(spec: ModalitySpec, default_type: str, **defaults: Any) -> nn.Module:
+    """A randomly initialised HF model from `spec.config`; its `model_type` picks any architecture.
+
+    Without `model_type` the modality's default (`default_type`, e.g. ViT) is built with `defaults` filled in;
+    with one (e.g. `resnet`), the config keys go to that architecture's config class as they are.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    values = dict(spec.config)
+    model_type = values.pop("model_type", default_type)
+    if model_type == default_type:
+        values = {**defaults, **values}
+    return AutoModel.from_config(AutoConfig.for_model(model_type, **values))
+
+
+def hidden_width(config: Any) -> int:
+    """Output width of an HF encoder: `hidden_size` for transformers, the last stage width for CNNs."""
+    sizes = getattr(config, "hidden_sizes", None)
+    return int(sizes[-1]) if sizes and not getattr(config, "hidden_size", None) else int(config.hidden_size)
+
+
 class PooledEncoder(nn.Module):
-    """A Hugging Face encoder followed by mean pooling over its tokens (masked where a mask exists)."""
+    """A Hugging Face encoder followed by mean pooling over its tokens (masked where a mask exists).
+
+    CNN encoders (ResNet, ConvNeXt) are pooled over their spatial grid, and a spectrogram given to an image
+    model becomes a one-channel image (mel bins as height, frames as width).
+    """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.out_dim = int(model.config.hidden_size)
+        self.out_dim = hidden_width(model.config)
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        if "input_values" in inputs and self.model.main_input_name == "pixel_values":
+            inputs = {"pixel_values": inputs["input_values"].transpose(1, 2).unsqueeze(1)}
         hidden = self.model(**inputs).last_hidden_state
+        if hidden.dim() == 4:  # (B, C, H, W) from a CNN
+            return hidden.mean(dim=(2, 3))
         mask = inputs.get("attention_mask")
         # Feature-extractor masks (audio) are per frame, not per token: pool over every token then.
         if mask is None or mask.shape[1] != hidden.shape[1]:

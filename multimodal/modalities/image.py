@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTImageProcessorPil
+from transformers import AutoImageProcessor, AutoModel, ViTImageProcessorPil
 
 from multimodal.config import ModalitySpec
 from multimodal.manifest import resolve_inside
-from multimodal.modalities.base import Modality, resolve_pretrained
+from multimodal.modalities.base import Modality, config_built, resolve_pretrained
 
 
 def load(cell: str, root: Path, spec: ModalitySpec) -> Image.Image:
@@ -33,9 +33,8 @@ def process(processor, items: Sequence[Image.Image], spec: ModalitySpec) -> dict
 def build_encoder(spec: ModalitySpec):
     if spec.pretrained:
         return AutoModel.from_pretrained(resolve_pretrained(spec.pretrained))
-    config = ViTConfig(image_size=int(spec.options.get("image_size", 28)), num_channels=3, **spec.config)
     # AutoModel (not ViTModel(add_pooling_layer=False)) so a saved model rebuilds from its config identically.
-    return AutoModel.from_config(config)
+    return config_built(spec, "vit", image_size=int(spec.options.get("image_size", 28)), num_channels=3)
 
 
 IMAGE = Modality("image", load, build_processor, process, build_encoder)

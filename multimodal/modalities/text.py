@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 
 from multimodal.config import ModalitySpec
-from multimodal.modalities.base import MINILM_ALIAS, Modality, resolve_pretrained
+from multimodal.modalities.base import MINILM_ALIAS, Modality, config_built, resolve_pretrained
 
 
 def load(cell: str, root: Path, spec: ModalitySpec) -> str:
@@ -36,9 +36,7 @@ def process(tokenizer, items: Sequence[str], spec: ModalitySpec) -> dict[str, to
 def build_encoder(spec: ModalitySpec):
     if spec.pretrained:
         return AutoModel.from_pretrained(resolve_pretrained(spec.pretrained))
-    tokenizer = build_processor(spec)
-    config = AutoConfig.for_model("bert", vocab_size=tokenizer.vocab_size, **spec.config)
-    return AutoModel.from_config(config)
+    return config_built(spec, "bert", vocab_size=build_processor(spec).vocab_size)
 
 
 TEXT = Modality("text", load, build_processor, process, build_encoder)

@@ -78,7 +78,8 @@ def test_retrieval_recall_is_perfect_for_identical_embeddings():
     data = paired(20)
     data.inputs["b"] = {"features": data.inputs["a"]["features"].clone()}
     recall = retrieval_recall(mirrored_embedder(), data, CPU, ks=(1, 5), batch_size=7)
-    assert set(recall) == {"a_to_b_recall@1", "a_to_b_recall@5", "b_to_a_recall@1", "b_to_a_recall@5"}
+    assert set(recall) == {"a_to_b_recall@1", "a_to_b_recall@5", "b_to_a_recall@1", "b_to_a_recall@5",
+                           "a_to_b_same_label@1", "b_to_a_same_label@1"}
     assert all(v == 1.0 for v in recall.values()), recall
 
 
@@ -87,7 +88,8 @@ def test_retrieval_recall_ignores_rows_missing_a_modality():
     data.inputs["b"] = {"features": data.inputs["a"]["features"].clone()}
     data.inputs["b"]["features"][[3, 8, 15]] = 0.0  # what a dense split holds for absent rows
     recall = retrieval_recall(mirrored_embedder(), data, CPU, ks=(1,))
-    assert recall == {"a_to_b_recall@1": 1.0, "b_to_a_recall@1": 1.0}
+    assert recall == {"a_to_b_recall@1": 1.0, "b_to_a_recall@1": 1.0, "a_to_b_same_label@1": 1.0,
+                      "b_to_a_same_label@1": 1.0}
     # The same rows counted as present would break retrieval: the masks are what protects it.
     data.masks["b"][:] = True
     assert retrieval_recall(mirrored_embedder(), data, CPU, ks=(1,))["a_to_b_recall@1"] < 1.0
@@ -137,3 +139,15 @@ def test_collapsed_embedder_does_not_get_perfect_recall():
             embedder.projections[m][1].bias.fill_(0.5)
     recall = retrieval_recall(embedder, data, CPU, ks=(1,))
     assert recall["a_to_b_recall@1"] <= 0.5
+
+
+def test_same_label_retrieval_sees_classes_that_instance_recall_cannot():
+    """b holds only its row's class (as the demo hints do): instances tie within a class, classes still match."""
+    data = paired(30)
+    data.labels = torch.arange(30) % 3
+    prototypes = torch.randn(3, 8, generator=torch.Generator().manual_seed(5))
+    data.inputs["a"] = {"features": prototypes[data.labels] + 0.01 * torch.randn(30, 8)}
+    data.inputs["b"] = {"features": prototypes[data.labels].clone()}
+    recall = retrieval_recall(mirrored_embedder(), data, CPU, ks=(1,))
+    assert recall["a_to_b_recall@1"] < 0.2  # ten rows per class tie for every query
+    assert recall["a_to_b_same_label@1"] == 1.0

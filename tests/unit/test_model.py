@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from multimodal.fusion import FUSIONS, build_fusion
 from multimodal.model import (Embedder, ModelSpec, MultimodalModel, build_encoder_from_entry, build_model,
@@ -102,7 +104,7 @@ def fusion_inputs(dim: int = 8):
 def test_fusion_handles_missing_modalities(kind):
     torch.manual_seed(0)
     z, masks = fusion_inputs()
-    fusion = build_fusion(kind, ["a", "b", "c"], 8)
+    fusion = build_fusion(kind, ["a", "b", "c"], 8, n_classes=3)
     head = torch.nn.Linear(fusion.out_dim, 3)
     logits = head(fusion(z, masks))
     assert logits.shape == (5, 3)
@@ -125,7 +127,7 @@ def test_fusion_handles_missing_modalities(kind):
 def test_fusion_ignores_values_of_absent_modalities(kind):
     torch.manual_seed(0)
     z, masks = fusion_inputs()
-    fusion = build_fusion(kind, ["a", "b", "c"], 8).eval()
+    fusion = build_fusion(kind, ["a", "b", "c"], 8, n_classes=3).eval()
     noisy = {m: torch.where(masks[m].unsqueeze(1), v, torch.full_like(v, 1e3)) for m, v in z.items()}
     with torch.no_grad():
         assert torch.allclose(fusion(z, masks), fusion(noisy, masks), atol=1e-5)
@@ -209,3 +211,29 @@ def test_attention_fusion_accepts_any_allowed_dim():
     z, masks = fusion_inputs(dim=6)
     out = build_fusion("attention", ["a", "b", "c"], 6)(z, masks)
     assert out.shape == (5, 6)
+
+
+@pytest.mark.parametrize("name", ["image", "audio", "text"])
+def test_pretrained_path_loads_a_saved_checkpoint_and_its_processor(tmp_path, tiny_specs, name):
+    """The hub-id code path, fed a local folder written by `save_pretrained` (no network)."""
+    modality = get_modality(name)
+    torch.manual_seed(0)
+    original = modality.build_encoder(tiny_specs[name])
+    original.save_pretrained(tmp_path)
+    modality.build_processor(tiny_specs[name]).save_pretrained(tmp_path)
+    spec = tiny_specs[name].model_copy(update={"pretrained": str(tmp_path), "config": {}})
+
+    processor = modality.build_processor(spec)
+    items = {
+        "image": lambda: [Image.new("RGB", (12, 10), (200, 30, 90)), Image.new("RGB", (8, 8), (0, 255, 0))],
+        "audio": lambda: [np.sin(np.linspace(0, 300, 4000)).astype(np.float32), np.zeros(1600, np.float32)],
+        "text": lambda: ["a cat", "seven is prime"],
+    }[name]()
+    inputs = modality.process(processor, items, spec)
+    reference = modality.process(modality.build_processor(tiny_specs[name]), items, tiny_specs[name])
+    assert inputs.keys() == reference.keys() and all(torch.equal(inputs[k], reference[k]) for k in inputs)
+    encoder = PooledEncoder(modality.build_encoder(spec)).eval()
+    with torch.no_grad():
+        pooled = encoder(**inputs)
+        assert pooled.shape == (2, 16) and torch.isfinite(pooled).all()
+        assert torch.allclose(pooled, PooledEncoder(original).eval()(**inputs), atol=1e-6)

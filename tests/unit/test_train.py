@@ -55,7 +55,7 @@ def test_early_stopping_and_best_weights_restored(make_split):
     snapshots = []
     cfg = TrainConfig(lr=1e-2, dropout=0.0, batch_size=16, max_epochs=20, patience=2, seed=0)
     result = fit(model, train, stuck_val(), cfg, CPU,
-                 on_epoch=lambda m, mod: snapshots.append({k: v.clone() for k, v in mod.state_dict().items()}))
+                 on_epoch=lambda m, mod, _: snapshots.append({k: v.clone() for k, v in mod.state_dict().items()}))
     assert [m.epoch for m in result.history] == [1, 2, 3]
     assert [m.improved for m in result.history] == [True, False, False]
     assert all(m.val_accuracy == pytest.approx(1 / 3) for m in result.history)
@@ -138,3 +138,60 @@ def test_warmup_cosine_shape():
     assert values[55] == pytest.approx(0.5, abs=0.02)                 # cosine midpoint
     assert values[99] < 0.01 and values[100] == pytest.approx(0.0, abs=1e-12)
     assert warmup_cosine(10, 0.0)(0) == 1.0  # no warm-up: starts at the full rate
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_interruption_is_bit_identical(make_split, tmp_path):
+    train = make_split(64, missing=0.3, seed=0)
+    val = make_split(30, missing=0.3, seed=1)
+    # Dropout, modality dropout and accumulation on: every RNG and the optimizer state must carry over.
+    cfg = TrainConfig(lr=5e-3, dropout=0.3, modality_dropout=0.3, batch_size=16, grad_accum_steps=2,
+                      max_epochs=5, patience=5, seed=4)
+    uninterrupted_model = new_model("gated", dropout=0.3)
+    uninterrupted = fit(uninterrupted_model, train, val, cfg, CPU)
+
+    def stop_after_two(metrics, model, save_state):
+        save_state(tmp_path / "state")
+        if metrics.epoch == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(new_model("gated", dropout=0.3), train, val, cfg, CPU, on_epoch=stop_after_two)
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["state.json", "state.safetensors"]
+    epochs_seen = []
+    resumed_model = new_model("gated", dropout=0.3, seed=99)  # its own weights are replaced by the saved ones
+    resumed = fit(resumed_model, train, val, cfg, CPU, on_epoch=lambda m, model, save: epochs_seen.append(m.epoch),
+                  resume_from=tmp_path / "state")
+    assert epochs_seen == [3, 4, 5]
+    assert resumed.history == uninterrupted.history
+    assert resumed.best == uninterrupted.best
+    final, expected = resumed_model.state_dict(), uninterrupted_model.state_dict()
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_resume_keeps_an_early_stop_decided_before_the_interruption(make_split, tmp_path):
+    def interrupt(metrics, model, save_state):
+        save_state(tmp_path / "state")
+        if metrics.epoch == 3:
+            raise Interrupted
+
+    cfg = TrainConfig(lr=1e-2, dropout=0.0, batch_size=16, max_epochs=20, patience=2, seed=0)
+    with pytest.raises(Interrupted):
+        fit(new_model(), make_split(60, seed=0), stuck_val(), cfg, CPU, on_epoch=interrupt)
+    resumed = fit(new_model(), make_split(60, seed=0), stuck_val(), cfg, CPU, resume_from=tmp_path / "state")
+    assert [m.epoch for m in resumed.history] == [1, 2, 3]  # epoch 3 was already two without improvement
+
+
+def test_epoch_limit_stops_early_on_the_same_schedule(make_split):
+    train, val = make_split(64, seed=0), make_split(30, seed=1)
+    common = dict(lr=5e-3, dropout=0.0, batch_size=16, max_epochs=6, patience=6, seed=2)
+    full = fit(new_model(), train, val, TrainConfig(**common), CPU)
+    limited = fit(new_model(), train, val, TrainConfig(epoch_limit=3, **common), CPU)
+    assert [m.epoch for m in limited.history] == [1, 2, 3]
+    # Same LR schedule (laid out over max_epochs): the first three epochs are the same run.
+    assert limited.history == full.history[:3]
+    shorter = fit(new_model(), train, val, TrainConfig(**{**common, "max_epochs": 3}), CPU)
+    assert shorter.history != limited.history

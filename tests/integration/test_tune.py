@@ -1,0 +1,170 @@
+"""The tune stage on a real Ray, in one tiny project: failed trials, impossible resources, an existing cluster,
+and re-training the best trial alone (`python -m stages.reproduce_best`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from multimodal.tune import ray_env
+from multimodal.workspace import copy_project, project_env, run, set_params
+from tests.integration.conftest import TINY_PARAMS
+
+pytestmark = pytest.mark.integration
+
+# With seed 42 the fourth trial draws the negative learning rate AdamW rejects; the other three succeed.
+FAILING_SPACE = {"lr": {"choice": [0.001, -1.0]}, "dropout": {"uniform": [0.0, 0.4]},
+                 "fusion": {"choice": ["concat", "gated", "attention"]}}
+
+
+def stage(project: Path, module: str, *args: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", module, *args], project, check=False)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory) -> Path:
+    """A tiny project with everything `tune` reads (ingest..align), shared by this module's tests."""
+    project = copy_project(tmp_path_factory.mktemp("tune") / "project", TINY_PARAMS)
+    run(["dvc", "repro", "align"], project)
+    return project
+
+
+def with_tune(project: Path, **tune) -> Path:
+    set_params(project, {("tune", key): value for key, value in
+                         {"space": FAILING_SPACE, "num_samples": 3, "max_failures": 0, "address": None,
+                          "cpus_per_trial": 1, **tune}.items()})
+    return project
+
+
+@pytest.fixture(scope="module")
+def tuned(aligned: Path) -> tuple[Path, subprocess.CompletedProcess, float]:
+    """One study with a trial that fails (retried once, from scratch: it fails before its first checkpoint)."""
+    start = time.monotonic()
+    done = stage(with_tune(aligned, max_failures=1, num_samples=4), "stages.tune")
+    return aligned, done, time.monotonic() - start
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tuned) -> None:
+    project, done, seconds = tuned
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = read_csv(project / "metrics/tune_trials.csv")
+    assert [t["trial"] for t in trials] == ["00000", "00001", "00002", "00003"]
+    failed = [t for t in trials if t["status"] == "error"]
+    ok = [t for t in trials if t["status"] == "ok"]
+    assert failed and ok
+    assert all(t["error"] == "ValueError: Invalid learning rate: -1.0" and t["epochs"] == "0" for t in failed)
+    # ASHA (grace period 1, max 2 epochs) may stop a trial after its first epoch.
+    assert all(t["seed"] == "42" and t["epochs"] in ("1", "2") and float(t["val_accuracy"]) >= 0 for t in ok)
+    epochs = read_csv(project / "metrics/tune_epochs.csv")
+    assert [(e["trial"], e["epoch"]) for e in epochs] == \
+        [(t["trial"], str(n)) for t in ok for n in range(1, int(t["epochs"]) + 1)]
+    summary = json.loads((project / "metrics/tune.json").read_text())
+    assert summary["trials"] == 4 and summary["trials_failed"] == len(failed)
+    best = project / "models/best"
+    assert {"model.safetensors", "model.json", "best_config.yaml", "trial.json"} <= {p.name for p in best.iterdir()}
+    assert {p.name for p in (project / "plots/tune").iterdir()} == {
+        "val_accuracy_vs_epoch.png", "val_accuracy_vs_lr.png", "val_accuracy_vs_dropout.png",
+        "val_accuracy_vs_fusion.png"}
+    print(f"study of 4 trials (one failing, retried): {seconds:.0f} s")
+
+
+def test_the_best_trial_is_reproduced_outside_ray(tuned) -> None:
+    project, done, _ = tuned
+    assert done.returncode == 0
+    reproduced = stage(project, "stages.reproduce_best")
+    assert reproduced.returncode == 0, reproduced.stdout + reproduced.stderr[-3000:]
+    assert ": reproduced" in reproduced.stdout
+    recorded = json.loads((project / "models/best/trial.json").read_text())["value"]
+    value = float(reproduced.stdout.split("reproduced ")[1].split(",")[0])
+    assert abs(value - recorded) <= 1e-6
+    # The check has teeth: a tolerance below zero cannot pass.
+    assert stage(project, "stages.reproduce_best", "--tolerance", "-1").returncode == 1
+
+
+def test_the_stage_fails_naming_the_errors_when_every_trial_fails(aligned) -> None:
+    done = stage(with_tune(aligned, space={"lr": {"choice": [-1.0]}}, num_samples=2), "stages.tune")
+    assert done.returncode != 0
+    assert "no trial succeeded" in done.stderr and done.stderr.count("Invalid learning rate: -1.0") >= 2
+
+
+def test_an_impossible_resource_request_fails_fast(aligned) -> None:
+    start = time.monotonic()
+    done = stage(with_tune(aligned, cpus_per_trial=64), "stages.tune")
+    seconds = time.monotonic() - start
+    assert done.returncode != 0
+    assert "tune.cpus_per_trial=64" in done.stderr and "CPUs" in done.stderr
+    assert seconds < 60, f"took {seconds:.0f} s"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def connected_node_ids(project: Path, address: str, timeout: float = 90) -> list[str]:
+    """Node ids of the cluster at `address`, once it answers."""
+    code = "import ray; ray.init(logging_level='ERROR'); print(' '.join(n['NodeID'] for n in ray.nodes()))"
+    deadline = time.monotonic() + timeout
+    while True:
+        env = {**project_env(), **ray_env(project, joining=True), "RAY_ADDRESS": address}
+        done = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True)
+        if done.returncode == 0 or time.monotonic() > deadline:
+            assert done.returncode == 0, done.stderr[-2000:]
+            return done.stdout.split()
+        time.sleep(2)
+
+
+def test_trials_run_on_an_existing_cluster(aligned) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    # Its own temp dir: `ray start` records its address there, not in /tmp/ray where later `ray.init()` calls
+    # (other tests, other users) would find it. Short: Ray's unix socket paths must stay under 108 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    # `--block` keeps the head in one process group this test owns and ends; `ray stop` would end every Ray
+    # on the machine. Same HOME as the stage: no metadata probe, and the auth token Ray writes there is shared.
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={address.split(':')[1]}", "--num-cpus=2", "--object-store-memory=200000000",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        cwd=aligned, env={**project_env(), **ray_env(aligned)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        node_ids = connected_node_ids(aligned, address)
+        assert len(node_ids) == 1
+        done = stage(with_tune(aligned, address=address, num_samples=2, space={"lr": {"choice": [0.001]}}),
+                     "stages.tune")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"joined the Ray cluster at {address}" in done.stderr
+        results = sorted((aligned / ".ray/results/tune").glob("*/result.json"))
+        reported = [json.loads(line) for path in results for line in path.read_text().splitlines()]
+        assert len(results) == 2 and len(reported) == 4
+        assert {r["node_id"] for r in reported} == set(node_ids)
+    finally:
+        stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    """End the head this test started: SIGTERM (Ray's graceful stop), SIGKILL to its group if it lingers."""
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
