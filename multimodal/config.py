@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MODALITIES = ("image", "audio", "text")
 FUSIONS = ("concat", "gated", "attention", "late", "weighted", "tensor")  # multimodal.fusion.FUSIONS implements these
 STRATEGIES = ("frozen", "last_k", "lora", "full")  # multimodal.strategies.STRATEGIES implements these
+# Module-name suffixes that get LoRA adapters by default: BERT/MiniLM query/value, transformers-5 ViT/AST
+# q_proj/v_proj, HF ResNet convolution (peft adapts Conv2d layers too).
+LORA_TARGETS = ("query", "value", "q_proj", "v_proj", "convolution")
 
 
 class Strict(BaseModel):
@@ -164,8 +167,7 @@ class TrainFixed(Strict):
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    # Module-name suffixes: BERT/MiniLM query/value, ViT/AST q_proj/v_proj, HF ResNet convolution.
-    lora_targets: list[str] = Field(["query", "value", "q_proj", "v_proj", "convolution"], min_length=1)
+    lora_targets: list[str] = Field(list(LORA_TARGETS), min_length=1)  # module-name suffixes (LORA_TARGETS)
 
 
 SEARCH_KINDS = ("loguniform", "uniform", "choice", "randint")

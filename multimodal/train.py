@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from multimodal.config import LORA_TARGETS
 from multimodal.dataset import SplitData
 from multimodal.io import read_json, write_json
 
@@ -46,9 +47,7 @@ class TrainConfig:
     lora_rank: int = 8
     lora_alpha: float = 16
     lora_dropout: float = 0.0
-    # Module-name suffixes that get adapters: BERT/MiniLM query/value, transformers-5 ViT/AST q_proj/v_proj,
-    # HF ResNet convolution (peft adapts Conv2d layers too).
-    lora_targets: list[str] = field(default_factory=lambda: ["query", "value", "q_proj", "v_proj", "convolution"])
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from multimodal.config import Params, Tune
+from multimodal.tune_results import plain
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,6 @@ def search_algorithm(cfg: Tune, seed: int):
         # metric and mode come from TuneConfig; Optuna's TPE sampler gets the seed.
         return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=cfg.max_concurrent_trials)
     return BasicVariantGenerator(random_state=seed, max_concurrent=cfg.max_concurrent_trials)
-
-
-def plain(value: Any) -> Any:
-    """numpy scalars from samplers -> Python values (YAML, JSON and dataclasses want those)."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def trial_train_config(params: Params, config: dict[str, Any]):

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 EPOCH_COLUMNS = ("val_accuracy", "val_loss", "train_loss")  # what each trial reports per epoch
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars from samplers -> Python values (YAML, JSON and dataclasses want those)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def trial_number(result) -> str | None:
@@ -56,8 +62,6 @@ def epochs_table(results) -> pd.DataFrame:
 
 def trial_table(results, metric: str, mode: str) -> pd.DataFrame:
     """One row per trial, in trial order: its config, seed, status, error, epochs run, best metric and epoch."""
-    from multimodal.tune import plain
-
     rows = []
     for result in results:
         history = epochs_of(result)
@@ -91,52 +95,51 @@ def best_checkpoint(result, metric: str, mode: str):
     return min(kept, key=lambda item: (sign * item[1][metric], item[1]["epoch"]))[0]
 
 
-def _save(fig, path: Path) -> None:
-    # No "Software" metadata: the PNG bytes then depend only on the data (DVC hashes them).
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+@contextmanager
+def _figure(path: Path, size: tuple[float, float]):
+    """A headless matplotlib axes, saved to `path` when the block ends.
+
+    No "Software" metadata: the PNG bytes then depend only on the data (DVC hashes them).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield ax
+        fig.tight_layout()
+        fig.savefig(path, dpi=100, metadata={"Software": None})
+    finally:
+        plt.close(fig)
 
 
 def plot_epochs(epochs: pd.DataFrame, metric: str, path: Path) -> None:
     """`metric` against epoch, one line per trial."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for trial, rows in epochs.groupby("trial", sort=True):
-        ax.plot(rows["epoch"], rows[metric], marker="o", markersize=3, label=f"trial {trial}")
-    ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
-    if len(epochs):
-        ax.legend(fontsize="small", ncol=2)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    with _figure(path, (6, 4)) as ax:
+        for trial, rows in epochs.groupby("trial", sort=True):
+            ax.plot(rows["epoch"], rows[metric], marker="o", markersize=3, label=f"trial {trial}")
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
+        if len(epochs):
+            ax.legend(fontsize="small", ncol=2)
 
 
 def plot_hyperparameter(table: pd.DataFrame, name: str, kind: str, metric: str, path: Path) -> None:
     """Each trial's best `metric` against its value of hyperparameter `name` (failed trials as crosses)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    values = table[f"config.{name}"]
-    if kind == "choice":
-        categories = sorted({str(v) for v in values})
-        values = values.map(lambda v: categories.index(str(v)))
-        ax.set_xticks(range(len(categories)), categories)
-    for status, marker in (("ok", "o"), ("error", "x")):
-        rows = table["status"] == status
-        ax.scatter(values[rows], table.loc[rows, metric].astype(float), marker=marker, label=status)
-    if kind == "loguniform":
-        ax.set_xscale("log")
-    ax.set(xlabel=name, ylabel=f"best {metric}", title=f"{metric} vs {name}")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    with _figure(path, (5, 4)) as ax:
+        values = table[f"config.{name}"]
+        if kind == "choice":
+            categories = sorted({str(v) for v in values})
+            values = values.map(lambda v: categories.index(str(v)))
+            ax.set_xticks(range(len(categories)), categories)
+        for status, marker in (("ok", "o"), ("error", "x")):
+            rows = table["status"] == status
+            ax.scatter(values[rows], table.loc[rows, metric].astype(float), marker=marker, label=status)
+        if kind == "loguniform":
+            ax.set_xscale("log")
+        ax.set(xlabel=name, ylabel=f"best {metric}", title=f"{metric} vs {name}")
+        ax.legend(fontsize="small")
 
 
 def write_plots(table: pd.DataFrame, epochs: pd.DataFrame, space: dict[str, dict[str, Any]], metric: str,
