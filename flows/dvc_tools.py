@@ -140,31 +140,54 @@ class ReproResult:
     tail: tuple[str, ...]
 
 
-def classify(stage: str, lines: Sequence[str]) -> tuple[bool, str]:
-    """What `dvc repro --single-item <stage>` did, from its own messages (`dvc/stage/__init__.py`, `run.py`)."""
-    quoted = f"'{stage}'"
-    for line in lines:
-        if f"Running stage {quoted}" in line:
-            return True, "dvc: stage ran"
-        if f"Stage {quoted} is cached - skipping run" in line:
-            return False, "dvc: stage is in the run-cache; outputs checked out without running"
-        if f"Stage {quoted} didn't change" in line:
-            return False, "dvc: stage didn't change, skipping"
-    return False, "dvc: nothing to reproduce"
+def stage_changes(workspace: Path, stage: str) -> list[Any]:
+    """DVC's structured answer (`dvc status --json <stage>`, this stage alone): [] when it is up to date."""
+    done = run_dvc(workspace, "status", "--json", stage)
+    if done.returncode != 0:
+        raise RuntimeError(f"dvc status {stage} exited {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
+    return json.loads(done.stdout or "{}").get(stage, [])
+
+
+def describe_changes(changes: Sequence[Any]) -> str:
+    """`dvc status --json` entries in one line: `changed deps: multimodal/train.py (modified); params: tune.lr`."""
+    parts = []
+    for change in changes:
+        if isinstance(change, str):  # "changed command", "always changed"
+            parts.append(change)
+            continue
+        for kind, what in change.items():
+            items = []
+            for path, state in (what or {}).items():
+                if isinstance(state, dict):  # params.yaml: {key: "modified", ...}
+                    items += [f"{key} ({how})" for key, how in state.items()]
+                else:
+                    items.append(f"{path} ({state})")
+            parts.append(f"{kind}: {', '.join(items)}")
+    return "; ".join(parts) or "changed"
 
 
 def repro(workspace: Path, stage: str, on_line: Callable[[str], Any]) -> ReproResult:
-    """`dvc repro --single-item <stage>`: DVC checks deps, params and outs and runs the stage only if needed."""
-    seen: list[str] = []
+    """`dvc repro --single-item <stage>`: DVC checks deps, params and outs and runs the stage only if needed.
+
+    Whether it had to do anything comes from `dvc status --json` before the run, not from DVC's log wording.
+    The one thing status cannot tell is a restore from DVC's run-cache (same deps seen before, outputs checked
+    out without running); that is read from DVC's message, and a reworded message only makes it show as a run.
+    """
+    changes = stage_changes(workspace, stage)
+    restored = False
 
     def collect(line: str) -> None:
-        if "stage" in line.lower():  # the few lines `classify` looks at, without keeping a whole tune log
-            seen.append(line)
+        nonlocal restored
+        restored = restored or f"Stage '{stage}' is cached - skipping run" in line
         on_line(line)
 
     code, tail = stream([*DVC, "repro", "--single-item", stage], workspace, collect)
-    ran, reason = classify(stage, seen)
-    return ReproResult(stage, code, ran, reason, tuple(tail))
+    if not changes:
+        return ReproResult(stage, code, False, "dvc status: up to date", tuple(tail))
+    what = describe_changes(changes)
+    if restored:
+        return ReproResult(stage, code, False, f"dvc: restored from the run-cache ({what})", tuple(tail))
+    return ReproResult(stage, code, True, f"dvc: stage ran ({what})", tuple(tail))
 
 
 def run_dvc(workspace: Path, *args: str) -> subprocess.CompletedProcess:

@@ -53,7 +53,7 @@ def run_stage(workspace: str, stage: str) -> State:
         raise StageFailed(f"stage '{stage}': dvc repro exited {result.returncode}\n{tail}")
     if not result.ran:
         return Completed(name="Cached", message=result.reason)
-    return Completed(message=f"{result.reason} in {time.monotonic() - started:.1f} s")
+    return Completed(message=f"{result.reason}, {time.monotonic() - started:.1f} s")
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)

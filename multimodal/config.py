@@ -269,15 +269,24 @@ class ParamsError(ValueError):
     """Every problem found in params.yaml, one per line."""
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; raise ParamsError listing every problem at once."""
+def load_params(path: str | Path = "params.yaml", *, stage: str | None = None) -> Params:
+    """Read and validate params.yaml; raise ParamsError listing every problem at once.
+
+    With `stage` (a `dvc.yaml` stage name such as `preprocess@image`), the result lets that stage read only the
+    keys `dvc.yaml` declares for it (`multimodal.stage_params`): reading any other key is an error.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ParamsError(f"cannot read {path}: {err}") from err
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
         raise ParamsError(f"{path} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+    if stage is None:
+        return params
+    from multimodal.stage_params import stage_view
+
+    return stage_view(params, stage, path.with_name("dvc.yaml"))

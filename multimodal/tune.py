@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from multimodal.config import Params, Tune
+from multimodal.stage_params import stage_view
 from multimodal.tune_results import plain
 
 logger = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str,
     from multimodal.train import fit
 
     os.chdir(project_dir)  # Ray starts trials elsewhere; stage paths are relative to the project
-    params = Params.model_validate(params_raw)
+    params = stage_view(Params.model_validate(params_raw), "tune")  # the same keys the stage may read
     torch.set_num_threads(max(1, int(params.tune.cpus_per_trial)))  # `reproduce_best` uses the same count
     cfg = trial_train_config(params, config)
     seed_everything(cfg.seed)

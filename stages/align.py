@@ -53,7 +53,7 @@ def align(params: Params) -> dict[str, float]:
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params(stage="align")
     go_offline_for(params.modalities)
     align(params)
 

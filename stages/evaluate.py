@@ -8,7 +8,7 @@ from pathlib import Path
 from multimodal.config import Params, load_params
 from multimodal.evaluate import evaluate_models
 from multimodal.io import write_json
-from multimodal.runtime import go_offline_for, pick_device, setup_logging
+from multimodal.runtime import go_offline, pick_device, setup_logging
 from multimodal.splits import load_splits
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ def evaluate(params: Params) -> dict:
 
 def main() -> None:
     setup_logging()
-    params = load_params()
-    go_offline_for(params.modalities)
+    params = load_params(stage="evaluate")
+    go_offline()  # models are rebuilt from their saved configs: no hub access
     evaluate(params)
 
 

@@ -96,7 +96,7 @@ def ingest(cfg: Ingest, out_dir: Path, seed: int) -> pd.DataFrame:
 def main() -> None:
     setup_logging()
     go_offline()
-    params = load_params()
+    params = load_params(stage="ingest")
     try:
         ingest(params.ingest, Path(params.base.paths.raw), params.base.seed)
     except ManifestError as err:

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("modality", help="which modality to preprocess (image, audio, text)")
     args = parser.parse_args(argv)
     setup_logging()
-    params = load_params()
+    params = load_params(stage=f"preprocess@{args.modality}")
     spec = params.modalities[args.modality]
     go_offline_for({args.modality: spec})
     paths = params.base.paths

@@ -14,7 +14,7 @@ from multimodal.config import Params, load_params
 from multimodal.finetune import finetune
 from multimodal.io import atomic_dir, write_json, write_text_atomic
 from multimodal.model import save_model
-from multimodal.runtime import go_offline_for, pick_device, seed_everything, setup_logging
+from multimodal.runtime import go_offline, pick_device, seed_everything, setup_logging
 from multimodal.splits import load_labels, load_splits
 from multimodal.tune import STUDY, run_search, trial_train_config
 from multimodal.tune_results import (best_checkpoint, best_trial, epochs_table, trial_number, trial_table,
@@ -81,8 +81,8 @@ def tune(params: Params, project_dir: Path) -> dict:
 
 def main() -> None:
     setup_logging()
-    params = load_params()
-    go_offline_for(params.modalities)
+    params = load_params(stage="tune")
+    go_offline()  # trials build every model from align's saved weights: no hub access
     seed_everything(params.base.seed)
     try:
         tune(params, Path.cwd())

@@ -127,7 +127,7 @@ def validate_into(raw: Path, target: Path, options: Validate) -> tuple[Validatio
 def main(params_path: str | Path = "params.yaml") -> None:
     go_offline()
     setup_logging()
-    params = load_params(params_path)
+    params = load_params(params_path, stage="validate")
     paths = params.base.paths
     metrics_path = paths.metrics / "validate.json"
     try:

@@ -143,12 +143,31 @@ def second_run(workspace: Path, first_run: FlowRun) -> FlowRun:
 # ------------------------------------------------------------------------------ helpers (no server, no DVC run)
 
 
-def test_classify_reads_dvcs_own_messages() -> None:
-    assert dvc_tools.classify("preprocess@image", ["Running stage 'preprocess@image':"])[0] is True
-    ran, reason = dvc_tools.classify("tune", ["Stage 'tune' didn't change, skipping"])
-    assert not ran and "didn't change" in reason
-    ran, reason = dvc_tools.classify("tune", ["Stage 'tune' is cached - skipping run, checking out outputs"])
-    assert not ran and "run-cache" in reason
+def test_describe_changes_reads_dvc_status_json() -> None:
+    changes = [{"changed deps": {"multimodal/train.py": "modified", "params.yaml": {"tune.lr": "modified"}}},
+               {"changed outs": {"models": "deleted"}}, "changed command"]
+    assert dvc_tools.describe_changes(changes) == ("changed deps: multimodal/train.py (modified), tune.lr (modified); "
+                                                   "changed outs: models (deleted); changed command")
+
+
+def test_repro_state_comes_from_dvc_status_not_log_wording(tmp_path: Path) -> None:
+    # A real one-stage DVC repo: whether the stage ran is DVC's structured answer, before and after an edit.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "input.txt").write_text("1\n")
+    (repo / "dvc.yaml").write_text("stages:\n  copy:\n    cmd: cp input.txt output.txt\n"
+                                   "    deps: [input.txt]\n    outs: [output.txt]\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        run(cmd, repo)
+    lines: list[str] = []
+    first = dvc_tools.repro(repo, "copy", lines.append)
+    assert (first.returncode, first.ran) == (0, True) and "changed" in first.reason, first
+    second = dvc_tools.repro(repo, "copy", lambda line: None)
+    assert (second.ran, second.reason) == (False, "dvc status: up to date")
+    (repo / "input.txt").write_text("2\n")
+    third = dvc_tools.repro(repo, "copy", lambda line: None)
+    assert third.ran and "input.txt (modified)" in third.reason, third
+    assert (repo / "output.txt").read_text() == "2\n"
 
 
 def test_overrides_and_experiment_names() -> None:
@@ -259,7 +278,7 @@ def test_first_run_runs_every_stage_and_publishes_artifacts(
     for stage in stage_names:
         state = runs[stage].state
         assert (state.type.value, state.name) == ("COMPLETED", "Completed"), (stage, state)
-        assert state.message.startswith("dvc: stage ran in"), state.message
+        assert state.message.startswith("dvc: stage ran ("), state.message
     assert runs["tune"].total_run_time.total_seconds() > 1
     # The stage's own output, line by line, in its task's log.
     assert task_log(runs["ingest"].id, "Running stage 'ingest'")
@@ -333,7 +352,7 @@ def test_second_run_shows_stages_cached_and_is_fast(
     for stage in stage_names:
         state = runs[stage].state
         assert (state.type.value, state.name) == ("COMPLETED", "Cached"), (stage, state)
-        assert "didn't change" in state.message
+        assert state.message == "dvc status: up to date", state.message
     assert second_run.seconds < 0.5 * first_run.seconds, (second_run.seconds, first_run.seconds)
     assert {first_run.name, second_run.name} <= set(experiments(workspace))
 

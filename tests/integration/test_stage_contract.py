@@ -1,0 +1,140 @@
+"""dvc.yaml tells the truth: code deps are what each stage imports, params are what it reads, and a real
+`dvc status` marks exactly the stages an edit concerns."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multimodal.config import load_params
+from multimodal.stage_deps import check, import_closure, suggested_deps
+from multimodal.stage_params import UndeclaredParam, read_stages
+from multimodal.workspace import REPO, copy_project, run
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_stage_declares_exactly_the_code_it_imports() -> None:
+    problems = check(REPO)
+    fixes = {stage: suggested_deps(REPO, stage) for stage in problems}
+    assert not problems, f"dvc.yaml code deps differ from the imports: {problems}\n" \
+                         f"run `python -m multimodal.stage_deps --write`, or set deps to: {fixes}"
+
+
+def test_import_closure_follows_lazy_and_relative_imports(tmp_path: Path) -> None:
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "multimodal" / "sub").mkdir(parents=True)
+    for name in ("stages/__init__.py", "multimodal/__init__.py", "multimodal/sub/__init__.py",
+                 "multimodal/unused.py", "multimodal/sub/deep.py"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "stages/s.py").write_text("import os\n\ndef main():\n    from multimodal.lazy import f\n")
+    (tmp_path / "multimodal/lazy.py").write_text("from .sub import deep\nimport numpy\n")
+    assert import_closure(tmp_path, "stages.s") == {Path(p) for p in (
+        "stages/__init__.py", "stages/s.py", "multimodal/__init__.py", "multimodal/lazy.py",
+        "multimodal/sub/__init__.py", "multimodal/sub/deep.py")}
+
+
+def test_a_stage_reads_only_the_params_it_declares() -> None:
+    evaluate = load_params(REPO / "params.yaml", stage="evaluate")
+    assert evaluate.evaluate.batch_size >= 1 and evaluate.base.paths.models  # declared; paths always readable
+    with pytest.raises(UndeclaredParam, match=r"stage 'evaluate' reads params key 'tune'.*dvc.yaml"):
+        evaluate.tune
+    with pytest.raises(UndeclaredParam, match="'base.seed'"):
+        evaluate.base.seed
+    image = load_params(REPO / "params.yaml", stage="preprocess@image")
+    assert image.modalities["image"].options  # its own modality section
+    with pytest.raises(UndeclaredParam, match="'modalities.audio'"):
+        image.modalities["audio"]
+    assert image.reads == {"modalities.image"}
+
+
+# ---------------------------------------------------------------- a real `dvc status` after one edit
+
+
+@pytest.fixture(scope="module")
+def committed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A scratch copy whose dvc.lock matches its code and params (outputs stand in as placeholders)."""
+    from dvc.repo import Repo
+
+    project = copy_project(tmp_path_factory.mktemp("contract") / "project")
+    cwd = os.getcwd()
+    os.chdir(project)  # DVC resolves stage paths against the process cwd
+    try:
+        with Repo(".") as repo:
+            for out in repo.index.outs:
+                path = Path(out.fs_path)
+                if path.suffix:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text("{}\n")
+                else:
+                    path.mkdir(parents=True, exist_ok=True)
+                    (path / "placeholder").write_text("x")
+            repo.commit(force=True)
+    finally:
+        os.chdir(cwd)
+    assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
+    yield project
+
+
+def _changed_stages(project: Path) -> dict[str, list]:
+    return json.loads(run(["dvc", "status", "--json"], project).stdout)
+
+
+def _importers(module_file: str) -> set[str]:
+    stages = read_stages(REPO / "dvc.yaml")
+    entry = {name: s.cmd.split()[2] for name, s in stages.items()}
+    return {name for name, module in entry.items() if Path(module_file) in import_closure(REPO, module)}
+
+
+@pytest.mark.parametrize(("module_file", "must_include", "must_exclude"), [
+    ("multimodal/evaluate.py", {"evaluate"}, {"tune", "align", "ingest"}),
+    ("multimodal/train.py", {"tune", "evaluate"}, {"ingest", "validate"}),
+    ("multimodal/speech.py", {"ingest"}, {"validate", "tune"}),
+    ("multimodal/modalities/audio.py", {"preprocess@audio", "align"}, {"ingest", "validate"}),
+    ("multimodal/config.py", {"ingest", "validate", "align", "tune", "evaluate"}, set()),
+])
+def test_editing_a_module_marks_exactly_the_stages_that_import_it(committed: Path, module_file: str,
+                                                                    must_include: set[str],
+                                                                    must_exclude: set[str]) -> None:
+    path = committed / module_file
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# an edit\n")
+        changed = _changed_stages(committed)
+    finally:
+        path.write_bytes(original)
+    assert set(changed) == _importers(module_file)
+    assert must_include <= set(changed) and not (must_exclude & set(changed)), changed
+    for entry in changed.values():  # only that file changed (a folder dep reports the folder holding it)
+        [[kind, deps]] = [next(iter(e.items())) for e in entry]
+        assert kind == "changed deps" and all(module_file.startswith(d) and how == "modified"
+                                              for d, how in deps.items()), changed
+
+
+@pytest.mark.parametrize(("keys", "value", "readers"), [
+    (("align", "lr"), 0.01, {"align"}),
+    (("evaluate", "batch_size"), 100, {"evaluate"}),
+    (("tune", "num_samples"), 3, {"tune"}),
+    (("base", "device"), "cpu", {"align", "tune", "evaluate"}),
+    (("modalities", "audio", "num_mel_bins"), 32, {"preprocess@audio", "align"}),
+])
+def test_changing_a_params_key_marks_exactly_its_readers(committed: Path, keys: tuple[str, ...], value,
+                                                         readers: set[str]) -> None:
+    path = committed / "params.yaml"
+    original = path.read_bytes()
+    params = yaml.safe_load(original)
+    node = params
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    try:
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = _changed_stages(committed)
+    finally:
+        path.write_bytes(original)
+    assert set(changed) == readers, changed
