@@ -28,14 +28,15 @@ def resolve_pretrained(name: str | None) -> str | None:
 class Modality:
     """One modality: how to load a manifest cell, turn a batch into model inputs, and build its encoder.
 
-    - `load(cell, root, spec)`: one manifest cell -> raw item (PIL image, float32 waveform, str).
     - `build_processor(spec)`: the Hugging Face processor (image processor, feature extractor, tokenizer).
+    - `load(cell, root, spec, processor)`: one manifest cell -> raw item (PIL image, float32 waveform, str), in
+      the form that processor expects (audio at its `sampling_rate`).
     - `process(processor, items, spec)`: raw items -> dict of tensors keyed by the model's input names.
     - `build_encoder(spec)`: a Hugging Face model (pretrained, or built from `spec.config`).
     """
 
     name: str
-    load: Callable[[str, Path, ModalitySpec], Any]
+    load: Callable[[str, Path, ModalitySpec, Any], Any]
     build_processor: Callable[[ModalitySpec], Any]
     process: Callable[[Any, Sequence[Any], ModalitySpec], dict[str, torch.Tensor]]
     build_encoder: Callable[[ModalitySpec], nn.Module]
