@@ -69,13 +69,22 @@ class Embedder(nn.Module):
         )
 
     def forward(self, inputs: dict[str, dict[str, torch.Tensor]], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {}
-        for m in self.encoders:
-            if inputs[m]:
-                out[m] = self.projections[m](self.encoders[m](**inputs[m]))
-            else:  # no sample of this split has the modality: nothing to encode, the mask hides it
-                out[m] = masks[m].new_zeros((masks[m].shape[0], self.projections[m][0].out_features), dtype=torch.float)
-        return out
+        return {m: self.embed(m, inputs[m], masks[m]) for m in self.encoders}
+
+    def embed(self, modality: str, inputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """(B, dim) projected encodings of the rows `mask` marks present; zeros for the others.
+
+        Absent rows never reach the encoder: their zero-filled inputs would cost compute and, in train mode,
+        enter BatchNorm's batch statistics and so change the present rows' outputs. Fusion hides them anyway.
+        """
+        rows = mask.nonzero().flatten()
+        width = self.projections[modality][0].out_features
+        if not inputs or len(rows) == 0:  # no row has the modality (`{}`: none in the whole split)
+            return mask.new_zeros((len(mask), width), dtype=torch.float)
+        if len(rows) < len(mask):
+            inputs = {k: v.index_select(0, rows) for k, v in inputs.items()}
+        z = self.projections[modality](self.encoders[modality](**inputs))
+        return z if len(rows) == len(mask) else z.new_zeros((len(mask), width)).index_copy(0, rows, z)
 
 
 class MultimodalModel(nn.Module):

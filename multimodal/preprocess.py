@@ -30,7 +30,7 @@ def preprocess_modality(
         bar = tqdm(total=len(rows), desc=f"preprocess {modality}/{split}", unit="sample")
         for start in range(0, len(rows), batch_size):
             batch = rows.iloc[start : start + batch_size]
-            items = [mod.load(cell, root, spec) for cell in batch[modality]]
+            items = [mod.load(cell, root, spec, processor) for cell in batch[modality]]
             writer.add(batch["sample_id"].tolist(), mod.process(processor, items, spec))
             bar.update(len(batch))
         writer.flush()

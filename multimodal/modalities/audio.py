@@ -17,14 +17,11 @@ from multimodal.manifest import resolve_inside
 from multimodal.modalities.base import Modality, config_built, resolve_pretrained
 
 
-def _rate(spec: ModalitySpec) -> int:
-    return int(spec.options.get("sampling_rate", 16000))
-
-
-def load(cell: str, root: Path, spec: ModalitySpec) -> np.ndarray:
+def load(cell: str, root: Path, spec: ModalitySpec, processor) -> np.ndarray:
+    """Mono float32 waveform resampled to the rate of `processor`, the feature extractor that reads it."""
     wave, rate = sf.read(resolve_inside(root, cell), dtype="float32", always_2d=True)
     wave = wave.mean(axis=1)  # downmix: encoders here take mono
-    target = _rate(spec)
+    target = int(processor.sampling_rate)
     if rate != target:
         ratio = Fraction(target, rate)
         wave = resample_poly(wave, ratio.numerator, ratio.denominator).astype(np.float32)
@@ -32,16 +29,24 @@ def load(cell: str, root: Path, spec: ModalitySpec) -> np.ndarray:
 
 
 def build_processor(spec: ModalitySpec):
+    """The pretrained extractor (its own rate), or a config-built AST extractor at `sampling_rate`."""
+    rate = spec.options.get("sampling_rate")
     if spec.pretrained:
-        return AutoFeatureExtractor.from_pretrained(resolve_pretrained(spec.pretrained))
+        extractor = AutoFeatureExtractor.from_pretrained(resolve_pretrained(spec.pretrained))
+        if rate is not None and int(rate) != int(extractor.sampling_rate):
+            raise ValueError(f"modalities.audio.sampling_rate is {rate} Hz but the feature extractor of "
+                             f"{spec.pretrained!r} expects {extractor.sampling_rate} Hz; set it to "
+                             f"{extractor.sampling_rate} (audio is decoded at the extractor's rate)")
+        return extractor
     return ASTFeatureExtractor(
-        sampling_rate=_rate(spec),
+        sampling_rate=int(rate if rate is not None else 16000),
         num_mel_bins=int(spec.options.get("num_mel_bins", 64)),
         max_length=int(spec.options.get("max_length", 128)),
     )
 
 
 def process(processor, items: Sequence[np.ndarray], spec: ModalitySpec) -> dict[str, torch.Tensor]:
+    # `load` decoded at this rate; passing it makes the extractor check that instead of assuming it.
     out = processor(list(items), sampling_rate=processor.sampling_rate, return_tensors="pt")
     # Only what the encoder consumes; AST has no padding mask, waveform encoders (wav2vec2) do.
     return {k: v for k, v in out.items() if k in ("input_values", "input_features", "attention_mask")}

@@ -28,14 +28,15 @@ def resolve_pretrained(name: str | None) -> str | None:
 class Modality:
     """One modality: how to load a manifest cell, turn a batch into model inputs, and build its encoder.
 
-    - `load(cell, root, spec)`: one manifest cell -> raw item (PIL image, float32 waveform, str).
     - `build_processor(spec)`: the Hugging Face processor (image processor, feature extractor, tokenizer).
+    - `load(cell, root, spec, processor)`: one manifest cell -> raw item (PIL image, float32 waveform, str), in
+      the form that processor expects (audio at its `sampling_rate`).
     - `process(processor, items, spec)`: raw items -> dict of tensors keyed by the model's input names.
     - `build_encoder(spec)`: a Hugging Face model (pretrained, or built from `spec.config`).
     """
 
     name: str
-    load: Callable[[str, Path, ModalitySpec], Any]
+    load: Callable[[str, Path, ModalitySpec, Any], Any]
     build_processor: Callable[[ModalitySpec], Any]
     process: Callable[[Any, Sequence[Any], ModalitySpec], dict[str, torch.Tensor]]
     build_encoder: Callable[[ModalitySpec], nn.Module]
@@ -62,6 +63,21 @@ def hidden_width(config: Any) -> int:
     return int(sizes[-1]) if sizes and not getattr(config, "hidden_size", None) else int(config.hidden_size)
 
 
+def eval_frozen_parts(module: nn.Module) -> None:
+    """Put every part of `module` whose parameters are all frozen into eval mode.
+
+    `requires_grad_(False)` alone leaves a frozen BatchNorm updating its running statistics in train mode, and
+    a frozen block's dropout dropping. Parts with no parameters at all (dropout, activations, pooling) follow
+    the part they sit in: dropout inside a block that trains (or holds LoRA adapters) keeps dropping.
+    """
+    params = list(module.parameters())
+    if params and not any(p.requires_grad for p in params):
+        module.eval()
+        return
+    for child in module.children():
+        eval_frozen_parts(child)
+
+
 class PooledEncoder(nn.Module):
     """A Hugging Face encoder followed by mean pooling over its tokens (masked where a mask exists).
 
@@ -73,6 +89,13 @@ class PooledEncoder(nn.Module):
         super().__init__()
         self.model = model
         self.out_dim = hidden_width(model.config)
+
+    def train(self, mode: bool = True) -> "PooledEncoder":
+        """Train mode for the parts that train only (see `eval_frozen_parts`), whatever strategy froze the rest."""
+        super().train(mode)
+        if mode:
+            eval_frozen_parts(self)
+        return self
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         if "input_values" in inputs and self.model.main_input_name == "pixel_values":

@@ -14,7 +14,7 @@ from multimodal.manifest import resolve_inside
 from multimodal.modalities.base import Modality, config_built, resolve_pretrained
 
 
-def load(cell: str, root: Path, spec: ModalitySpec) -> Image.Image:
+def load(cell: str, root: Path, spec: ModalitySpec, processor) -> Image.Image:
     with Image.open(resolve_inside(root, cell)) as image:
         return image.convert("RGB")  # HF processors expect 3 channels; grayscale is replicated
 

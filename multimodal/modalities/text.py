@@ -12,7 +12,7 @@ from multimodal.config import ModalitySpec
 from multimodal.modalities.base import MINILM_ALIAS, Modality, config_built, resolve_pretrained
 
 
-def load(cell: str, root: Path, spec: ModalitySpec) -> str:
+def load(cell: str, root: Path, spec: ModalitySpec, processor) -> str:
     return cell
 
 
