@@ -14,11 +14,11 @@ from transformers import ASTFeatureExtractor, AutoFeatureExtractor, AutoModel
 
 from multimodal.config import ModalitySpec
 from multimodal.manifest import resolve_inside
-from multimodal.modalities.base import Modality, config_built, resolve_pretrained
+from multimodal.modalities.base import Modality, config_built, load_pretrained
 
 
 def _rate(spec: ModalitySpec) -> int:
-    return int(spec.options.get("sampling_rate", 16000))
+    return int(spec.options["sampling_rate"])
 
 
 def load(cell: str, root: Path, spec: ModalitySpec) -> np.ndarray:
@@ -33,11 +33,11 @@ def load(cell: str, root: Path, spec: ModalitySpec) -> np.ndarray:
 
 def build_processor(spec: ModalitySpec):
     if spec.pretrained:
-        return AutoFeatureExtractor.from_pretrained(resolve_pretrained(spec.pretrained))
+        return load_pretrained(AutoFeatureExtractor, spec.pretrained, spec.revision, weights=False)
     return ASTFeatureExtractor(
         sampling_rate=_rate(spec),
-        num_mel_bins=int(spec.options.get("num_mel_bins", 64)),
-        max_length=int(spec.options.get("max_length", 128)),
+        num_mel_bins=int(spec.options["num_mel_bins"]),
+        max_length=int(spec.options["max_length"]),
     )
 
 
@@ -49,10 +49,11 @@ def process(processor, items: Sequence[np.ndarray], spec: ModalitySpec) -> dict[
 
 def build_encoder(spec: ModalitySpec):
     if spec.pretrained:
-        return AutoModel.from_pretrained(resolve_pretrained(spec.pretrained))
+        return load_pretrained(AutoModel, spec.pretrained, spec.revision, weights=True)
     # AST by default; `config.model_type: resnet` (num_channels: 1) reads the spectrogram as a one-channel image.
-    return config_built(spec, "audio-spectrogram-transformer", num_mel_bins=int(spec.options.get("num_mel_bins", 64)),
-                        max_length=int(spec.options.get("max_length", 128)))
+    return config_built(spec, "audio-spectrogram-transformer", num_mel_bins=int(spec.options["num_mel_bins"]),
+                        max_length=int(spec.options["max_length"]))
 
 
-AUDIO = Modality("audio", load, build_processor, process, build_encoder)
+AUDIO = Modality("audio", load, build_processor, process, build_encoder,
+                 options=("sampling_rate", "num_mel_bins", "max_length"), checkpoints=())
