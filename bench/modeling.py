@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,15 @@ from multimodal.align import load_embedder
 from multimodal.config import FUSIONS, STRATEGIES, load_params
 from multimodal.dataset import SplitData, load_split
 from multimodal.evaluate import scores
-from multimodal.finetune import finetune, train_config
+from multimodal.finetune import finetune
+from multimodal.fusion import fusion_knobs
 from multimodal.manifest import read_manifest
 from multimodal.modalities import PooledEncoder, get_modality
 from multimodal.model import Embedder, MultimodalModel
 from multimodal.runtime import go_offline_for, pick_device
 from multimodal.splits import load_labels, load_splits
 from multimodal.train import fit, predict
+from multimodal.tune import trial_train_config
 
 
 def early_fusion_matrix(data: SplitData, vocabulary: dict[int, int]) -> np.ndarray:
@@ -75,7 +78,7 @@ def logistic_baseline(raw: dict[str, SplitData], seed: int) -> dict:
 
 def run_model(params, aligned: Path, labels, device, knobs: dict, modalities=None) -> dict:
     """Train one configuration with the product's loop; test scores and training time."""
-    cfg = train_config({**knobs, "seed": params.base.seed, "max_epochs": params.tune.asha.max_epochs})
+    cfg = trial_train_config(params, knobs)
     data = load_splits(params, ("train", "val", "test"), strategy=cfg.strategy)
     start = time.perf_counter()
     model, spec, result = finetune(aligned, labels, data["train"], data["val"], cfg, device, modalities)
@@ -104,8 +107,7 @@ class FrozenEncoder(nn.Module):
 def cached_vs_reencoded(params, aligned: Path, labels, raw: dict[str, SplitData], device, knobs: dict,
                         epochs: int) -> tuple[float, float]:
     """Seconds of the same frozen-strategy trial (`epochs` epochs) on cached features and re-encoding each step."""
-    cfg = train_config({**knobs, "strategy": "frozen", "seed": params.base.seed, "max_epochs": epochs,
-                        "patience": epochs})
+    cfg = replace(trial_train_config(params, {**knobs, "strategy": "frozen"}), max_epochs=epochs, patience=epochs)
     cached = load_splits(params, ("train", "val"), strategy="frozen")
     start = time.perf_counter()
     finetune(aligned, labels, cached["train"], cached["val"], cfg, device)
@@ -120,7 +122,7 @@ def cached_vs_reencoded(params, aligned: Path, labels, raw: dict[str, SplitData]
     reencode = Embedder(encoders, embedder.projections[next(iter(encoders))][0].out_features)
     reencode.projections.load_state_dict(embedder.projections.state_dict())
     torch.manual_seed(cfg.seed)
-    model = MultimodalModel(reencode, cfg.fusion, len(labels), cfg.dropout)
+    model = MultimodalModel(reencode, cfg.fusion, len(labels), cfg.dropout, fusion_knobs(cfg.fusion, asdict(cfg)))
     start = time.perf_counter()
     fit(model, raw["train"], raw["val"], cfg, device)
     return cached_s, time.perf_counter() - start

@@ -75,8 +75,12 @@ def worker(root: Path, n: int) -> dict[str, float]:
     """In a fresh process: validate `manifest_<n>.csv` once; time, peak RSS and RSS after imports."""
     start = time.perf_counter()
     import multimodal.validation as validation
+    import yaml
+
     from multimodal.config import Validate
     from multimodal.manifest import read_manifest
+
+    thresholds = Validate.model_validate(yaml.safe_load((REPO / "params.yaml").read_text())["validate"])
 
     profile_s = []
     profile_samples = validation.profile_samples
@@ -94,7 +98,7 @@ def worker(root: Path, n: int) -> dict[str, float]:
     frame = read_manifest(root / f"manifest_{n}.csv")
     with tempfile.TemporaryDirectory() as docs:
         start = time.perf_counter()
-        result = validation.validate_dataset(frame, root, Validate(), docs_dir=Path(docs))
+        result = validation.validate_dataset(frame, root, thresholds, docs_dir=Path(docs))
         seconds = time.perf_counter() - start
     if not result.success:
         raise SystemExit(f"the synthetic dataset should pass: {result.dataset_failures} {result.failing_rows[:3]}")

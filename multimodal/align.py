@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
-from multimodal.config import ModalitySpec
+from multimodal.config import ModalitySpec, Params
 from multimodal.dataset import SplitData
 from multimodal.io import read_json, write_json
 from multimodal.model import Embedder, build_encoder_from_entry, encoder_entry, state_dict_for_saving
@@ -31,12 +31,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AlignConfig:
-    dim: int = 64
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 2e-3
-    temperature: float = 0.1
-    seed: int = 42
+    """The knobs of `train_alignment`, without defaults: `from_params` builds it from params `align` and the seed."""
+
+    dim: int
+    epochs: int
+    batch_size: int
+    lr: float
+    temperature: float
+    weight_decay: float
+    seed: int
+
+    @classmethod
+    def from_params(cls, params: Params) -> "AlignConfig":
+        return cls(**params.align.model_dump(exclude={"freeze"}), seed=params.base.seed)
 
 
 @torch.no_grad()
@@ -89,7 +96,7 @@ def train_alignment(embedder: Embedder, train: SplitData, cfg: AlignConfig, devi
     generator = torch.Generator().manual_seed(cfg.seed)
     embedder.to(device)
     params = [p for p in embedder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     history = []
     for epoch in range(1, cfg.epochs + 1):
         embedder.train()

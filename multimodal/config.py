@@ -5,22 +5,26 @@ Stages call :func:`load_params` and pass the resulting objects down; nothing bel
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from multimodal.checkpoints import is_hub
 
 MODALITIES = ("image", "audio", "text")
 FUSIONS = ("concat", "gated", "attention", "late", "weighted", "tensor")  # multimodal.fusion.FUSIONS implements these
 STRATEGIES = ("frozen", "last_k", "lora", "full")  # multimodal.strategies.STRATEGIES implements these
-# Module-name suffixes that get LoRA adapters by default: BERT/MiniLM query/value, transformers-5 ViT/AST
-# q_proj/v_proj, HF ResNet convolution (peft adapts Conv2d layers too).
-LORA_TARGETS = ("query", "value", "q_proj", "v_proj", "convolution")
 
 
+# No field below has a default: params.yaml is the one place a knob's value lives, so a missing key is an error
+# naming it (tests/unit/test_config.py keeps it that way).
 class Strict(BaseModel):
-    # Unknown keys are typos far more often than intent: reject them.
+    # Unknown keys are typos far more often than intent: reject them (load_params suggests the closest name).
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -35,15 +39,15 @@ class Paths(Strict):
 
 
 class Base(Strict):
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
     paths: Paths
 
 
 class Split(Strict):
-    train: float = Field(0.7, gt=0, lt=1)
-    val: float = Field(0.15, gt=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
+    train: float = Field(gt=0, lt=1)
+    val: float = Field(gt=0, lt=1)
+    test: float = Field(gt=0, lt=1)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "Split":
@@ -54,19 +58,19 @@ class Split(Strict):
 
 
 class Demo(Strict):
-    n_samples: int = Field(3000, ge=30)
-    image_components: int = Field(6, ge=1, le=784)
-    image_noise: float = Field(0.35, ge=0)
-    audio_snr_db: tuple[float, float] = (-6.0, 2.0)
-    missing_rate: float = Field(0.1, ge=0, lt=0.34)
-    sample_rate: int = 16000
+    n_samples: int = Field(ge=30)
+    image_components: int = Field(ge=1, le=784)
+    image_noise: float = Field(ge=0)
+    audio_snr_db: tuple[float, float]
+    missing_rate: float = Field(ge=0, lt=0.34)
+    sample_rate: int
 
 
 class Ingest(Strict):
-    source: Literal["demo", "manifest"] = "demo"
-    manifest: Path | None = None
-    split: Split = Split()
-    demo: Demo = Demo()
+    source: Literal["demo", "manifest"]
+    manifest: Path | None
+    split: Split
+    demo: Demo
 
     @model_validator(mode="after")
     def _manifest_named(self) -> "Ingest":
@@ -78,22 +82,22 @@ class Ingest(Strict):
 class Validate(Strict):
     """Thresholds of the validate stage's checks and what to do with rows that fail them (docs/data.md)."""
 
-    on_invalid: Literal["fail", "quarantine"] = "fail"
-    max_listed: int = Field(20, ge=1)  # failing rows named in the error message before "... and N more"
-    docs_dir: Path = Path("data/validation_docs")  # Data Docs HTML (kept apart from paths.validated: not deterministic)
-    labels: list[str] | None = None  # None: the train split's labels
-    unique_content: bool = True  # the same image/audio bytes under two sample ids is an error
-    image_min_size: int = Field(8, ge=1)  # px, width and height alike
-    image_max_size: int = Field(8192, ge=1)
-    image_modes: list[str] | None = None  # None: any mode Pillow decodes
-    audio_sample_rates: list[int] | None = [16000]  # None: any rate
-    audio_channels: list[int] | None = [1]  # None: any channel count
-    audio_min_duration_s: float = Field(0.1, ge=0)
-    audio_max_duration_s: float = Field(60.0, gt=0)
-    audio_max_clipping: float = Field(0.01, ge=0, le=1)  # share of samples at full scale
-    audio_max_silence: float = Field(0.99, ge=0, le=1)  # share of samples below -60 dBFS
-    text_min_chars: int = Field(1, ge=1)
-    text_max_chars: int = Field(2000, ge=1)
+    on_invalid: Literal["fail", "quarantine"]
+    max_listed: int = Field(ge=1)  # failing rows named in the error message before "... and N more"
+    docs_dir: Path  # Data Docs HTML (kept apart from paths.validated: not deterministic)
+    labels: list[str] | None  # None: the train split's labels
+    unique_content: bool  # the same image/audio bytes under two sample ids is an error
+    image_min_size: int = Field(ge=1)  # px, width and height alike
+    image_max_size: int = Field(ge=1)
+    image_modes: list[str] | None  # None: any mode Pillow decodes
+    audio_sample_rates: list[int] | None  # None: any rate
+    audio_channels: list[int] | None  # None: any channel count
+    audio_min_duration_s: float = Field(ge=0)
+    audio_max_duration_s: float = Field(gt=0)
+    audio_max_clipping: float = Field(ge=0, le=1)  # share of samples at full scale
+    audio_max_silence: float = Field(ge=0, le=1)  # share of samples below -60 dBFS
+    text_min_chars: int = Field(ge=1)
+    text_max_chars: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _ranges_ordered(self) -> "Validate":
@@ -111,9 +115,9 @@ class Validate(Strict):
 
 
 class Preprocess(Strict):
-    batch_size: int = Field(128, ge=1)
-    shard_size: int = Field(1024, ge=1)
-    modalities: list[str] = list(MODALITIES)
+    batch_size: int = Field(ge=1)
+    shard_size: int = Field(ge=1)
+    modalities: list[str]
 
     @field_validator("modalities")
     @classmethod
@@ -127,51 +131,83 @@ class Preprocess(Strict):
 
 
 class ModalitySpec(BaseModel):
-    """Encoder + processor settings of one modality; keys beyond `pretrained`/`config` are processor knobs."""
+    """Encoder + processor settings of one modality.
+
+    `pretrained`: null (build from `config`), `minilm`, a local folder, or `hub:org/name` with `revision` (the one
+    optional key: present exactly beside a hub id). Other keys are the modality's own options, declared by its
+    module (`Modality.options`); `Params` refuses unknown ones and requires every declared one.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    pretrained: str | None = None
-    config: dict[str, Any] = {}
+    pretrained: str | None
+    config: dict[str, Any]
+    revision: str | None = None
 
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    @property
+    def names_hub(self) -> bool:
+        """Whether this section loads anything from the Hugging Face hub (then the hub may be online)."""
+        return any(is_hub(v) for v in (self.pretrained, *self.options.values()))
+
+
+MODALITY_KEYS = ("pretrained", "revision", "config")  # every modality section has these, beside its options
+
+
+def did_you_mean(key: str, valid: list[str] | tuple[str, ...]) -> str:
+    """`; did you mean X?` with the closest valid names, else the list of valid names."""
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else f"; valid: {sorted(valid)}"
+
+
+def params_error(loc: tuple[str, ...], message: str, value: Any) -> InitErrorDetails:
+    """One problem at `loc`, for a validator that reports several at once (`ValidationError.from_exception_data`)."""
+    return InitErrorDetails(type=PydanticCustomError("params", message), loc=loc, input=value)
+
 
 class Align(Strict):
-    dim: int = Field(64, ge=2)
-    epochs: int = Field(8, ge=0)
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(2e-3, gt=0)
-    temperature: float = Field(0.1, gt=0)
-    freeze: list[str] = ["text"]
+    dim: int = Field(ge=2)
+    epochs: int = Field(ge=0)
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0)
+    temperature: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)  # AdamW
+    freeze: list[str]
 
 
 class Asha(Strict):
-    max_epochs: int = Field(25, ge=1)
-    grace_period: int = Field(5, ge=1)
-    reduction_factor: int = Field(2, ge=2)
+    max_epochs: int = Field(ge=1)
+    grace_period: int = Field(ge=1)
+    reduction_factor: int = Field(ge=2)
 
 
 class TrainFixed(Strict):
-    batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    patience: int = Field(5, ge=1)
-    grad_accum_steps: int = Field(1, ge=1)
-    grad_clip: float = Field(1.0, gt=0)
-    modality_dropout: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(ge=1)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    patience: int = Field(ge=1)
+    grad_accum_steps: int = Field(ge=1)
+    grad_clip: float = Field(gt=0)
+    modality_dropout: float = Field(ge=0, lt=1)
     # Fine-tuning strategy of the encoders (multimodal.strategies); searchable too, e.g. {choice: [frozen, lora]}.
-    strategy: Literal[STRATEGIES] = "full"
-    last_k: int = Field(1, ge=1)  # last_k: blocks trained per encoder
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: float = Field(16, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: list[str] = Field(list(LORA_TARGETS), min_length=1)  # module-name suffixes (LORA_TARGETS)
+    strategy: Literal[STRATEGIES]
+    last_k: int = Field(ge=1)  # last_k: blocks trained per encoder
+    lora_rank: int = Field(ge=1)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    lora_targets: list[str] = Field(min_length=1)  # module-name suffixes that get adapters
+    # Fusion architecture (multimodal.fusion; each fusion reads its own, and saved models record them).
+    attention_heads: int = Field(ge=1)  # attention: heads (reduced to a divisor of align.dim)
+    attention_layers: int = Field(ge=1)  # attention: transformer layers over the modality tokens
+    tensor_rank: int = Field(ge=1)  # tensor: rank of the low-rank factors
 
 
 SEARCH_KINDS = ("loguniform", "uniform", "choice", "randint")
-REPORTED_METRICS = ("val_accuracy", "val_loss", "train_loss")  # what every trial reports each epoch
+# Metrics that may choose a trial or checkpoint, with the direction that is better; a train metric never selects.
+SELECTION_MODES = {"val_accuracy": "max", "val_loss": "min"}
+SELECTION_METRICS = tuple(SELECTION_MODES)
 
 
 def _space_problems(name: str, spec: Any) -> list[str]:
@@ -195,22 +231,22 @@ def _space_problems(name: str, spec: Any) -> list[str]:
 
 
 class Tune(Strict):
-    search: Literal["random", "optuna"] = "random"  # optuna: TPE seeded from base.seed
-    num_samples: int = Field(6, ge=1)
-    max_concurrent_trials: int = Field(1, ge=1)
-    cpus_per_trial: float = Field(2, gt=0)
-    gpus_per_trial: float = Field(1, ge=0)  # used only when the cluster has GPUs; below 1 shares a GPU
-    max_failures: int = Field(1, ge=0)  # retries of a failed trial, from its last checkpoint
-    keep_checkpoints: int = Field(2, ge=1)  # per trial, the best by `metric` (Ray also keeps the latest)
-    object_store_memory_mb: int = Field(512, ge=78)
-    address: str | None = None
-    metric: Literal[REPORTED_METRICS] = "val_accuracy"
-    mode: Literal["max", "min"] = "max"
+    search: Literal["random", "optuna"]  # optuna: TPE seeded from base.seed
+    num_samples: int = Field(ge=1)
+    max_concurrent_trials: int = Field(ge=1)
+    cpus_per_trial: float = Field(gt=0)
+    gpus_per_trial: float = Field(ge=0)  # used only when the cluster has GPUs; below 1 shares a GPU
+    max_failures: int = Field(ge=0)  # retries of a failed trial, from its last checkpoint
+    keep_checkpoints: int = Field(ge=1)  # per trial, the best by `metric` (Ray also keeps the latest)
+    object_store_memory_mb: int = Field(ge=78)
+    address: str | None
+    metric: Literal[SELECTION_METRICS]
+    mode: Literal["max", "min"]  # must be the metric's better direction (SELECTION_MODES)
     # asha: stop weak trials early at rungs (`asha`); fifo: every trial runs until max_epochs or its own early stop.
-    scheduler: Literal["asha", "fifo"] = "asha"
-    asha: Asha = Asha()
+    scheduler: Literal["asha", "fifo"]
+    asha: Asha
     space: dict[str, dict[str, Any]]
-    fixed: TrainFixed = TrainFixed()
+    fixed: TrainFixed
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -236,20 +272,53 @@ class Tune(Strict):
             raise ValueError("; ".join(problems))
         return space
 
+    @field_validator("mode")
+    @classmethod
+    def _mode_fits_metric(cls, mode: str, info: ValidationInfo) -> str:
+        metric = info.data.get("metric")  # absent when invalid: that is reported on its own
+        if metric is not None and mode != SELECTION_MODES[metric]:
+            better = "higher" if SELECTION_MODES[metric] == "max" else "lower"
+            raise ValueError(f"{metric} is better {better}, so tune.mode must be {SELECTION_MODES[metric]!r}, "
+                             f"not {mode!r}")
+        return mode
+
 
 class Evaluate(Strict):
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(ge=1)
 
 
 class Params(Strict):
     base: Base
-    ingest: Ingest = Ingest()
-    validate_: Validate = Field(Validate(), alias="validate")
-    preprocess: Preprocess = Preprocess()
+    ingest: Ingest
+    validate_: Validate = Field(alias="validate")
+    preprocess: Preprocess
     modalities: dict[str, ModalitySpec]
-    align: Align = Align()
+    align: Align
     tune: Tune
-    evaluate: Evaluate = Evaluate()
+    evaluate: Evaluate
+
+    @field_validator("modalities", mode="wrap")
+    @classmethod
+    def _modality_sections(cls, value: Any, handler: Any, info: ValidationInfo) -> dict[str, ModalitySpec]:
+        """Each section's own checks and its modality's (keys, checkpoint names), all reported together."""
+        from multimodal.modalities import section_errors  # late: the modality modules import this one (and torch)
+
+        if not isinstance(value, dict):
+            return handler(value)
+        root = Path((info.context or {}).get("root", "."))  # local checkpoint folders: relative to params.yaml
+        sections, errors = {}, []
+        for name, raw in value.items():
+            try:
+                sections[name] = ModalitySpec.model_validate(raw)
+            except ValidationError as err:
+                errors += [InitErrorDetails(type=e["type"], loc=(name, *e["loc"]), input=e["input"],
+                                            **({"ctx": e["ctx"]} if "ctx" in e else {})) for e in err.errors()]
+            options = raw.options if isinstance(raw, ModalitySpec) else dict(raw) if isinstance(raw, dict) else {}
+            options = {k: v for k, v in options.items() if k not in MODALITY_KEYS}
+            errors += section_errors(str(name), options, sections.get(name), root)
+        if errors:
+            raise ValidationError.from_exception_data("modalities", errors)
+        return sections
 
     @model_validator(mode="after")
     def _modalities_declared(self) -> "Params":
@@ -281,12 +350,36 @@ def load_params(path: str | Path = "params.yaml", *, stage: str | None = None) -
     except (OSError, yaml.YAMLError) as err:
         raise ParamsError(f"cannot read {path}: {err}") from err
     try:
-        params = Params.model_validate(raw)
+        params = Params.model_validate(raw, context={"root": path.parent})
     except ValidationError as err:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {_message(e)}" for e in err.errors()]
         raise ParamsError(f"{path} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
     if stage is None:
         return params
     from multimodal.stage_params import stage_view
 
     return stage_view(params, stage, path.with_name("dvc.yaml"))
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return f"unknown key{did_you_mean(str(error['loc'][-1]), keys_at(error['loc'][:-1]))}"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def keys_at(loc: tuple) -> list[str]:
+    """The keys params.yaml allows in the section at `loc` (e.g. `("tune", "asha")`); empty when not a section."""
+    node: Any = Params
+    for part in loc:
+        if get_origin(node) is dict:
+            node = get_args(node)[1]
+        elif isinstance(node, type) and issubclass(node, BaseModel):
+            field = next((f for n, f in node.model_fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return []
+            node = field.annotation
+        else:
+            return []
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return [f.alias or n for n, f in node.model_fields.items()]
+    return []

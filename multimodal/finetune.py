@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from torch import nn
 
 from multimodal.align import load_embedder
 from multimodal.dataset import SplitData
+from multimodal.fusion import fusion_knobs
 from multimodal.model import Embedder, ModelSpec, MultimodalModel, encoder_entry
 from multimodal.modalities.base import FeatureInput
 from multimodal.strategies import apply_strategy
@@ -18,11 +19,11 @@ from multimodal.train import FitResult, TrainConfig, fit
 
 
 def train_config(values: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from a flat dict (a Ray trial config plus fixed knobs); unknown keys are an error."""
+    """A TrainConfig from a flat dict (a Ray trial config plus fixed knobs); unknown or missing keys are an error."""
     known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown training knob(s) {unknown}; known: {sorted(known)}")
+    unknown, missing = sorted(set(values) - known), sorted(known - set(values))
+    if unknown or missing:
+        raise ValueError(f"training knobs: unknown {unknown}, missing {missing}; known: {sorted(known)}")
     return TrainConfig(**values)
 
 
@@ -39,10 +40,11 @@ def initial_model(aligned_dir: Path, labels: list[str], modalities: list[str], c
         embedder = subset
     torch.manual_seed(cfg.seed)  # adapter, fusion and head initialization depend on the seed only
     apply_strategy(embedder, cfg)
-    model = MultimodalModel(embedder, cfg.fusion, len(labels), cfg.dropout)
+    knobs = fusion_knobs(cfg.fusion, asdict(cfg))
+    model = MultimodalModel(embedder, cfg.fusion, len(labels), cfg.dropout, knobs)
     encoders = {m: encoder_entry(e) if isinstance(e, FeatureInput) else meta["encoders"][m]
                 for m, e in embedder.encoders.items()}
-    spec = ModelSpec(list(modalities), encoders, labels, meta["align"]["dim"], cfg.fusion, cfg.dropout)
+    spec = ModelSpec(list(modalities), encoders, labels, meta["align"]["dim"], cfg.fusion, cfg.dropout, knobs)
     return model, spec
 
 

@@ -2,12 +2,16 @@
 
 Every fusion ignores absent modalities through the masks, so any subset of modalities can be fed at inference,
 and a row with no modality at all gives finite outputs. A fusion with `produces_logits = True` (late fusion)
-returns class logits itself, so the model puts no shared head after it.
+returns class logits itself, so the model puts no shared head after it. A fusion's architecture knobs (`knobs`,
+keyword arguments named as in params `tune.fixed`) have no defaults: `fusion_knobs` takes them from a TrainConfig,
+and a saved model records them (`ModelSpec.fusion_knobs`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,13 +55,15 @@ class GatedFusion(nn.Module):
 class AttentionFusion(nn.Module):
     """Cross-modal attention: a small transformer over one token per modality, mean over present tokens."""
 
-    def __init__(self, modalities: list[str], dim: int, heads: int = 4, layers: int = 1):
+    knobs = ("attention_heads", "attention_layers")
+
+    def __init__(self, modalities: list[str], dim: int, *, attention_heads: int, attention_layers: int):
         super().__init__()
         self.order, self.out_dim = modalities, dim
-        heads = math.gcd(heads, dim)  # attention needs heads to divide the width; any align.dim works
+        heads = math.gcd(attention_heads, dim)  # attention needs heads to divide the width; any align.dim works
         self.modality_embedding = nn.Parameter(torch.zeros(len(modalities), dim))
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(layer, attention_layers, enable_nested_tensor=False)
 
     def forward(self, z, masks):
         values, present = _stack(z, masks, self.order)
@@ -111,11 +117,13 @@ class TensorFusion(nn.Module):
     [1, 0, ..., 0], so only its bias path takes part and its values cannot matter.
     """
 
-    def __init__(self, modalities: list[str], dim: int, rank: int = 4):
+    knobs = ("tensor_rank",)
+
+    def __init__(self, modalities: list[str], dim: int, *, tensor_rank: int):
         super().__init__()
-        self.order, self.out_dim, self.rank = modalities, dim, rank
-        self.factors = nn.ParameterDict({m: nn.Parameter(torch.empty(rank, dim + 1, dim)) for m in modalities})
-        self.rank_weights = nn.Parameter(torch.empty(1, rank))
+        self.order, self.out_dim, self.rank = modalities, dim, tensor_rank
+        self.factors = nn.ParameterDict({m: nn.Parameter(torch.empty(tensor_rank, dim + 1, dim)) for m in modalities})
+        self.rank_weights = nn.Parameter(torch.empty(1, tensor_rank))
         self.bias = nn.Parameter(torch.zeros(dim))
         for factor in self.factors.values():
             nn.init.xavier_normal_(factor)
@@ -135,14 +143,28 @@ FUSIONS = {"concat": ConcatFusion, "gated": GatedFusion, "attention": AttentionF
            "weighted": WeightedFusion, "tensor": TensorFusion}
 
 
-def build_fusion(kind: str, modalities: list[str], dim: int, n_classes: int | None = None) -> nn.Module:
-    """A fusion by name; `n_classes` is needed by the fusions that produce logits themselves (`late`)."""
+def fusion_class(kind: str) -> type[nn.Module]:
     try:
-        cls = FUSIONS[kind]
+        return FUSIONS[kind]
     except KeyError:
         raise ValueError(f"unknown fusion {kind!r}; choose one of {sorted(FUSIONS)}") from None
+
+
+def fusion_knobs(kind: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture knobs fusion `kind` reads, taken from `values` (a TrainConfig's fields)."""
+    return {knob: values[knob] for knob in getattr(fusion_class(kind), "knobs", ())}
+
+
+def build_fusion(kind: str, modalities: list[str], dim: int, n_classes: int | None = None, *,
+                 knobs: Mapping[str, Any]) -> nn.Module:
+    """A fusion by name with exactly its `knobs`; `n_classes` is needed by the fusions that produce logits
+    themselves (`late`)."""
+    cls = fusion_class(kind)
+    wanted = set(getattr(cls, "knobs", ()))
+    if set(knobs) != wanted:
+        raise ValueError(f"fusion {kind!r} takes the knobs {sorted(wanted)}, got {sorted(knobs)}")
     if getattr(cls, "produces_logits", False):
         if n_classes is None:
             raise ValueError(f"fusion {kind!r} produces logits and needs n_classes")
-        return cls(modalities, dim, n_classes)
-    return cls(modalities, dim)
+        return cls(modalities, dim, n_classes, **knobs)
+    return cls(modalities, dim, **knobs)

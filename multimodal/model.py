@@ -23,15 +23,17 @@ from multimodal.strategies import without_adapters
 
 @dataclass
 class ModelSpec:
-    """Everything needed to rebuild a model. `encoders[m]` is {"features": dim} or {"hf_config": {...}}."""
+    """Everything needed to rebuild a model. `encoders[m]` is {"features": dim} or {"hf_config": {...}};
+    `fusion_knobs` the fusion's architecture knobs (`multimodal.fusion.fusion_knobs`). No architecture default."""
 
     modalities: list[str]
     encoders: dict[str, dict[str, Any]]
     labels: list[str]
-    dim: int = 64
-    fusion: str = "concat"
-    dropout: float = 0.1
-    extra: dict[str, Any] = field(default_factory=dict)
+    dim: int
+    fusion: str
+    dropout: float
+    fusion_knobs: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes; never read to build the model
 
     @property
     def feature_modalities(self) -> list[str]:
@@ -40,7 +42,7 @@ class ModelSpec:
 
     def restricted(self, modalities: list[str]) -> "ModelSpec":
         return ModelSpec(modalities, {m: self.encoders[m] for m in modalities}, self.labels, self.dim,
-                         self.fusion, self.dropout, dict(self.extra))
+                         self.fusion, self.dropout, dict(self.fusion_knobs), dict(self.extra))
 
 
 def encoder_entry(encoder: nn.Module) -> dict[str, Any]:
@@ -88,11 +90,11 @@ class Embedder(nn.Module):
 
 
 class MultimodalModel(nn.Module):
-    def __init__(self, embedder: Embedder, fusion: str, n_classes: int, dropout: float):
+    def __init__(self, embedder: Embedder, fusion: str, n_classes: int, dropout: float, fusion_knobs: dict[str, Any]):
         super().__init__()
         self.embedder = embedder
         dim = next(iter(embedder.projections.values()))[0].out_features
-        self.fusion = build_fusion(fusion, list(embedder.encoders), dim, n_classes)
+        self.fusion = build_fusion(fusion, list(embedder.encoders), dim, n_classes, knobs=fusion_knobs)
         self.dropout = nn.Dropout(dropout)
         # A fusion that produces logits (late fusion) has one classifier per modality instead of a shared head.
         produces_logits = getattr(self.fusion, "produces_logits", False)
@@ -106,7 +108,8 @@ class MultimodalModel(nn.Module):
 
 def build_model(spec: ModelSpec) -> MultimodalModel:
     encoders = {m: build_encoder_from_entry(spec.encoders[m]) for m in spec.modalities}
-    return MultimodalModel(Embedder(encoders, spec.dim), spec.fusion, len(spec.labels), spec.dropout)
+    return MultimodalModel(Embedder(encoders, spec.dim), spec.fusion, len(spec.labels), spec.dropout,
+                           spec.fusion_knobs)
 
 
 def state_dict_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -123,7 +126,10 @@ def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path) -> None:
 
 def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[MultimodalModel, ModelSpec]:
     model_dir = Path(model_dir)
-    spec = ModelSpec(**read_json(model_dir / "model.json"))
+    try:
+        spec = ModelSpec(**read_json(model_dir / "model.json"))
+    except TypeError as err:  # a key missing or unknown: written by another version (e.g. before `fusion_knobs`)
+        raise ValueError(f"{model_dir / 'model.json'}: {err}; re-run the stage that saved it (tune)") from None
     model = build_model(spec)
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     return model.to(device).eval(), spec

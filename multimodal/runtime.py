@@ -5,35 +5,40 @@ from __future__ import annotations
 import logging
 import os
 import random
-from pathlib import Path
+import sys
 
 import numpy as np
 import torch
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
+from multimodal.config import ModalitySpec
+
+HUB_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+TELEMETRY_OFF = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
     "DVC_NO_ANALYTICS": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "TOKENIZERS_PARALLELISM": "false",
 }
 
 
 def go_offline(allow_hub: bool = False) -> None:
-    """Turn telemetry off; keep the hub offline unless the user named a hub id (`allow_hub`)."""
-    for key, value in OFFLINE_ENV.items():
-        if allow_hub and key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            continue
-        os.environ.setdefault(key, value)
+    """Telemetry off, and the Hugging Face hub offline unless params named a `hub:` id (`allow_hub`).
+
+    Forced, not defaulted: an inherited `HF_HUB_OFFLINE=0` must not turn the default run online. huggingface_hub
+    reads the switch once, when imported, so an already imported one is switched too.
+    """
+    hub = "0" if allow_hub else "1"
+    os.environ.update({**TELEMETRY_OFF, **dict.fromkeys(HUB_ENV, hub)})
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # not about the network: the user's choice wins
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = not allow_hub
 
 
-def go_offline_for(specs) -> None:
-    """Offline unless some modality names a hub id (not the bundled `minilm`, not a local folder)."""
-    hub = any(s.pretrained and s.pretrained != "minilm" and not Path(s.pretrained).exists() for s in specs.values())
-    go_offline(allow_hub=hub)
+def go_offline_for(specs: dict[str, ModalitySpec]) -> None:
+    """Offline unless some modality section names a `hub:` id (params validation refuses any other remote name)."""
+    go_offline(allow_hub=any(spec.names_hub for spec in specs.values()))
 
 
 def seed_everything(seed: int) -> None:

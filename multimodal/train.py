@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from multimodal.config import LORA_TARGETS
 from multimodal.dataset import SplitData
 from multimodal.io import read_json, write_json
 
@@ -28,26 +27,33 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 1e-3
-    fusion: str = "concat"
-    dropout: float = 0.1
-    batch_size: int = 64
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    patience: int = 5
-    grad_accum_steps: int = 1
-    grad_clip: float = 1.0
-    modality_dropout: float = 0.1
-    max_epochs: int = 20  # the LR schedule is laid out over this many epochs
-    epoch_limit: int | None = None  # stop after this epoch, schedule unchanged (re-running an ASHA-stopped trial)
-    seed: int = 42
+    """Every knob of one training run, without defaults: built from the validated params (`tune.fixed`, the
+    sampled `tune.space` knobs, `base.seed`, `tune.asha.max_epochs`) by `multimodal.tune.trial_train_config`."""
+
+    lr: float
+    fusion: str
+    dropout: float
+    batch_size: int
+    weight_decay: float
+    warmup_ratio: float
+    patience: int
+    grad_accum_steps: int
+    grad_clip: float
+    modality_dropout: float
+    max_epochs: int  # the LR schedule is laid out over this many epochs
+    epoch_limit: int | None  # stop after this epoch, schedule unchanged (re-running an ASHA-stopped trial)
+    seed: int
     # Fine-tuning strategy of the encoders (multimodal.strategies): frozen | last_k | lora | full.
-    strategy: str = "full"
-    last_k: int = 1
-    lora_rank: int = 8
-    lora_alpha: float = 16
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    strategy: str
+    last_k: int
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    lora_targets: list[str]
+    # Fusion architecture: each fusion class reads its own (its `knobs`, multimodal.fusion).
+    attention_heads: int
+    attention_layers: int
+    tensor_rank: int
 
 
 @dataclass

@@ -47,11 +47,14 @@ def search_algorithm(cfg: Tune, seed: int):
 
 
 def trial_train_config(params: Params, config: dict[str, Any]):
-    """The TrainConfig a trial trains with: fixed knobs, the sampled ones, the seed and ASHA's epoch budget."""
+    """The TrainConfig a trial trains with: fixed knobs, the sampled ones, the seed and ASHA's epoch budget.
+
+    The one place a TrainConfig is made from params; tests and benchmarks override its knobs, never default them.
+    """
     from multimodal.finetune import train_config
 
     return train_config({**params.tune.fixed.model_dump(), **{k: plain(v) for k, v in config.items()},
-                         "seed": params.base.seed, "max_epochs": params.tune.asha.max_epochs})
+                         "seed": params.base.seed, "max_epochs": params.tune.asha.max_epochs, "epoch_limit": None})
 
 
 def ray_home(project_dir: Path) -> Path:

@@ -20,8 +20,7 @@ logger = logging.getLogger(__name__)
 
 def align(params: Params) -> dict[str, float]:
     paths, cfg = params.base.paths, params.align
-    align_cfg = AlignConfig(dim=cfg.dim, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                            temperature=cfg.temperature, seed=params.base.seed)
+    align_cfg = AlignConfig.from_params(params)
     device = pick_device(params.base.device)
     seed_everything(params.base.seed)
     modalities = params.preprocess.modalities

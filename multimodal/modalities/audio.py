@@ -14,7 +14,7 @@ from transformers import ASTFeatureExtractor, AutoFeatureExtractor, AutoModel
 
 from multimodal.config import ModalitySpec
 from multimodal.manifest import resolve_inside
-from multimodal.modalities.base import Modality, config_built, resolve_pretrained
+from multimodal.modalities.base import Modality, config_built, load_pretrained
 
 
 def load(cell: str, root: Path, spec: ModalitySpec, processor) -> np.ndarray:
@@ -32,16 +32,16 @@ def build_processor(spec: ModalitySpec):
     """The pretrained extractor (its own rate), or a config-built AST extractor at `sampling_rate`."""
     rate = spec.options.get("sampling_rate")
     if spec.pretrained:
-        extractor = AutoFeatureExtractor.from_pretrained(resolve_pretrained(spec.pretrained))
+        extractor = load_pretrained(AutoFeatureExtractor, spec.pretrained, spec.revision, weights=False)
         if rate is not None and int(rate) != int(extractor.sampling_rate):
             raise ValueError(f"modalities.audio.sampling_rate is {rate} Hz but the feature extractor of "
                              f"{spec.pretrained!r} expects {extractor.sampling_rate} Hz; set it to "
                              f"{extractor.sampling_rate} (audio is decoded at the extractor's rate)")
         return extractor
     return ASTFeatureExtractor(
-        sampling_rate=int(rate if rate is not None else 16000),
-        num_mel_bins=int(spec.options.get("num_mel_bins", 64)),
-        max_length=int(spec.options.get("max_length", 128)),
+        sampling_rate=int(rate),
+        num_mel_bins=int(spec.options["num_mel_bins"]),
+        max_length=int(spec.options["max_length"]),
     )
 
 
@@ -54,10 +54,11 @@ def process(processor, items: Sequence[np.ndarray], spec: ModalitySpec) -> dict[
 
 def build_encoder(spec: ModalitySpec):
     if spec.pretrained:
-        return AutoModel.from_pretrained(resolve_pretrained(spec.pretrained))
+        return load_pretrained(AutoModel, spec.pretrained, spec.revision, weights=True)
     # AST by default; `config.model_type: resnet` (num_channels: 1) reads the spectrogram as a one-channel image.
-    return config_built(spec, "audio-spectrogram-transformer", num_mel_bins=int(spec.options.get("num_mel_bins", 64)),
-                        max_length=int(spec.options.get("max_length", 128)))
+    return config_built(spec, "audio-spectrogram-transformer", num_mel_bins=int(spec.options["num_mel_bins"]),
+                        max_length=int(spec.options["max_length"]))
 
 
-AUDIO = Modality("audio", load, build_processor, process, build_encoder)
+AUDIO = Modality("audio", load, build_processor, process, build_encoder,
+                 options=("sampling_rate", "num_mel_bins", "max_length"), checkpoints=())

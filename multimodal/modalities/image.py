@@ -11,7 +11,7 @@ from transformers import AutoImageProcessor, AutoModel, ViTImageProcessorPil
 
 from multimodal.config import ModalitySpec
 from multimodal.manifest import resolve_inside
-from multimodal.modalities.base import Modality, config_built, resolve_pretrained
+from multimodal.modalities.base import Modality, config_built, load_pretrained
 
 
 def load(cell: str, root: Path, spec: ModalitySpec, processor) -> Image.Image:
@@ -21,8 +21,8 @@ def load(cell: str, root: Path, spec: ModalitySpec, processor) -> Image.Image:
 
 def build_processor(spec: ModalitySpec):
     if spec.pretrained:
-        return AutoImageProcessor.from_pretrained(resolve_pretrained(spec.pretrained))
-    size = int(spec.options.get("image_size", 28))
+        return load_pretrained(AutoImageProcessor, spec.pretrained, spec.revision, weights=False)
+    size = int(spec.options["image_size"])
     return ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
@@ -32,9 +32,9 @@ def process(processor, items: Sequence[Image.Image], spec: ModalitySpec) -> dict
 
 def build_encoder(spec: ModalitySpec):
     if spec.pretrained:
-        return AutoModel.from_pretrained(resolve_pretrained(spec.pretrained))
+        return load_pretrained(AutoModel, spec.pretrained, spec.revision, weights=True)
     # AutoModel (not ViTModel(add_pooling_layer=False)) so a saved model rebuilds from its config identically.
-    return config_built(spec, "vit", image_size=int(spec.options.get("image_size", 28)), num_channels=3)
+    return config_built(spec, "vit", image_size=int(spec.options["image_size"]), num_channels=3)
 
 
-IMAGE = Modality("image", load, build_processor, process, build_encoder)
+IMAGE = Modality("image", load, build_processor, process, build_encoder, options=("image_size",), checkpoints=())

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from multimodal.config import ModalitySpec
-from multimodal.modalities.base import MINILM_ALIAS, Modality, config_built, resolve_pretrained
+from multimodal.modalities.base import Modality, config_built, load_pretrained
 
 
 def load(cell: str, root: Path, spec: ModalitySpec, processor) -> str:
@@ -17,8 +17,8 @@ def load(cell: str, root: Path, spec: ModalitySpec, processor) -> str:
 
 
 def build_processor(spec: ModalitySpec):
-    # A config-built text encoder still needs a vocabulary: it borrows the tokenizer named here.
-    return AutoTokenizer.from_pretrained(resolve_pretrained(spec.pretrained or spec.options.get("tokenizer", MINILM_ALIAS)))
+    # A config-built text encoder still needs a vocabulary: it borrows the `tokenizer` checkpoint's.
+    return load_pretrained(AutoTokenizer, spec.pretrained or spec.options["tokenizer"], spec.revision, weights=False)
 
 
 def process(tokenizer, items: Sequence[str], spec: ModalitySpec) -> dict[str, torch.Tensor]:
@@ -27,7 +27,7 @@ def process(tokenizer, items: Sequence[str], spec: ModalitySpec) -> dict[str, to
             list(items),
             padding="max_length",
             truncation=True,
-            max_length=int(spec.options.get("max_length", 32)),
+            max_length=int(spec.options["max_length"]),
             return_tensors="pt",
         )
     )
@@ -35,8 +35,10 @@ def process(tokenizer, items: Sequence[str], spec: ModalitySpec) -> dict[str, to
 
 def build_encoder(spec: ModalitySpec):
     if spec.pretrained:
-        return AutoModel.from_pretrained(resolve_pretrained(spec.pretrained))
+        return load_pretrained(AutoModel, spec.pretrained, spec.revision, weights=True)
     return config_built(spec, "bert", vocab_size=build_processor(spec).vocab_size)
 
 
-TEXT = Modality("text", load, build_processor, process, build_encoder)
+# tokenizer: the vocabulary of a config-built encoder (pretrained: null); a checkpoint name like `pretrained`.
+TEXT = Modality("text", load, build_processor, process, build_encoder, options=("max_length", "tokenizer"),
+                checkpoints=("tokenizer",))

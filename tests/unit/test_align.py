@@ -9,6 +9,7 @@ from multimodal.align import AlignConfig, pair_loss, retrieval_recall, train_ali
 from multimodal.dataset import SplitData
 from multimodal.model import Embedder
 from multimodal.modalities.base import FeatureInput
+from tests.unit.conftest import align_config, repo_params
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -108,7 +109,7 @@ def test_train_alignment_lowers_loss_and_improves_retrieval():
     torch.manual_seed(0)
     embedder = Embedder({"a": FeatureInput(8), "b": FeatureInput(8)}, 16)
     before = retrieval_recall(embedder, val, CPU, ks=(1,))["a_to_b_recall@1"]
-    history = train_alignment(embedder, train, AlignConfig(dim=16, epochs=6, batch_size=32, lr=1e-2,
+    history = train_alignment(embedder, train, align_config(dim=16, epochs=6, batch_size=32, lr=1e-2,
                                                            temperature=0.1, seed=0), CPU)
     assert len(history) == 6
     assert history[-1] < 0.5 * history[0]
@@ -118,7 +119,7 @@ def test_train_alignment_lowers_loss_and_improves_retrieval():
 
 def test_train_alignment_is_deterministic_and_skips_frozen_parameters():
     train = paired(64, seed=0)
-    cfg = AlignConfig(dim=8, epochs=2, batch_size=16, lr=1e-2, seed=4)
+    cfg = align_config(dim=8, epochs=2, batch_size=16, lr=1e-2, seed=4)
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -151,3 +152,20 @@ def test_same_label_retrieval_sees_classes_that_instance_recall_cannot():
     recall = retrieval_recall(mirrored_embedder(), data, CPU, ks=(1,))
     assert recall["a_to_b_recall@1"] < 0.2  # ten rows per class tie for every query
     assert recall["a_to_b_same_label@1"] == 1.0
+
+
+def test_align_config_comes_from_params_and_its_weight_decay_is_used():
+    params = repo_params()
+    cfg = AlignConfig.from_params(params)
+    assert (cfg.dim, cfg.lr, cfg.weight_decay, cfg.seed) == (params.align.dim, params.align.lr,
+                                                             params.align.weight_decay, params.base.seed)
+    train = paired(64, seed=0)
+    finals = []
+    for decay in (0.0, 0.5):
+        torch.manual_seed(0)
+        embedder = Embedder({"a": FeatureInput(8), "b": FeatureInput(8)}, 8)
+        train_alignment(embedder, train, align_config(dim=8, epochs=2, batch_size=16, lr=1e-2, weight_decay=decay,
+                                                      seed=4), CPU)
+        finals.append(embedder.projections["a"][0].weight.detach().clone())
+    # AdamW's decoupled decay shrinks the weights: a larger decay gives a smaller norm.
+    assert finals[1].norm() < finals[0].norm()

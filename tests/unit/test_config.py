@@ -1,14 +1,22 @@
-"""`params.yaml` validation: the repo's file loads; every problem is reported at once, naming its key."""
+"""`params.yaml` validation: the repo's file loads; every problem is reported at once, naming its key; no knob has a
+second source of defaults; typos are refused with the closest valid name."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from multimodal.config import MODALITIES, Ingest, Params, ParamsError, load_params
+from multimodal.align import AlignConfig
+from multimodal.config import MODALITIES, ModalitySpec, Params, ParamsError, load_params
+from multimodal.modalities import REGISTRY
+from multimodal.model import ModelSpec
+from multimodal.train import TrainConfig
+from tests.unit.conftest import params_section
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = REPO / "params.yaml"
@@ -90,7 +98,7 @@ def test_manifest_source_needs_a_manifest(tmp_path, raw_params):
     params = load_params(write(tmp_path, raw))
     assert params.ingest.manifest == Path("data/user/manifest.csv")
     with pytest.raises(ValueError, match="names no file"):
-        Ingest(source="manifest")
+        params_section("ingest", source="manifest", manifest=None)
 
 
 def test_unreadable_yaml_is_a_params_error(tmp_path):
@@ -113,3 +121,138 @@ def test_search_space_typo_is_reported_at_load_time(tmp_path, raw_params):
     with pytest.raises(ParamsError) as info:
         load_params(write(tmp_path, raw))
     assert "learning_rate" in str(info.value) and "sum" in str(info.value)
+
+
+# --- one source of truth ------------------------------------------------------------------------------------------
+
+# The one optional key: `revision` exists exactly beside a `hub:` id (validated in Params).
+OPTIONAL = {(ModalitySpec, "revision"), (ModelSpec, "extra")}
+
+
+def models_under(model: type[BaseModel]) -> set[type[BaseModel]]:
+    """`model` and every pydantic model its fields hold (directly, or as dict values)."""
+    found = {model}
+    for field in model.model_fields.values():
+        for candidate in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel) and candidate not in found:
+                found |= models_under(candidate)
+    return found
+
+
+def test_no_config_field_or_run_config_has_a_default():
+    """params.yaml is the only source of a knob's value: a default anywhere else could disagree with it."""
+    defaulted = [f"{m.__name__}.{n}" for m in models_under(Params) for n, f in m.model_fields.items()
+                 if not f.is_required() and (m, n) not in OPTIONAL]
+    defaulted += [f"{cls.__name__}.{f.name}" for cls in (TrainConfig, AlignConfig, ModelSpec)
+                  for f in dataclasses.fields(cls) if (cls, f.name) not in OPTIONAL
+                  and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)]
+    assert ModalitySpec in models_under(Params) and len(models_under(Params)) > 10  # the walk reaches every section
+    assert defaulted == []
+
+
+@pytest.mark.parametrize("key", [("tune", "asha", "grace_period"), ("tune", "fixed", "patience"),
+                                 ("align", "weight_decay"), ("modalities", "text", "config"),
+                                 ("modalities", "audio", "num_mel_bins"), ("ingest", "demo", "sample_rate")])
+def test_a_missing_key_is_an_error_naming_it(tmp_path, raw_params, key):
+    raw = copy.deepcopy(raw_params)
+    section = raw
+    for part in key[:-1]:
+        section = section[part]
+    del section[key[-1]]
+    with pytest.raises(ParamsError, match=rf"{'[.]'.join(key)}: Field required"):
+        load_params(write(tmp_path, raw))
+
+
+def test_fusion_and_align_knobs_live_in_params(raw_params):
+    fixed = raw_params["tune"]["fixed"]
+    assert {"attention_heads", "attention_layers", "tensor_rank"} <= set(fixed)
+    assert "weight_decay" in raw_params["align"]
+
+
+# --- typos --------------------------------------------------------------------------------------------------------
+
+def test_unknown_modality_key_is_refused_with_the_closest_names(tmp_path, raw_params):
+    raw = copy.deepcopy(raw_params)
+    raw["modalities"]["image"]["image_szie"] = raw["modalities"]["image"].pop("image_size")
+    raw["modalities"]["audio"]["pretrianed"] = None
+    raw["modalities"]["imgae"] = {"pretrained": None, "config": {}}
+    with pytest.raises(ParamsError) as info:
+        load_params(write(tmp_path, raw))
+    message = str(info.value)
+    assert "modalities.image.image_szie: unknown key; did you mean image_size?" in message
+    assert "modalities.image.image_size: Field required" in message
+    assert "modalities.audio.pretrianed: unknown key; did you mean pretrained?" in message
+    assert "modalities.imgae: unknown modality; did you mean image?" in message
+
+
+def test_each_modality_declares_its_option_keys(raw_params):
+    """The modality module is the home of its keys: params.yaml sets exactly what each one declares."""
+    for name, modality in REGISTRY.items():
+        assert modality.options, name
+        assert set(raw_params["modalities"][name]) - {"pretrained", "revision", "config"} == set(modality.options)
+        assert set(modality.checkpoints) <= set(modality.options)
+
+
+@pytest.mark.parametrize("where,typo,meant", [
+    (("base",), "sed", "seed"), (("tune", "asha"), "grace_perod", "grace_period"),
+    (("validate",), "image_max_sise", "image_max_size"), ((), "evalute", "evaluate"),
+])
+def test_unknown_key_anywhere_suggests_the_closest_name(tmp_path, raw_params, where, typo, meant):
+    raw = copy.deepcopy(raw_params)
+    section = raw
+    for part in where:
+        section = section[part]
+    section[typo] = 1
+    with pytest.raises(ParamsError, match=rf"{'[.]'.join((*where, typo))}: unknown key; did you mean {meant}\b"):
+        load_params(write(tmp_path, raw))
+
+
+# --- selection metric ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric,mode,error", [
+    ("val_loss", "max", "val_loss is better lower, so tune.mode must be 'min'"),
+    ("val_accuracy", "min", "val_accuracy is better higher, so tune.mode must be 'max'"),
+    ("train_loss", "min", "tune.metric: Input should be 'val_accuracy' or 'val_loss'"),
+    ("val_loss", "min", None),
+])
+def test_metric_and_mode_must_agree_and_select_on_validation(tmp_path, raw_params, metric, mode, error):
+    raw = copy.deepcopy(raw_params)
+    raw["tune"].update(metric=metric, mode=mode)
+    if error is None:
+        assert load_params(write(tmp_path, raw)).tune.metric == metric
+    else:
+        with pytest.raises(ParamsError, match=error):
+            load_params(write(tmp_path, raw))
+
+
+# --- pretrained names ---------------------------------------------------------------------------------------------
+
+def with_text(raw_params, **section) -> dict:
+    raw = copy.deepcopy(raw_params)
+    raw["modalities"]["text"].update(section)
+    return raw
+
+
+def test_a_pretrained_name_that_is_no_folder_is_refused_not_downloaded(tmp_path, raw_params):
+    raw = with_text(raw_params, pretrained="models/minilm-finetuned")  # a mistyped local path
+    with pytest.raises(ParamsError, match=r"modalities\.text\.pretrained: 'models/minilm-finetuned' is neither an "
+                                          r"existing local folder .* hub:org/name"):
+        load_params(write(tmp_path, raw))
+
+
+def test_a_local_folder_is_found_beside_params_yaml(tmp_path, raw_params, monkeypatch):
+    (tmp_path / "checkpoints" / "mine").mkdir(parents=True)
+    monkeypatch.chdir(REPO)  # not the params file's folder
+    params = load_params(write(tmp_path, with_text(raw_params, pretrained="checkpoints/mine")))
+    assert params.modalities["text"].pretrained == "checkpoints/mine"
+
+
+def test_a_hub_id_needs_a_revision_and_only_a_hub_id_takes_one(tmp_path, raw_params):
+    with pytest.raises(ParamsError, match=r"modalities\.text\.revision: required beside the hub id"):
+        load_params(write(tmp_path, with_text(raw_params, pretrained="hub:sentence-transformers/all-MiniLM-L6-v2")))
+    with pytest.raises(ParamsError, match=r"modalities\.text\.revision: only allowed beside a hub id"):
+        load_params(write(tmp_path, with_text(raw_params, revision="main")))
+    with pytest.raises(ParamsError, match=r"modalities\.text\.tokenizer: 'bert-base' is neither"):
+        load_params(write(tmp_path, with_text(raw_params, tokenizer="bert-base")))
+    pinned = load_params(write(tmp_path, with_text(raw_params, pretrained="hub:org/name", revision="a" * 40)))
+    assert pinned.modalities["text"].names_hub and not load_params(PARAMS).modalities["text"].names_hub

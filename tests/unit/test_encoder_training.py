@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from multimodal.align import AlignConfig, build_encoders, train_alignment
+from multimodal.align import build_encoders, train_alignment
 from multimodal.config import ModalitySpec, load_params
 from multimodal.dataset import SplitData
 from multimodal.model import Embedder, MultimodalModel
 from multimodal.modalities import PooledEncoder, get_modality
 from multimodal.strategies import apply_strategy, train_last_blocks
-from multimodal.train import TrainConfig, fit
+from multimodal.train import fit
+from tests.unit.conftest import align_config, knobs, train_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -55,10 +56,10 @@ def moved(before: dict[str, list[torch.Tensor]], after: dict[str, list[torch.Ten
 @pytest.mark.parametrize("strategy", ["last_k", "lora", "full"])
 def test_frozen_batchnorm_statistics_stay_bit_identical(strategy):
     embedder = Embedder(default_encoders(), dim=8)
-    cfg = TrainConfig(lr=1e-2, batch_size=16, max_epochs=2, patience=5, modality_dropout=0.0, seed=0,
-                      strategy=strategy, last_k=1, lora_rank=2, lora_alpha=4)
+    cfg = train_config(lr=1e-2, batch_size=16, max_epochs=2, patience=5, modality_dropout=0.0, seed=0,
+                       strategy=strategy, last_k=1, lora_rank=2, lora_alpha=4, dropout=0.1)
     apply_strategy(embedder, cfg)
-    model = MultimodalModel(embedder, "concat", 3, dropout=0.1)
+    model = MultimodalModel(embedder, "concat", 3, dropout=0.1, fusion_knobs=knobs("concat"))
     norms = batch_norms(model)
     still = {name for name, m in norms.items() if frozen(m)}
     expected_still = {"last_k": {n for n in norms if ".encoder.stages.2." not in n}, "lora": set(norms),
@@ -74,13 +75,13 @@ def test_align_keeps_a_frozen_encoder_in_eval_mode():
     encoders = build_encoders(SPECS, list(SHAPES), frozen=["image"])
     embedder = Embedder(encoders, dim=8)
     before = {m: buffers(batch_norms(e)) for m, e in encoders.items()}
-    train_alignment(embedder, split(32, 0), AlignConfig(dim=8, epochs=1, batch_size=16, seed=0), CPU)
+    train_alignment(embedder, split(32, 0), align_config(dim=8, epochs=1, batch_size=16, seed=0), CPU)
     assert not moved(before["image"], buffers(batch_norms(encoders["image"])))
     assert moved(before["audio"], buffers(batch_norms(encoders["audio"]))) == set(before["audio"])
 
 
 def test_dropout_of_frozen_blocks_is_off_and_of_trained_blocks_on():
-    spec = ModalitySpec(image_size=8, config={"patch_size": 4, "hidden_size": 16, "num_hidden_layers": 2,
+    spec = ModalitySpec(pretrained=None, image_size=8, config={"patch_size": 4, "hidden_size": 16, "num_hidden_layers": 2,
                                               "num_attention_heads": 2, "intermediate_size": 32,
                                               "hidden_dropout_prob": 0.5})
     encoder = PooledEncoder(get_modality("image").build_encoder(spec))

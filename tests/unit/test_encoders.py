@@ -10,7 +10,7 @@ from multimodal.config import ModalitySpec
 from multimodal.model import build_encoder_from_entry, encoder_entry
 from multimodal.modalities import PooledEncoder, get_modality
 from multimodal.strategies import add_lora, train_last_blocks
-from multimodal.train import TrainConfig
+from tests.unit.conftest import train_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -20,7 +20,7 @@ RESNET = {"model_type": "resnet", "embedding_size": 4, "hidden_sizes": [8, 12], 
 
 def encoder(modality: str, **config) -> PooledEncoder:
     torch.manual_seed(0)
-    spec = ModalitySpec(num_mel_bins=16, max_length=16, image_size=8, config=config)
+    spec = ModalitySpec(pretrained=None, num_mel_bins=16, max_length=16, image_size=8, config=config)
     return PooledEncoder(get_modality(modality).build_encoder(spec))
 
 
@@ -55,7 +55,7 @@ def test_cnn_encoder_rebuilds_from_its_saved_entry():
 
 def test_lora_and_last_k_reach_cnn_layers():
     audio = encoder("audio", **RESNET, num_channels=1)
-    adapted = add_lora(audio.model, TrainConfig(lora_rank=2))
+    adapted = add_lora(audio.model, train_config(lora_rank=2))
     trainable = [n for n, p in adapted.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert any("convolution" in n for n in trainable)

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from multimodal.config import FUSIONS as CONFIG_FUSIONS
+from multimodal.config import TrainFixed
 from multimodal.fusion import FUSIONS, build_fusion
 from multimodal.model import ModelSpec, build_model
-from multimodal.train import TrainConfig, fit
+from multimodal.train import fit
+from tests.unit.conftest import knobs, train_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -21,6 +23,26 @@ def test_config_validates_exactly_the_implemented_fusions():
     assert set(CONFIG_FUSIONS) == set(FUSIONS)
 
 
+def test_every_fusion_knob_is_a_params_knob_and_required():
+    """Heads, layers and rank come from params (tune.fixed), not from constructor defaults."""
+    declared = {knob for cls in FUSIONS.values() for knob in getattr(cls, "knobs", ())}
+    assert declared == {"attention_heads", "attention_layers", "tensor_rank"}
+    assert declared <= set(TrainFixed.model_fields)
+    with pytest.raises(ValueError, match=r"takes the knobs \['attention_heads', 'attention_layers'\], got \[\]"):
+        build_fusion("attention", ORDER, 8, knobs={})
+    with pytest.raises(ValueError, match="takes the knobs"):
+        build_fusion("concat", ORDER, 8, knobs={"tensor_rank": 2})
+
+
+def test_attention_knobs_shape_the_fusion():
+    fusion = build_fusion("attention", ORDER, 8, knobs={"attention_heads": 2, "attention_layers": 3})
+    assert len(fusion.encoder.layers) == 3
+    assert fusion.encoder.layers[0].self_attn.num_heads == 2
+    # Heads that do not divide the width are reduced to a divisor, so any align.dim works.
+    odd = build_fusion("attention", ORDER, 6, knobs={"attention_heads": 4, "attention_layers": 1})
+    assert odd.encoder.layers[0].self_attn.num_heads == 2
+
+
 @pytest.mark.parametrize("kind", sorted(FUSIONS))
 def test_every_fusion_learns_with_missing_modalities(make_split, kind):
     dims = {"a": 6, "b": 6, "c": 6}
@@ -28,8 +50,8 @@ def test_every_fusion_learns_with_missing_modalities(make_split, kind):
     val = make_split(60, dims=dims, missing=0.3, seed=1)
     torch.manual_seed(0)
     model = build_model(ModelSpec(ORDER, {m: {"features": 6} for m in ORDER}, ["x", "y", "z"], dim=8, fusion=kind,
-                                  dropout=0.1))
-    cfg = TrainConfig(lr=1e-2, fusion=kind, dropout=0.1, batch_size=16, max_epochs=5, patience=5, seed=0)
+                                  dropout=0.1, fusion_knobs=knobs(kind)))
+    cfg = train_config(lr=1e-2, fusion=kind, dropout=0.1, batch_size=16, max_epochs=5, patience=5, seed=0)
     result = fit(model, train, val, cfg, CPU)
     losses = [m.train_loss for m in result.history]
     assert losses[-1] < 0.6 * losses[0], losses
@@ -55,7 +77,7 @@ def masked_inputs(dim: int = 5):
 def test_late_fusion_averages_the_logits_of_present_modalities():
     torch.manual_seed(0)
     z, masks = masked_inputs()
-    fusion = build_fusion("late", ORDER, 5, n_classes=3)
+    fusion = build_fusion("late", ORDER, 5, n_classes=3, knobs={})
     out = fusion(z, masks)
     per = {m: fusion.classifiers[m](z[m]) for m in ORDER}
     assert torch.allclose(out[0], (per["a"][0] + per["b"][0] + per["c"][0]) / 3, atol=1e-6)
@@ -63,15 +85,16 @@ def test_late_fusion_averages_the_logits_of_present_modalities():
     assert torch.allclose(out[2], per["b"][2], atol=1e-6)
     assert torch.equal(out[3], torch.zeros(3))
     # The model puts no shared head after it.
-    model = build_model(ModelSpec(ORDER, {m: {"features": 5} for m in ORDER}, ["x", "y", "z"], dim=5, fusion="late"))
+    model = build_model(ModelSpec(ORDER, {m: {"features": 5} for m in ORDER}, ["x", "y", "z"], dim=5, fusion="late",
+                                  dropout=0.0, fusion_knobs={}))
     assert model.head is None and not [k for k in model.state_dict() if k.startswith("head.")]
     with pytest.raises(ValueError, match="needs n_classes"):
-        build_fusion("late", ORDER, 5)
+        build_fusion("late", ORDER, 5, knobs={})
 
 
 def test_weighted_fusion_renormalises_over_present_modalities():
     z, masks = masked_inputs()
-    fusion = build_fusion("weighted", ORDER, 5)
+    fusion = build_fusion("weighted", ORDER, 5, knobs={})
     with torch.no_grad():
         fusion.scores.copy_(torch.tensor([0.0, 1.0, 2.0]))
     out = fusion(z, masks)
@@ -85,9 +108,9 @@ def test_weighted_fusion_renormalises_over_present_modalities():
 def test_tensor_fusion_is_the_low_rank_product_with_absent_modalities_on_their_bias_path():
     torch.manual_seed(0)
     z, masks = masked_inputs()
-    fusion = build_fusion("tensor", ORDER, 5)
+    fusion = build_fusion("tensor", ORDER, 5, knobs={"tensor_rank": 4})
     assert (fusion.rank, fusion.out_dim) == (4, 5)
-    assert type(fusion)(ORDER, 5, rank=2).rank == 2
+    assert build_fusion("tensor", ORDER, 5, knobs={"tensor_rank": 2}).factors["a"].shape == (2, 6, 5)
     out = fusion(z, masks)
 
     def reference(row: int) -> torch.Tensor:

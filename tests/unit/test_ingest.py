@@ -10,9 +10,10 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from multimodal.config import Ingest, Split
+from multimodal.config import Ingest
 from multimodal.manifest import MANIFEST_NAME, ManifestError, read_manifest, resolve_inside
 from stages.ingest import ingest
+from tests.unit.conftest import params_section
 
 N = 30  # 3 labels x 10
 
@@ -49,7 +50,7 @@ def user_dataset(root: Path, *, split: list[str] | None = None) -> Path:
 
 
 def cfg_for(manifest: Path) -> Ingest:
-    return Ingest(source="manifest", manifest=manifest, split=Split(train=0.6, val=0.2, test=0.2))
+    return params_section("ingest", source="manifest", manifest=manifest, split={"train": 0.6, "val": 0.2, "test": 0.2})
 
 
 def test_ingest_copies_files_and_assigns_splits(tmp_path):

@@ -15,6 +15,7 @@ from multimodal.model import (Embedder, ModelSpec, MultimodalModel, build_encode
                               encoder_entry, load_model, save_model)
 from multimodal.modalities import PooledEncoder, get_modality
 from multimodal.modalities.base import FeatureInput
+from tests.unit.conftest import knobs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -104,7 +105,7 @@ def fusion_inputs(dim: int = 8):
 def test_fusion_handles_missing_modalities(kind):
     torch.manual_seed(0)
     z, masks = fusion_inputs()
-    fusion = build_fusion(kind, ["a", "b", "c"], 8, n_classes=3)
+    fusion = build_fusion(kind, ["a", "b", "c"], 8, n_classes=3, knobs=knobs(kind))
     head = torch.nn.Linear(fusion.out_dim, 3)
     logits = head(fusion(z, masks))
     assert logits.shape == (5, 3)
@@ -127,7 +128,7 @@ def test_fusion_handles_missing_modalities(kind):
 def test_fusion_ignores_values_of_absent_modalities(kind):
     torch.manual_seed(0)
     z, masks = fusion_inputs()
-    fusion = build_fusion(kind, ["a", "b", "c"], 8, n_classes=3).eval()
+    fusion = build_fusion(kind, ["a", "b", "c"], 8, n_classes=3, knobs=knobs(kind)).eval()
     noisy = {m: torch.where(masks[m].unsqueeze(1), v, torch.full_like(v, 1e3)) for m, v in z.items()}
     with torch.no_grad():
         assert torch.allclose(fusion(z, masks), fusion(noisy, masks), atol=1e-5)
@@ -135,12 +136,13 @@ def test_fusion_ignores_values_of_absent_modalities(kind):
 
 def test_unknown_fusion_is_rejected():
     with pytest.raises(ValueError, match="unknown fusion 'sum'"):
-        build_fusion("sum", ["a"], 8)
+        build_fusion("sum", ["a"], 8, knobs={})
 
 
 def test_model_with_real_encoders_trains_and_masks(tiny_specs):
     spec_encoders = tiny_encoders(tiny_specs)
-    model = MultimodalModel(Embedder(spec_encoders, 8), "attention", n_classes=3, dropout=0.0)
+    model = MultimodalModel(Embedder(spec_encoders, 8), "attention", n_classes=3, dropout=0.0,
+                            fusion_knobs=knobs("attention"))
     inputs = tiny_inputs(tiny_specs)
     masks = {"image": torch.tensor([True, False, True, False]), "audio": torch.tensor([True, True, False, False]),
              "text": torch.tensor([False, True, True, False])}
@@ -156,9 +158,12 @@ def test_model_with_real_encoders_trains_and_masks(tiny_specs):
 def test_save_load_round_trip(tmp_path, tiny_specs, kind):
     encoders = tiny_encoders(tiny_specs)
     encoders["cached"] = FeatureInput(5)  # a frozen modality stored as cached features
-    model = MultimodalModel(Embedder(encoders, 8), kind, n_classes=2, dropout=0.1)
+    # Knobs unlike params.yaml's: the loaded model must take them from model.json, not from anywhere else.
+    fusion_knobs = {k: v for k, v in {"attention_heads": 2, "attention_layers": 2, "tensor_rank": 3}.items()
+                    if k in knobs(kind)}
+    model = MultimodalModel(Embedder(encoders, 8), kind, n_classes=2, dropout=0.1, fusion_knobs=fusion_knobs)
     spec = ModelSpec(list(encoders), {m: encoder_entry(e) for m, e in encoders.items()}, ["neg", "pos"],
-                     dim=8, fusion=kind, dropout=0.1, extra={"note": "x"})
+                     dim=8, fusion=kind, dropout=0.1, fusion_knobs=fusion_knobs, extra={"note": "x"})
     # Perturb every weight so a freshly initialised model cannot match by chance.
     with torch.no_grad():
         for p in model.parameters():
@@ -170,6 +175,7 @@ def test_save_load_round_trip(tmp_path, tiny_specs, kind):
     # JSON turns int dict keys (HF id2label) into strings; otherwise the spec is what was saved.
     assert loaded_spec == ModelSpec(**json.loads(json.dumps(asdict(spec))))
     assert (loaded_spec.modalities, loaded_spec.labels, loaded_spec.fusion) == (list(encoders), ["neg", "pos"], kind)
+    assert loaded_spec.fusion_knobs == fusion_knobs
     assert not loaded.training
     inputs = tiny_inputs(tiny_specs)
     inputs["cached"] = {"features": torch.randn(B, 5)}
@@ -183,7 +189,8 @@ def test_save_load_round_trip(tmp_path, tiny_specs, kind):
 
 
 def test_spec_restricted_keeps_only_named_modalities():
-    spec = ModelSpec(["a", "b"], {"a": {"features": 3}, "b": {"features": 4}}, ["x", "y"], dim=6)
+    spec = ModelSpec(["a", "b"], {"a": {"features": 3}, "b": {"features": 4}}, ["x", "y"], dim=6, fusion="concat",
+                     dropout=0.1, fusion_knobs={})
     sub = spec.restricted(["b"])
     assert sub.modalities == ["b"] and sub.encoders == {"b": {"features": 4}}
     assert (sub.labels, sub.dim, sub.fusion) == (["x", "y"], 6, "concat")
@@ -209,7 +216,7 @@ def test_absent_rows_as_stored_by_load_split_embed_finitely(tiny_specs):
 
 def test_attention_fusion_accepts_any_allowed_dim():
     z, masks = fusion_inputs(dim=6)
-    out = build_fusion("attention", ["a", "b", "c"], 6)(z, masks)
+    out = build_fusion("attention", ["a", "b", "c"], 6, knobs=knobs("attention"))(z, masks)
     assert out.shape == (5, 6)
 
 

@@ -35,7 +35,7 @@ def write_wav(path: Path, rate: int, seconds: float = 0.25) -> np.ndarray:
 def test_a_16khz_wav_is_resampled_to_the_pretrained_extractors_24khz(tmp_path, extractor_24k):
     wave = write_wav(tmp_path / "a.wav", 16000)
     frame = pd.DataFrame({"sample_id": ["s0"], "split": ["train"], "label": ["x"], "audio": ["a.wav"]})
-    spec = ModalitySpec(pretrained=str(extractor_24k))
+    spec = ModalitySpec(pretrained=str(extractor_24k), config={})
     preprocess_modality(frame, tmp_path, tmp_path / "out", modality="audio", spec=spec, batch_size=4, shard_size=8)
     _, tensors = read_split(tmp_path / "out", "train")
     at_24k = resample_poly(wave, 3, 2).astype(np.float32)
@@ -48,5 +48,5 @@ def test_a_16khz_wav_is_resampled_to_the_pretrained_extractors_24khz(tmp_path, e
 def test_a_sampling_rate_that_disagrees_with_the_pretrained_extractor_is_refused(extractor_24k):
     audio = get_modality("audio")
     with pytest.raises(ValueError, match=r"modalities\.audio\.sampling_rate is 16000 Hz .* expects 24000 Hz"):
-        audio.build_processor(ModalitySpec(pretrained=str(extractor_24k), sampling_rate=16000))
-    assert audio.build_processor(ModalitySpec(pretrained=str(extractor_24k), sampling_rate=24000)).sampling_rate == 24000
+        audio.build_processor(ModalitySpec(pretrained=str(extractor_24k), config={}, sampling_rate=16000))
+    assert audio.build_processor(ModalitySpec(pretrained=str(extractor_24k), config={}, sampling_rate=24000)).sampling_rate == 24000

@@ -135,5 +135,5 @@ def test_modality_absent_from_a_whole_split_still_runs_through_the_model(tmp_pat
     inputs = {"image": {}, "text": {"features": data.inputs["text"]["v"].float()}}
     z = embedder(inputs, data.masks)
     assert z["image"].shape == (2, 4) and not z["image"].any()
-    model = MultimodalModel(embedder, "gated", n_classes=2, dropout=0.0)
+    model = MultimodalModel(embedder, "gated", n_classes=2, dropout=0.0, fusion_knobs={})
     assert torch.isfinite(model(inputs, data.masks)).all()

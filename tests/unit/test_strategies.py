@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from multimodal.align import AlignConfig, encode_trainable, load_cached_features, save_aligned
+from multimodal.align import encode_trainable, load_cached_features, save_aligned
 from multimodal.config import ModalitySpec
 from multimodal.dataset import SplitData
 from multimodal.evaluate import inputs_for
@@ -25,15 +24,17 @@ from multimodal.modalities import PooledEncoder, get_modality
 from multimodal.modalities.base import FeatureInput
 from multimodal.strategies import STRATEGIES, feature_modalities, train_last_blocks
 from multimodal.train import TrainConfig, predict
+from tests.unit.conftest import align_config, train_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 CPU = torch.device("cpu")
 LABELS = ["x", "y", "z"]
 SPECS = {
-    "image": ModalitySpec(image_size=8, config={"patch_size": 4, "hidden_size": 16, "num_hidden_layers": 2,
-                                                "num_attention_heads": 2, "intermediate_size": 32}),
-    "audio": ModalitySpec(sampling_rate=16000, num_mel_bins=16, max_length=16,
+    "image": ModalitySpec(pretrained=None, image_size=8,
+                          config={"patch_size": 4, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                  "intermediate_size": 32}),
+    "audio": ModalitySpec(pretrained=None, sampling_rate=16000, num_mel_bins=16, max_length=16,
                           config={"patch_size": 8, "frequency_stride": 8, "time_stride": 8, "hidden_size": 16,
                                   "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}),
 }
@@ -68,7 +69,7 @@ def aligned(tmp_path_factory) -> tuple[Path, dict[str, SplitData]]:
     for split, data in raw.items():
         features[split]["text"] = data.inputs["text"]["features"]
     out = tmp_path_factory.mktemp("aligned")
-    save_aligned(out, embedder, features, {s: d.sample_ids for s, d in raw.items()}, AlignConfig(dim=8))
+    save_aligned(out, embedder, features, {s: d.sample_ids for s, d in raw.items()}, align_config(dim=8))
     return out, raw
 
 
@@ -79,9 +80,9 @@ def split_for(aligned_dir: Path, raw: dict[str, SplitData], split: str, strategy
 
 
 def config(strategy: str, **overrides) -> TrainConfig:
-    base = TrainConfig(lr=1e-2, fusion="concat", dropout=0.0, modality_dropout=0.0, batch_size=16, max_epochs=4,
-                       patience=10, seed=0, strategy=strategy, last_k=1, lora_rank=4, lora_alpha=8)
-    return replace(base, **overrides)
+    return train_config(**{**dict(lr=1e-2, fusion="concat", dropout=0.0, modality_dropout=0.0, batch_size=16,
+                                  max_epochs=4, patience=10, seed=0, strategy=strategy, last_k=1, lora_rank=4,
+                                  lora_alpha=8), **overrides})
 
 
 def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:

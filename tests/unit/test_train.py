@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from multimodal.dataset import SplitData
 from multimodal.model import ModelSpec, build_model
-from multimodal.train import TrainConfig, drop_modalities, fit, predict, warmup_cosine
+from multimodal.train import drop_modalities, fit, predict, warmup_cosine
+from tests.unit.conftest import knobs, train_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -20,7 +22,7 @@ LABELS = ["x", "y", "z"]
 def new_model(fusion: str = "concat", dropout: float = 0.0, seed: int = 0):
     torch.manual_seed(seed)
     spec = ModelSpec(["a", "b"], {"a": {"features": 8}, "b": {"features": 8}}, LABELS, dim=16, fusion=fusion,
-                     dropout=dropout)
+                     dropout=dropout, fusion_knobs=knobs(fusion))
     return build_model(spec)
 
 
@@ -36,7 +38,7 @@ def test_fit_learns_a_separable_task(make_split, fusion):
     train = make_split(240, missing=0.2, seed=0)
     val = make_split(90, missing=0.2, seed=1)
     model = new_model(fusion)
-    cfg = TrainConfig(lr=1e-2, fusion=fusion, dropout=0.0, batch_size=32, max_epochs=6, patience=6, seed=0)
+    cfg = train_config(lr=1e-2, fusion=fusion, dropout=0.0, batch_size=32, max_epochs=6, patience=6, seed=0)
     result = fit(model, train, val, cfg, CPU)
     losses = [m.train_loss for m in result.history]
     assert len(losses) == 6
@@ -53,7 +55,7 @@ def test_early_stopping_and_best_weights_restored(make_split):
     train = make_split(60, seed=0)
     model = new_model()
     snapshots = []
-    cfg = TrainConfig(lr=1e-2, dropout=0.0, batch_size=16, max_epochs=20, patience=2, seed=0)
+    cfg = train_config(lr=1e-2, dropout=0.0, batch_size=16, max_epochs=20, patience=2, seed=0)
     result = fit(model, train, stuck_val(), cfg, CPU,
                  on_epoch=lambda m, mod, _: snapshots.append({k: v.clone() for k, v in mod.state_dict().items()}))
     assert [m.epoch for m in result.history] == [1, 2, 3]
@@ -71,7 +73,7 @@ def test_same_seed_same_history(make_split):
     train = make_split(64, missing=0.3, seed=0)
     val = make_split(30, seed=1)
     # Dropout and modality dropout on: both must be driven by the seed.
-    cfg = TrainConfig(lr=5e-3, dropout=0.3, modality_dropout=0.3, batch_size=16, max_epochs=3, seed=11)
+    cfg = train_config(lr=5e-3, dropout=0.3, modality_dropout=0.3, batch_size=16, max_epochs=3, seed=11)
     runs = []
     for _ in range(2):
         model = new_model(dropout=0.3)
@@ -80,7 +82,7 @@ def test_same_seed_same_history(make_split):
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
     # A different seed really changes the run (the check above is not vacuous).
-    other = fit(new_model(dropout=0.3), train, val, TrainConfig(**{**cfg.__dict__, "seed": 12}), CPU)
+    other = fit(new_model(dropout=0.3), train, val, replace(cfg, seed=12), CPU)
     assert [m.train_loss for m in other.history] != [t for t, _, _ in runs[0][0]]
 
 
@@ -89,22 +91,22 @@ def test_grad_accumulation_matches_a_bigger_batch(make_split):
     train = make_split(96, seed=0)
     val = make_split(30, seed=1)
     common = dict(lr=1e-2, dropout=0.0, modality_dropout=0.0, max_epochs=2, patience=5, seed=3)
-    accum = fit(new_model(), train, val, TrainConfig(batch_size=8, grad_accum_steps=2, **common), CPU)
-    big = fit(new_model(), train, val, TrainConfig(batch_size=16, grad_accum_steps=1, **common), CPU)
+    accum = fit(new_model(), train, val, train_config(batch_size=8, grad_accum_steps=2, **common), CPU)
+    big = fit(new_model(), train, val, train_config(batch_size=16, grad_accum_steps=1, **common), CPU)
     assert len(accum.history) == 2
     for a, b in zip(accum.history, big.history):
         assert math.isfinite(a.train_loss)
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
         assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4)
     # ...and differs from plain batches of 8 (twice as many optimizer steps).
-    small = fit(new_model(), train, val, TrainConfig(batch_size=8, grad_accum_steps=1, **common), CPU)
+    small = fit(new_model(), train, val, train_config(batch_size=8, grad_accum_steps=1, **common), CPU)
     assert small.history[1].train_loss != pytest.approx(accum.history[1].train_loss, rel=1e-4)
 
 
 def test_grad_accumulation_with_a_partial_last_group(make_split):
     train = make_split(40, seed=0)  # 5 batches of 8 -> optimizer steps after batches 2, 4 and 5
     val = make_split(30, seed=1)
-    result = fit(new_model(), train, val, TrainConfig(lr=1e-2, batch_size=8, grad_accum_steps=2, max_epochs=3), CPU)
+    result = fit(new_model(), train, val, train_config(lr=1e-2, batch_size=8, grad_accum_steps=2, max_epochs=3), CPU)
     assert len(result.history) == 3
     assert result.history[-1].train_loss < result.history[0].train_loss
 
@@ -148,7 +150,7 @@ def test_resume_after_interruption_is_bit_identical(make_split, tmp_path):
     train = make_split(64, missing=0.3, seed=0)
     val = make_split(30, missing=0.3, seed=1)
     # Dropout, modality dropout and accumulation on: every RNG and the optimizer state must carry over.
-    cfg = TrainConfig(lr=5e-3, dropout=0.3, modality_dropout=0.3, batch_size=16, grad_accum_steps=2,
+    cfg = train_config(lr=5e-3, dropout=0.3, modality_dropout=0.3, batch_size=16, grad_accum_steps=2,
                       max_epochs=5, patience=5, seed=4)
     uninterrupted_model = new_model("gated", dropout=0.3)
     uninterrupted = fit(uninterrupted_model, train, val, cfg, CPU)
@@ -178,7 +180,7 @@ def test_resume_keeps_an_early_stop_decided_before_the_interruption(make_split, 
         if metrics.epoch == 3:
             raise Interrupted
 
-    cfg = TrainConfig(lr=1e-2, dropout=0.0, batch_size=16, max_epochs=20, patience=2, seed=0)
+    cfg = train_config(lr=1e-2, dropout=0.0, batch_size=16, max_epochs=20, patience=2, seed=0)
     with pytest.raises(Interrupted):
         fit(new_model(), make_split(60, seed=0), stuck_val(), cfg, CPU, on_epoch=interrupt)
     resumed = fit(new_model(), make_split(60, seed=0), stuck_val(), cfg, CPU, resume_from=tmp_path / "state")
@@ -188,10 +190,10 @@ def test_resume_keeps_an_early_stop_decided_before_the_interruption(make_split, 
 def test_epoch_limit_stops_early_on_the_same_schedule(make_split):
     train, val = make_split(64, seed=0), make_split(30, seed=1)
     common = dict(lr=5e-3, dropout=0.0, batch_size=16, max_epochs=6, patience=6, seed=2)
-    full = fit(new_model(), train, val, TrainConfig(**common), CPU)
-    limited = fit(new_model(), train, val, TrainConfig(epoch_limit=3, **common), CPU)
+    full = fit(new_model(), train, val, train_config(**common), CPU)
+    limited = fit(new_model(), train, val, train_config(epoch_limit=3, **common), CPU)
     assert [m.epoch for m in limited.history] == [1, 2, 3]
     # Same LR schedule (laid out over max_epochs): the first three epochs are the same run.
     assert limited.history == full.history[:3]
-    shorter = fit(new_model(), train, val, TrainConfig(**{**common, "max_epochs": 3}), CPU)
+    shorter = fit(new_model(), train, val, train_config(**{**common, "max_epochs": 3}), CPU)
     assert shorter.history != limited.history

@@ -13,6 +13,7 @@ from multimodal.config import ParamsError, Tune, load_params
 from multimodal.tune import decide_resources, search_algorithm, search_space
 from multimodal.tune_results import (best_checkpoint, best_trial, epochs_table, error_message, trial_table,
                                      write_plots)
+from tests.unit.conftest import params_section, repo_params
 
 REPO = Path(__file__).resolve().parents[2]
 SPACE = {"lr": {"loguniform": [1e-4, 1e-2]}, "dropout": {"uniform": [0.0, 0.5]},
@@ -20,7 +21,8 @@ SPACE = {"lr": {"loguniform": [1e-4, 1e-2]}, "dropout": {"uniform": [0.0, 0.5]},
 
 
 def tune_cfg(**overrides) -> Tune:
-    return Tune(space=SPACE, **overrides)
+    """The repo's `tune` section with this module's search space and `overrides`."""
+    return params_section("tune", space=SPACE, **overrides)
 
 
 def write_params(tmp_path: Path, **tune) -> Path:
@@ -68,6 +70,23 @@ def test_metric_gpu_and_search_are_checked(tmp_path) -> None:
 def test_the_committed_params_validate_with_the_new_keys() -> None:
     cfg = load_params(REPO / "params.yaml").tune
     assert cfg.search in ("random", "optuna") and cfg.max_failures >= 0 and cfg.keep_checkpoints >= 1
+
+
+def test_a_trial_config_is_the_params_plus_its_sample() -> None:
+    """Every knob a trial trains with comes from params or the sample: none from a code default."""
+    from dataclasses import asdict
+
+    from multimodal.finetune import train_config
+    from multimodal.tune import trial_train_config
+
+    params = repo_params()
+    cfg = trial_train_config(params, {"lr": 0.003, "fusion": "tensor", "dropout": 0.2, "patience": 7})
+    values, fixed = asdict(cfg), params.tune.fixed.model_dump()
+    assert {k: values[k] for k in fixed if k != "patience"} == {k: v for k, v in fixed.items() if k != "patience"}
+    assert (cfg.lr, cfg.fusion, cfg.dropout, cfg.patience) == (0.003, "tensor", 0.2, 7)
+    assert (cfg.seed, cfg.max_epochs, cfg.epoch_limit) == (params.base.seed, params.tune.asha.max_epochs, None)
+    with pytest.raises(ValueError, match=r"missing \['dropout', 'tensor_rank'\]"):
+        train_config({k: v for k, v in values.items() if k not in ("dropout", "tensor_rank")})
 
 
 # --- searchers --------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zlib
@@ -20,7 +21,6 @@ import soundfile as sf
 import yaml
 from PIL import Image
 
-from multimodal.config import Validate
 from multimodal.validation import (
     ValidationResult,
     allowed_labels,
@@ -28,12 +28,14 @@ from multimodal.validation import (
     profile_samples,
     validate_dataset,
 )
+from tests.unit.conftest import params_section
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT_MAX = 50
 RATE = 8000
 # Small files keep the tests fast: thresholds from params, loosened to fit them.
-OPTIONS = Validate(text_max_chars=TEXT_MAX, audio_sample_rates=[RATE], image_min_size=4)
+OVERRIDES = {"text_max_chars": TEXT_MAX, "audio_sample_rates": [RATE], "image_min_size": 4}
+OPTIONS = params_section("validate", **OVERRIDES)  # the repo's thresholds, with these
 
 
 def write_png(path: Path, size: tuple[int, int] = (8, 6), mode: str = "L") -> Path:
@@ -175,20 +177,13 @@ def test_importing_validation_does_not_import_gx():
     assert out.stdout.strip() == "False"
 
 
-def test_params_defaults_and_range_errors():
-    defaults = Validate()
-    assert defaults.on_invalid == "fail" and defaults.audio_sample_rates == [16000] and defaults.audio_channels == [1]
+def test_params_range_errors():
     with pytest.raises(ValueError, match="image_min_size .* exceeds validate.image_max_size"):
-        Validate(image_min_size=100, image_max_size=10)
+        params_section("validate", image_min_size=100, image_max_size=10)
     with pytest.raises(ValueError, match="on_invalid"):
-        Validate(on_invalid="drop")
+        params_section("validate", on_invalid="drop")
     with pytest.raises(ValueError, match="audio_channels is an empty list"):
-        Validate(audio_channels=[])
-
-
-def test_params_yaml_validate_section_is_the_default():
-    section = yaml.safe_load((REPO / "params.yaml").read_text())["validate"]
-    assert Validate.model_validate(section) == Validate()  # the yaml spells out every default
+        params_section("validate", audio_channels=[])
 
 
 # ------------------------------------------------------------------------------------------ the GX suites
@@ -267,8 +262,9 @@ def test_failure_summary_is_capped(broken):
 
 def write_params(cwd: Path, **validate) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["validate"] = {**params["validate"], **OPTIONS.model_dump(exclude_unset=True), **validate}
+    params["validate"] = {**params["validate"], **OVERRIDES, **validate}
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO / "dvc.yaml", cwd / "dvc.yaml")  # the stage reads the params keys it declares there
 
 
 def test_stage_writes_outputs_then_fails_without_leaving_any(tmp_path, monkeypatch):

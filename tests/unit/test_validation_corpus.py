@@ -22,13 +22,13 @@ import pytest
 import soundfile as sf
 import yaml
 
-from multimodal.config import Ingest, Split
 from multimodal.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
 from multimodal.validation import ValidationResult, validate_dataset
 from multimodal.workspace import project_env
 from stages.ingest import ingest
 from stages.validate import QUARANTINE_NAME, ValidationFailed, apply_policy, validate_into
-from tests.unit.test_validation import OPTIONS, RATE, TEXT_MAX, clean_rows, row, write_png, write_wav
+from tests.unit.conftest import params_section
+from tests.unit.test_validation import OPTIONS, OVERRIDES, RATE, TEXT_MAX, clean_rows, row, write_png, write_wav
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_LISTED = 5
@@ -130,11 +130,12 @@ def write_raw(root: Path, rows: list[dict]) -> pd.DataFrame:
 
 
 def make_project(folder: Path, **validate) -> Path:
-    """A folder with params.yaml (validate section from OPTIONS + `validate`) and data/raw holding the corpus."""
+    """A folder with params.yaml (validate section with OVERRIDES + `validate`) and data/raw holding the corpus."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["validate"] = {**params["validate"], **OPTIONS.model_dump(exclude_unset=True), **validate}
+    params["validate"] = {**params["validate"], **OVERRIDES, **validate}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")  # the stage reads the params keys it declares there
     raw = folder / "data" / "raw"
     write_raw(raw, corpus_rows(raw))
     return folder
@@ -330,7 +331,7 @@ def user_folder(root: Path, rows: list[dict] | None = None) -> Path:
 
 
 def ingest_from(manifest: Path, out: Path) -> pd.DataFrame:
-    return ingest(Ingest(source="manifest", manifest=manifest, split=Split()), out, seed=0)
+    return ingest(params_section("ingest", source="manifest", manifest=manifest), out, seed=0)
 
 
 def _with_cell(manifest: Path, column: str, value: str) -> None:
