@@ -25,7 +25,7 @@ from torch import nn
 from multimodal.align import load_embedder
 from multimodal.config import FUSIONS, STRATEGIES, load_params
 from multimodal.dataset import SplitData, load_split
-from multimodal.evaluate import scores
+from multimodal.scoring import scores
 from multimodal.finetune import finetune, train_config
 from multimodal.manifest import read_manifest
 from multimodal.modalities import PooledEncoder, get_modality

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator,
+                      model_validator)
 
 MODALITIES = ("image", "audio", "text")
 FUSIONS = ("concat", "gated", "attention", "late", "weighted", "tensor")  # multimodal.fusion.FUSIONS implements these
@@ -30,6 +31,7 @@ class Paths(Strict):
     preprocessed: Path
     aligned: Path
     models: Path
+    baseline: Path
     metrics: Path
     plots: Path
 
@@ -237,8 +239,19 @@ class Tune(Strict):
         return space
 
 
+class Baseline(Strict):
+    """The classical baseline (multimodal.baseline): logistic regression on standard features per modality."""
+
+    c_grid: list[PositiveFloat] = Field(min_length=1)  # LogisticRegression C values; val picks one per model
+    max_iter: int = Field(ge=1)
+    image_size: int = Field(ge=1)  # pixel_values average-pooled to at most this side
+    n_mfcc: int = Field(ge=1)  # MFCCs of the log-mel, as mean and std over frames
+    max_tokens: int = Field(ge=1)  # TF-IDF vocabulary: the token ids in most train texts
+
+
 class Evaluate(Strict):
     batch_size: int = Field(256, ge=1)
+    bootstrap: int = Field(ge=100)  # resamples behind every 95% interval (seeded from base.seed)
 
 
 class Params(Strict):
@@ -249,7 +262,8 @@ class Params(Strict):
     modalities: dict[str, ModalitySpec]
     align: Align = Align()
     tune: Tune
-    evaluate: Evaluate = Evaluate()
+    baseline: Baseline
+    evaluate: Evaluate
 
     @model_validator(mode="after")
     def _modalities_declared(self) -> "Params":
