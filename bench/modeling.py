@@ -26,9 +26,9 @@ from torch import nn
 from multimodal.align import load_embedder
 from multimodal.config import FUSIONS, STRATEGIES, load_params
 from multimodal.dataset import SplitData, load_split
-from multimodal.evaluate import scores
 from multimodal.finetune import finetune
 from multimodal.fusion import fusion_knobs
+from multimodal.scoring import scores
 from multimodal.manifest import read_manifest
 from multimodal.modalities import PooledEncoder, get_modality
 from multimodal.model import Embedder, MultimodalModel

@@ -122,10 +122,14 @@ def publish_artifacts(workspace: str, pipeline: dvc_tools.Pipeline, experiment: 
             published.append("confusion-matrix")
 
     if recent > 0:
+        # Runs are ranked by the metric tune selects on (validation), never by a test metric.
+        ranking = ui_artifacts.Ranking(str(paths.metrics / "tune.json"), f"best_{params.tune.metric}",
+                                       params.tune.mode)
         rows = ui_artifacts.experiments_rows(dvc_tools.list_experiments(ws), pipeline.last_metrics, recent,
-                                             current=experiment)
+                                             ranking, current=experiment)
         create_table_artifact(rows, key="experiments",
-                              description=f"`dvc exp show`: the {recent} most recent runs on this baseline")
+                              description=f"`dvc exp show`: the {recent} best runs on this baseline by "
+                                          f"{ranking.column} ({params.tune.mode})")
         published.append("experiments")
     get_run_logger().info("published artifacts: %s", ", ".join(published) or "none")
     return published

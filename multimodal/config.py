@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -34,6 +34,7 @@ class Paths(Strict):
     preprocessed: Path
     aligned: Path
     models: Path
+    baseline: Path
     metrics: Path
     plots: Path
 
@@ -283,8 +284,19 @@ class Tune(Strict):
         return mode
 
 
+class Baseline(Strict):
+    """The classical baseline (multimodal.baseline): logistic regression on standard features per modality."""
+
+    c_grid: list[PositiveFloat] = Field(min_length=1)  # LogisticRegression C values; val picks one per model
+    max_iter: int = Field(ge=1)
+    image_size: int = Field(ge=1)  # pixel_values average-pooled to at most this side
+    n_mfcc: int = Field(ge=1)  # MFCCs of the log-mel, as mean and std over frames
+    max_tokens: int = Field(ge=1)  # TF-IDF vocabulary: the token ids in most train texts
+
+
 class Evaluate(Strict):
     batch_size: int = Field(ge=1)
+    bootstrap: int = Field(ge=100)  # resamples behind every 95% interval (seeded from base.seed)
 
 
 class Params(Strict):
@@ -295,6 +307,7 @@ class Params(Strict):
     modalities: dict[str, ModalitySpec]
     align: Align
     tune: Tune
+    baseline: Baseline
     evaluate: Evaluate
 
     @field_validator("modalities", mode="wrap")

@@ -41,8 +41,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(path: str | Path, obj: Any, sort_keys: bool = True) -> None:
+    """`sort_keys=False` keeps the caller's order (headline metrics first, for whoever opens the file)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

@@ -124,6 +124,13 @@ def _val_metrics(model: nn.Module, data: SplitData, batch_size: int, device: tor
     return loss, (probs.argmax(dim=1) == data.labels).float().mean().item()
 
 
+def rows_with_inputs(data: SplitData) -> SplitData:
+    """The rows where at least one of `data`'s modalities is present: a unimodal model is validated (early
+    stopping, checkpoint choice, the val accuracy that ranks it) only where it has an input, as it is scored."""
+    present = torch.stack([mask for mask in data.masks.values()]).any(dim=0)
+    return data if bool(present.all()) else data.take(present.nonzero().flatten())
+
+
 StateSaver = Callable[[Path], None]
 
 
@@ -145,6 +152,7 @@ def fit(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model.to(device)
+    val = rows_with_inputs(val)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     batches_per_epoch = math.ceil(len(train) / cfg.batch_size)

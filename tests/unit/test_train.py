@@ -197,3 +197,20 @@ def test_epoch_limit_stops_early_on_the_same_schedule(make_split):
     assert limited.history == full.history[:3]
     shorter = fit(new_model(), train, val, train_config(**{**common, "max_epochs": 3}), CPU)
     assert shorter.history != limited.history
+
+
+def test_a_unimodal_model_is_validated_only_on_rows_that_have_its_modality(make_split):
+    # Half the val rows lack modality `a`: a model of `a` alone is judged on the other half, as it is scored.
+    train, val = make_split(120, seed=0).only(["a"]), make_split(60, seed=1).only(["a"])
+    val.masks["a"][::2] = False
+    torch.manual_seed(0)
+    spec = ModelSpec(["a"], {"a": {"features": 8}}, LABELS, dim=16, fusion="concat", dropout=0.0,
+                     fusion_knobs=knobs("concat"))
+    model = build_model(spec)
+    cfg = train_config(lr=1e-2, batch_size=32, max_epochs=2, patience=2, seed=0)
+    result = fit(model, train, val, cfg, CPU)
+    present = val.take(val.masks["a"].nonzero().flatten())
+    accuracy = (predict(model, present, 64, CPU).argmax(1) == present.labels).float().mean().item()
+    assert result.best.val_accuracy == pytest.approx(accuracy)
+    everywhere = (predict(model, val, 64, CPU).argmax(1) == val.labels).float().mean().item()
+    assert everywhere != pytest.approx(accuracy)  # the old, all-rows figure differs

@@ -1,0 +1,222 @@
+"""The classical baseline every run is measured against: standard features + scikit-learn logistic regression.
+
+Features come from the preprocessed shards, chosen by the processor's output key (not by modality name), so a
+modality brought by a user gets a baseline as soon as its processor emits a key listed in `FEATURES`. One model per
+modality (fitted and scored on the rows that have it) and one early-fused model (every modality's features side by
+side, zeros where a modality is missing plus one missing-indicator column each). Each is fitted on train, its
+regularisation `C` chosen on val; test predictions are written for `evaluate`, which scores them beside the deep
+models on the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.fft import dct
+from scipy.sparse import csr_matrix
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from multimodal.config import Baseline
+from multimodal.dataset import SplitData
+from multimodal.scoring import ABSTAIN
+
+logger = logging.getLogger(__name__)
+
+EARLY_FUSION = "early_fusion"
+PREDICTIONS = "test_predictions.csv"  # under base.paths.baseline
+PREFIX = "baseline_"  # evaluate's name for a baseline model: baseline_early_fusion, baseline_<modality>
+
+# A feature function: (the modality's tensors on every row, rows it may fit statistics on, params) -> (N, d).
+FeatureFn = Callable[[Mapping[str, torch.Tensor], np.ndarray, Baseline], np.ndarray]
+
+
+def pixel_features(tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+    """Pixels of `pixel_values` (N, C, H, W), average-pooled to at most `image_size` a side, flattened."""
+    pixels = tensors["pixel_values"].float()
+    if max(pixels.shape[-2:]) > cfg.image_size:
+        pixels = torch.nn.functional.adaptive_avg_pool2d(pixels, cfg.image_size)
+    return pixels.flatten(1).numpy().astype(np.float64)
+
+
+def mfcc_statistics(log_mel: np.ndarray, n_mfcc: int) -> np.ndarray:
+    """MFCCs (DCT-II of each frame's log-mel), then their mean and standard deviation over frames."""
+    mfcc = dct(log_mel.astype(np.float64), type=2, norm="ortho", axis=-1)[..., :n_mfcc]
+    return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)], axis=1)
+
+
+def log_mel_features(tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+    """MFCC mean/std of a frames-by-mel spectrogram (`input_values` of ASTFeatureExtractor: (N, frames, mel))."""
+    return mfcc_statistics(tensors["input_values"].numpy(), cfg.n_mfcc)
+
+
+def mel_by_frame_features(tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+    """The same for mel-by-frames spectrograms (`input_features` of Whisper-style extractors: (N, mel, frames))."""
+    return mfcc_statistics(tensors["input_features"].numpy().transpose(0, 2, 1), cfg.n_mfcc)
+
+
+def token_tfidf(tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+    """TF-IDF of the tokenizer's ids (`input_ids`, padding left out by `attention_mask`).
+
+    Vocabulary (the `max_tokens` ids in most train documents) and IDF weights are fitted on `fit_rows` only.
+    """
+    ids = tensors["input_ids"].numpy()
+    mask = tensors.get("attention_mask")
+    attended = mask.numpy().astype(bool) if mask is not None else np.ones_like(ids, bool)
+    rows, cols = np.nonzero(attended)
+    tokens = ids[rows, cols]
+    in_fit = fit_rows[rows]
+    # Document frequency on the fit rows: each (row, token) pair counted once.
+    seen = np.unique(np.stack([rows[in_fit], tokens[in_fit]]), axis=1)
+    vocab, df = np.unique(seen[1], return_counts=True)
+    vocab = np.sort(vocab[np.argsort(-df, kind="stable")[: cfg.max_tokens]])
+    keep = np.isin(tokens, vocab)
+    counts = csr_matrix((np.ones(keep.sum()), (rows[keep], np.searchsorted(vocab, tokens[keep]))),
+                        shape=(len(ids), len(vocab)))  # duplicates are summed: term counts
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(counts[fit_rows])
+    return tfidf.transform(counts).toarray()
+
+
+# Processor output key -> features; the first key a modality's shards hold decides (issue 12 moves this table
+# into the modality modules).
+FEATURES: dict[str, FeatureFn] = {
+    "pixel_values": pixel_features,
+    "input_values": log_mel_features,
+    "input_features": mel_by_frame_features,
+    "input_ids": token_tfidf,
+}
+
+
+def modality_features(name: str, tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray,
+                      cfg: Baseline) -> np.ndarray | None:
+    """Features of one modality on every row, or None (logged) when no `FEATURES` key fits its shards."""
+    for key, fn in FEATURES.items():
+        # `input_values` of waveform models (wav2vec2) are raw samples (N, samples), not a spectrogram.
+        if key in tensors and (key != "input_values" or tensors[key].dim() == 3):
+            return fn(tensors, fit_rows, cfg)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    logger.warning("baseline: no classical features for modality '%s' (tensors %s; known keys %s): left out",
+                   name, shapes, list(FEATURES))
+    return None
+
+
+def joined(splits: Mapping[str, SplitData]) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """The splits stacked row-wise: (split name per row, labels, tensors per modality, presence per modality)."""
+    parts = list(splits.values())
+    which = np.concatenate([np.full(len(d), s) for s, d in splits.items()])
+    labels = torch.cat([d.labels for d in parts]).numpy()
+    tensors = {}
+    for m in parts[0].modalities:
+        # A split without a single row of `m` has no tensors of it at all: zeros of the shape the others have.
+        like = next((d.inputs[m] for d in parts if d.inputs[m]), {})
+        tensors[m] = {k: torch.cat([d.inputs[m].get(k, v.new_zeros((len(d), *v.shape[1:]))) for d in parts])
+                      for k, v in like.items()}
+    masks = {m: torch.cat([d.masks[m] for d in parts]).numpy() for m in parts[0].modalities}
+    return which, labels, tensors, masks
+
+
+def designs(features: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> dict[str, tuple]:
+    """(design matrix, rows it covers) of each model: one per modality, then the early-fused one."""
+    out = {m: (x, masks[m]) for m, x in features.items()}
+    if len(features) > 1:
+        blocks = [np.where(masks[m][:, None], x, 0.0) for m, x in features.items()]
+        missing = np.stack([~masks[m] for m in features], axis=1).astype(np.float64)
+        rows = np.stack([masks[m] for m in features]).any(0)
+        out[EARLY_FUSION] = (np.hstack([*blocks, missing]), rows)
+    return out
+
+
+def fit_selected(x_train, y_train, x_val, y_val, cfg: Baseline, seed: int) -> tuple[Pipeline, float, float]:
+    """StandardScaler + LogisticRegression fitted on train for each `C` of `cfg.c_grid`; the best on val wins.
+
+    Ties go to the smaller C (the grid is tried in increasing order): the simpler model.
+    """
+    best = None
+    for c in sorted(cfg.c_grid):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=cfg.max_iter, random_state=seed))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(x_train, y_train)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            logger.info("baseline: C=%g stopped at baseline.max_iter=%d before converging", c, cfg.max_iter)
+        accuracy = float((model.predict(x_val) == y_val).mean()) if len(y_val) else float("nan")
+        if best is None or accuracy > best[2]:
+            best = (model, c, accuracy)
+    return best
+
+
+def fit_baselines(splits: Mapping[str, SplitData], cfg: Baseline, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics per model and its test predictions (a class per test row, ABSTAIN where it has no input)."""
+    which, y, tensors, masks = joined(splits)
+    features = {}
+    for modality in tensors:
+        x = modality_features(modality, tensors[modality], (which == "train") & masks[modality], cfg)
+        if x is not None:
+            features[modality] = x
+    metrics, predictions = {}, {}
+    # One BLAS thread: on these small problems threads only add contention (200x slower on a busy 2-core
+    # machine), and single-threaded reductions make the fitted weights bit-reproducible.
+    with threadpool_limits(limits=1):
+        for name, (x, rows) in designs(features, masks).items():
+            fitted = _fit_one(name, x, rows, which, y, cfg, seed)
+            if fitted:
+                metrics[name], predictions[name] = fitted
+    return metrics, predictions
+
+
+def _fit_one(name: str, x: np.ndarray, rows: np.ndarray, which: np.ndarray, y: np.ndarray, cfg: Baseline,
+             seed: int) -> tuple[dict, np.ndarray] | None:
+    """One model on `rows`: fitted on train, C chosen on val; its metrics and test predictions."""
+    test = which == "test"
+    train, val = rows & (which == "train"), rows & (which == "val")
+    if len(np.unique(y[train])) < 2:
+        logger.warning("baseline '%s': fewer than two classes among its %d train rows; left out", name, train.sum())
+        return None
+    model, c, val_accuracy = fit_selected(x[train], y[train], x[val], y[val], cfg, seed)
+    pred = np.full(test.sum(), ABSTAIN, dtype=np.int64)
+    seen = rows[test]
+    if seen.any():
+        pred[seen] = model.predict(x[test][seen])
+    metrics = {"C": c, "val_accuracy": val_accuracy, "n_val": int(val.sum()), "features": x.shape[1],
+               "test_accuracy": float((pred[seen] == y[test][seen]).mean()) if seen.any() else None,
+               "n_test": int(seen.sum())}
+    logger.info("baseline %s: %s", name, metrics)
+    return metrics, pred
+
+
+def write_predictions(path: Path, sample_ids: list[str], y: np.ndarray, predictions: Mapping[str, np.ndarray],
+                      labels: list[str]) -> None:
+    """CSV: sample_id, label, then one column per model holding the predicted label ("" where it abstains)."""
+    frame = pd.DataFrame({"sample_id": sample_ids, "label": [labels[i] for i in y]})
+    for name, pred in predictions.items():
+        frame[name] = ["" if p == ABSTAIN else labels[p] for p in pred]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
+def read_predictions(path: Path, sample_ids: list[str], labels: list[str]) -> dict[str, np.ndarray]:
+    """`write_predictions`' file as `{baseline_<model>: class per row of sample_ids}`, or an error naming rows."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("sample_id")
+    missing = [s for s in sample_ids if s not in frame.index]
+    if missing:
+        raise ValueError(f"{path} lacks test sample(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}: "
+                         "it predates the current split; re-run `dvc repro baseline`")
+    index = {name: i for i, name in enumerate(labels)}
+    frame = frame.loc[sample_ids]
+    out = {}
+    for column in frame.columns.drop("label"):
+        unknown = sorted(set(frame[column]) - set(index) - {""})
+        if unknown:
+            raise ValueError(f"{path}: column '{column}' predicts unknown label(s) {unknown[:5]}")
+        out[PREFIX + column] = np.array([index.get(v, ABSTAIN) for v in frame[column]], dtype=np.int64)
+    return out

@@ -1,0 +1,40 @@
+"""Stage `baseline`: classical logistic-regression baselines (per modality, early-fused) on the preprocessed shards."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from multimodal.baseline import PREDICTIONS, fit_baselines, write_predictions
+from multimodal.config import Params, load_params
+from multimodal.dataset import load_split
+from multimodal.io import atomic_dir, write_json
+from multimodal.manifest import SPLITS, read_manifest
+from multimodal.runtime import setup_logging
+from multimodal.splits import load_labels
+
+logger = logging.getLogger(__name__)
+
+
+def baseline(params: Params) -> dict:
+    paths = params.base.paths
+    frame = read_manifest(Path(paths.validated) / "manifest.csv")
+    labels = load_labels(params)
+    # Raw processor outputs of every modality (no align features): the baseline is independent of every model.
+    splits = {split: load_split(frame, split, labels, Path(paths.preprocessed), params.preprocess.modalities)
+              for split in SPLITS}
+    metrics, predictions = fit_baselines(splits, params.baseline, params.base.seed)
+    with atomic_dir(Path(paths.baseline)) as tmp:
+        write_predictions(tmp / PREDICTIONS, splits["test"].sample_ids, splits["test"].labels.numpy(), predictions,
+                          labels)
+    write_json(Path(paths.metrics) / "baseline.json", metrics)
+    return metrics
+
+
+def main() -> None:
+    setup_logging()
+    baseline(load_params(stage="baseline"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The Prefect "experiments" table ranks runs by the validation metric tune selects on, never by test or time."""
+
+from __future__ import annotations
+
+from flows.dvc_tools import Experiment
+from flows.ui_artifacts import Ranking, experiments_rows
+
+RANK = Ranking("metrics/tune.json", "best_val_accuracy", "max")
+
+
+def exp(name: str, created: str, val: float | None, test: float, lr: float = 0.001) -> Experiment:
+    tune = {} if val is None else {"best_val_accuracy": val}
+    evaluate = {"fused_accuracy": test, "fused_beats_baseline": True, "models.fused.accuracy": test}
+    return Experiment(name, name[:7], created, False, {"tune.space.lr": lr, "base.seed": 42},
+                      {"metrics/tune.json": tune, "metrics/evaluate.json": evaluate})
+
+
+RUNS = [
+    exp("newest-worst-val", "2026-01-05", 0.80, test=0.99, lr=0.01),  # best on test: must not lead
+    exp("old-best-val", "2026-01-01", 0.95, test=0.90),
+    exp("middle", "2026-01-03", 0.90, test=0.93),
+    exp("no-tune-metrics", "2026-01-06", None, test=0.97),
+]
+
+
+def test_runs_are_ranked_by_validation_not_by_test_or_time():
+    rows = experiments_rows(RUNS, ["metrics/evaluate.json"], limit=10, ranking=RANK)
+    assert [r["experiment"] for r in rows] == ["old-best-val", "middle", "newest-worst-val", "no-tune-metrics"]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["tune.best_val_accuracy"] == 0.95 and rows[3]["tune.best_val_accuracy"] is None
+    # Headline (top-level) evaluate keys only; nested details stay in the metrics artifact.
+    assert rows[0]["evaluate.fused_accuracy"] == 0.90 and rows[0]["evaluate.fused_beats_baseline"] is True
+    assert "evaluate.models.fused.accuracy" not in rows[0]
+    assert "tune.space.lr" in rows[0] and "base.seed" not in rows[0]  # only params that differ
+
+
+def test_min_mode_ranks_the_lowest_first_and_this_run_is_always_listed():
+    losses = [exp("a", "2026-01-01", 0.3, 0.9), exp("b", "2026-01-02", 0.1, 0.8), exp("c", "2026-01-03", 0.2, 0.7)]
+    loss_rank = Ranking("metrics/tune.json", "best_val_accuracy", "min")
+    rows = experiments_rows(losses, [], limit=2, ranking=loss_rank, current="a")
+    assert [r["experiment"] for r in rows] == ["b", "c", "a (this run)"]
+    assert rows[-1]["rank"] == 3
