@@ -44,12 +44,12 @@ def test_a_stage_reads_only_the_params_it_declares() -> None:
     assert evaluate.evaluate.batch_size >= 1 and evaluate.base.paths.models  # declared; paths always readable
     with pytest.raises(UndeclaredParam, match=r"stage 'evaluate' reads params key 'tune'.*dvc.yaml"):
         evaluate.tune
-    with pytest.raises(UndeclaredParam, match="'base.seed'"):
-        evaluate.base.seed
     image = load_params(REPO / "params.yaml", stage="preprocess@image")
     assert image.modalities["image"].options  # its own modality section
     with pytest.raises(UndeclaredParam, match="'modalities.audio'"):
         image.modalities["audio"]
+    with pytest.raises(UndeclaredParam, match="'base.seed'"):
+        image.base.seed
     assert image.reads == {"modalities.image"}
 
 
