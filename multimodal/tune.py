@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from multimodal.config import Params, Tune
+from multimodal.config import Params, Tune, with_searched
 from multimodal.tune_results import plain
 
 logger = logging.getLogger(__name__)
@@ -46,11 +46,12 @@ def search_algorithm(cfg: Tune, seed: int):
 
 
 def trial_train_config(params: Params, config: dict[str, Any]):
-    """The TrainConfig a trial trains with: fixed knobs, the sampled ones, the seed and ASHA's epoch budget."""
+    """The TrainConfig a trial trains with: fixed knobs, the sampled ones (a dotted name such as
+    `input_norm.audio` sets one entry of a nested knob), the seed and ASHA's epoch budget."""
     from multimodal.finetune import train_config
 
-    return train_config({**params.tune.fixed.model_dump(), **{k: plain(v) for k, v in config.items()},
-                         "seed": params.base.seed, "max_epochs": params.tune.asha.max_epochs})
+    values = with_searched(params.tune.fixed.model_dump(), {k: plain(v) for k, v in config.items()})
+    return train_config({**values, "seed": params.base.seed, "max_epochs": params.tune.asha.max_epochs})
 
 
 def ray_home(project_dir: Path) -> Path:

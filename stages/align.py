@@ -20,8 +20,10 @@ logger = logging.getLogger(__name__)
 
 def align(params: Params) -> dict[str, float]:
     paths, cfg = params.base.paths, params.align
+    # The default input normalisation (tune.fixed.input_norm) is the one align trains with and caches features by.
+    norm = {m: k for m, k in params.tune.fixed.input_norm.model_dump().items() if m in params.preprocess.modalities}
     align_cfg = AlignConfig(dim=cfg.dim, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                            temperature=cfg.temperature, seed=params.base.seed)
+                            temperature=cfg.temperature, seed=params.base.seed, input_norm=norm)
     device = pick_device(params.base.device)
     seed_everything(params.base.seed)
     modalities = params.preprocess.modalities
@@ -31,7 +33,7 @@ def align(params: Params) -> dict[str, float]:
     labels = load_labels(params)
     raw = {s: load_split(frame, s, labels, Path(paths.preprocessed), modalities) for s in SPLITS}
     # 2. Frozen encoders run once; their pooled outputs replace the raw inputs from here on.
-    encoders = build_encoders(params.modalities, modalities, frozen)
+    encoders = build_encoders(params.modalities, modalities, frozen, align_cfg.input_norm)
     features = {s: {m: encode_present(encoders[m], raw[s], m, cfg.batch_size, device) for m in frozen} for s in SPLITS}
     data = {s: use_cached_features(raw[s], features[s]) for s in SPLITS}
     # 3. Contrastive training of projections (and trainable encoders) on train, no labels.

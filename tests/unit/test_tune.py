@@ -20,7 +20,8 @@ SPACE = {"lr": {"loguniform": [1e-4, 1e-2]}, "dropout": {"uniform": [0.0, 0.5]},
 
 
 def tune_cfg(**overrides) -> Tune:
-    return Tune(space=SPACE, **overrides)
+    fixed = load_params(REPO / "params.yaml").tune.fixed
+    return Tune(space=SPACE, fixed=fixed, **overrides)
 
 
 def write_params(tmp_path: Path, **tune) -> Path:
