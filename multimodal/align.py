@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from multimodal.config import ModalitySpec, Params
 from multimodal.dataset import SplitData
 from multimodal.io import read_json, write_json
 from multimodal.model import Embedder, build_encoder_from_entry, encoder_entry, state_dict_for_saving
-from multimodal.modalities import PooledEncoder, get_modality
+from multimodal.modalities import PooledEncoder, get_modality, set_input_norm
 from multimodal.modalities.base import FeatureInput
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,14 @@ class AlignConfig:
     temperature: float
     weight_decay: float
     seed: int
+    # Input normalisation of every encoder, frozen ones included (`tune.fixed.input_norm`): the cached features
+    # carry it, so the `frozen` strategy cannot change it.
+    input_norm: dict[str, str]
 
     @classmethod
     def from_params(cls, params: Params) -> "AlignConfig":
-        return cls(**params.align.model_dump(exclude={"freeze"}), seed=params.base.seed)
+        norm = {m: k for m, k in params.tune.fixed.input_norm.model_dump().items() if m in params.preprocess.modalities}
+        return cls(**params.align.model_dump(exclude={"freeze"}), seed=params.base.seed, input_norm=norm)
 
 
 @torch.no_grad()
@@ -68,9 +72,13 @@ def use_cached_features(data: SplitData, features: dict[str, torch.Tensor]) -> S
     return SplitData(data.sample_ids, data.labels, inputs, data.masks)
 
 
-def build_encoders(specs: dict[str, ModalitySpec], modalities: list[str], frozen: list[str]):
-    """HF encoders with pooling; frozen ones also returned separately to be cached."""
+def build_encoders(specs: dict[str, ModalitySpec], modalities: list[str], frozen: list[str],
+                   input_norm: dict[str, str] | None = None):
+    """HF encoders with pooling and their input normalisation (none unless named); frozen ones don't train."""
     encoders = {m: PooledEncoder(get_modality(m).build_encoder(specs[m])) for m in modalities}
+    for m, kind in (input_norm or {}).items():
+        if m in encoders:
+            set_input_norm(encoders[m], m, kind)
     for m in frozen:
         encoders[m].requires_grad_(False)
     return encoders
@@ -159,6 +167,9 @@ def save_aligned(out_dir: Path, embedder: Embedder, features: dict[str, dict[str
 def load_embedder(aligned_dir: Path) -> tuple[Embedder, dict]:
     meta = read_json(aligned_dir / "embedder.json")
     encoders = {m: build_encoder_from_entry(meta["encoders"][m]) for m in meta["modalities"]}
+    for m, kind in meta["align"].get("input_norm", {}).items():  # absent: written before input normalisation
+        if m in encoders and isinstance(encoders[m], PooledEncoder):
+            set_input_norm(encoders[m], m, kind)
     embedder = Embedder(encoders, meta["align"]["dim"])
     embedder.load_state_dict(load_file(str(aligned_dir / "embedder.safetensors")))
     return embedder, meta

@@ -5,6 +5,7 @@ Stages call :func:`load_params` and pass the resulting objects down; nothing bel
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -184,6 +185,68 @@ class Asha(Strict):
     reduction_factor: int = Field(ge=2)
 
 
+class ImageAugment(Strict):
+    """Image transforms (multimodal.modalities.image.augment); each magnitude is multiplied by augment_strength."""
+
+    affine_degrees: float = Field(ge=0, le=180)  # rotation drawn in ±degrees
+    translate: float = Field(ge=0, le=1)  # shift drawn in ±translate x the side
+    scale: float = Field(ge=0, lt=1)  # zoom drawn in 1 ± scale
+    noise: float = Field(ge=0)  # std of Gaussian noise, in the processor's normalised pixel units
+    cutout: float = Field(ge=0, le=1)  # side of one zeroed square, x the shorter side
+
+
+class AudioAugment(Strict):
+    """Log-mel transforms (multimodal.modalities.audio.augment); each magnitude is multiplied by augment_strength."""
+
+    time_mask: int = Field(ge=0)  # SpecAugment: one band of up to this many frames set to 0
+    freq_mask: int = Field(ge=0)  # and one band of up to this many mel bins
+    gain_db: float = Field(ge=0)  # loudness drawn in ±gain_db
+    shift: float = Field(ge=0, le=1)  # circular time shift drawn in ±shift x the frames
+    noise_snr_db: list[float] | None = Field(min_length=2, max_length=2)  # Gaussian noise, SNR drawn in [low, high]
+
+    @field_validator("noise_snr_db")
+    @classmethod
+    def _ordered(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"needs [low, high] with low <= high, got {value}")
+        return value
+
+
+class TextAugment(Strict):
+    token_dropout: float = Field(ge=0, le=1)  # share of tokens deleted ([CLS]/[SEP] and padding never)
+
+
+class Augment(Strict):
+    """Training-batch augmentation per modality (multimodal.augment), applied to the train split only."""
+
+    image: ImageAugment
+    audio: AudioAugment
+    text: TextAugment
+
+
+class InputNorm(Strict):
+    """Input normalisation per modality, part of the saved model (Modality.normalizations names them)."""
+
+    audio: Literal["none", "utterance", "utterance_bins"]  # per clip over all bins | per clip and mel bin
+    image: Literal["none", "per_image"]
+
+
+NESTED_KNOBS = ("augment", "input_norm")  # searched by entry: `tune.space` keys such as `input_norm.audio`
+
+
+def with_searched(fixed: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
+    """`fixed` training knobs with the `sampled` ones set; a dotted key (`augment.audio.time_mask`) sets one entry
+    of a nested knob. `fixed` itself is left as it is."""
+    out = copy.deepcopy(fixed)
+    for name, value in sampled.items():
+        *parents, leaf = name.split(".")
+        target = out
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    return out
+
+
 class TrainFixed(Strict):
     batch_size: int = Field(ge=1)
     weight_decay: float = Field(ge=0)
@@ -203,6 +266,9 @@ class TrainFixed(Strict):
     attention_heads: int = Field(ge=1)  # attention: heads (reduced to a divisor of align.dim)
     attention_layers: int = Field(ge=1)  # attention: transformer layers over the modality tokens
     tensor_rank: int = Field(ge=1)  # tensor: rank of the low-rank factors
+    augment: Augment
+    augment_strength: float = Field(ge=0)  # scales every augmentation magnitude; 0 = no augmentation
+    input_norm: InputNorm
 
 
 SEARCH_KINDS = ("loguniform", "uniform", "choice", "randint")
@@ -260,10 +326,13 @@ class Tune(Strict):
     @classmethod
     def _space_shape(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         problems = []
-        searchable = {"lr", "fusion", "dropout", *TrainFixed.model_fields}
+        searchable = {"lr", "fusion", "dropout", *TrainFixed.model_fields} - set(NESTED_KNOBS)
         for name, spec in space.items():
-            if name not in searchable:
-                problems.append(f"tune.space.{name}: not a training knob; searchable: {sorted(searchable)}")
+            if name in NESTED_KNOBS:
+                problems.append(f"tune.space.{name}: search its entries one by one, e.g. {name}.audio")
+            elif name not in searchable and name.split(".")[0] not in NESTED_KNOBS:
+                problems.append(f"tune.space.{name}: not a training knob; searchable: {sorted(searchable)} and "
+                                f"entries of {list(NESTED_KNOBS)} (e.g. augment.audio.time_mask)")
             problems += _space_problems(name, spec)
             known = {"fusion": FUSIONS, "strategy": STRATEGIES}.get(name)
             if known and isinstance(spec, dict) and set(spec.get("choice") or []) - set(known):
@@ -272,6 +341,31 @@ class Tune(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return space
+
+    @model_validator(mode="after")
+    def _searched_entries_exist(self) -> "Tune":
+        """A dotted `tune.space` key must name an entry of `tune.fixed`, and its sampler only valid values."""
+        problems = []
+        fixed = self.fixed.model_dump()
+        for name, spec in self.space.items():
+            if "." not in name:
+                continue
+            entry: Any = fixed
+            for part in name.split("."):
+                entry = entry.get(part, KeyError) if isinstance(entry, dict) else KeyError
+            if entry is KeyError or isinstance(entry, dict):
+                problems.append(f"tune.space.{name}: tune.fixed has no such entry (a single value)")
+                continue
+            kind, args = next(iter(spec.items()))
+            values = args if kind == "choice" else [args[0], args[1] - 1 if kind == "randint" else args[1]]
+            for value in values:
+                try:
+                    TrainFixed.model_validate(with_searched(fixed, {name: value}))
+                except ValidationError as err:
+                    problems.append(f"tune.space.{name}: {value!r} is not a valid value: {err.errors()[0]['msg']}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("mode")
     @classmethod
@@ -342,6 +436,14 @@ class Params(Strict):
         unknown_frozen = [m for m in self.align.freeze if m not in MODALITIES]
         if unknown_frozen:
             problems.append(f"align.freeze names unknown modalities {unknown_frozen}; known: {list(MODALITIES)}")
+        # Features cached by align carry align's normalisation (tune.fixed.input_norm): no trial can change it.
+        strategy = self.tune.space.get("strategy", {}).get("choice") or [self.tune.fixed.strategy]
+        for name in (n for n in self.tune.space if n.startswith("input_norm.")):
+            modality = name.split(".")[1]
+            if "frozen" in strategy or modality in self.align.freeze:
+                problems.append(f"tune.space.{name}: {modality} is read as features cached by align (strategy "
+                                f"frozen or align.freeze), normalised once by tune.fixed.{name} there; search it "
+                                "with strategies that run the encoder, or change tune.fixed and re-run align")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -13,8 +13,9 @@ from multimodal.align import load_embedder
 from multimodal.dataset import SplitData
 from multimodal.fusion import fusion_knobs
 from multimodal.model import Embedder, ModelSpec, MultimodalModel, encoder_entry
+from multimodal.modalities import set_input_norm
 from multimodal.modalities.base import FeatureInput
-from multimodal.strategies import apply_strategy
+from multimodal.strategies import apply_strategy, feature_modalities
 from multimodal.train import FitResult, TrainConfig, fit
 
 
@@ -38,14 +39,36 @@ def initial_model(aligned_dir: Path, labels: list[str], modalities: list[str], c
         subset = Embedder({m: embedder.encoders[m] for m in modalities}, meta["align"]["dim"])
         subset.projections = nn.ModuleDict({m: embedder.projections[m] for m in modalities})
         embedder = subset
+    norms = input_norms(modalities, cfg, meta)
+    for modality, kind in norms.items():
+        set_input_norm(embedder.encoders[modality], modality, kind)
     torch.manual_seed(cfg.seed)  # adapter, fusion and head initialization depend on the seed only
     apply_strategy(embedder, cfg)
     knobs = fusion_knobs(cfg.fusion, asdict(cfg))
     model = MultimodalModel(embedder, cfg.fusion, len(labels), cfg.dropout, knobs)
     encoders = {m: encoder_entry(e) if isinstance(e, FeatureInput) else meta["encoders"][m]
                 for m, e in embedder.encoders.items()}
-    spec = ModelSpec(list(modalities), encoders, labels, meta["align"]["dim"], cfg.fusion, cfg.dropout, knobs)
+    spec = ModelSpec(list(modalities), encoders, labels, meta["align"]["dim"], cfg.fusion, cfg.dropout, knobs,
+                     {m: k for m, k in norms.items() if k != "none"})
     return model, spec
+
+
+def input_norms(modalities: list[str], cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, str]:
+    """The input normalisation of each modality whose encoder runs while training, from `cfg.input_norm`.
+
+    Features cached by `align` were normalised the align way (`tune.fixed.input_norm` when align ran); a config
+    asking another one for them is refused, as the model could not honour it.
+    """
+    aligned = meta["align"].get("input_norm", {})
+    cached = set(feature_modalities(cfg.strategy, meta))
+    conflicts = [f"input_norm.{m}={cfg.input_norm.get(m, 'none')} but align cached the {m} features with "
+                 f"{aligned.get(m, 'none')}" for m in modalities
+                 if m in cached and cfg.input_norm.get(m, "none") != aligned.get(m, "none")]
+    if conflicts:
+        raise ValueError(f"{'; '.join(conflicts)}; the '{cfg.strategy}' strategy (and align.freeze) read those "
+                         "features: re-run `align` with that tune.fixed.input_norm, or search input_norm only with "
+                         "strategies that run the encoder")
+    return {m: cfg.input_norm.get(m, "none") for m in modalities if m not in cached}
 
 
 def check_inputs(spec: ModelSpec, data: SplitData) -> None:

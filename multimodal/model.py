@@ -1,7 +1,8 @@
 """The model is a composition: encoders (dict by modality) -> projections -> fusion -> head.
 
 A model is saved as `model.safetensors` + `model.json` (its `ModelSpec`); `load_model` rebuilds it without any
-download: trainable encoders from their saved HF config, frozen ones as cached-feature inputs.
+download: trainable encoders from their saved HF config with their input normalisation, frozen ones as
+cached-feature inputs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transformers import AutoConfig, AutoModel
 
 from multimodal.fusion import build_fusion
 from multimodal.io import read_json, write_json
+from multimodal.modalities import set_input_norm
 from multimodal.modalities.base import FeatureInput, PooledEncoder
 from multimodal.strategies import without_adapters
 
@@ -24,7 +26,9 @@ from multimodal.strategies import without_adapters
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild a model. `encoders[m]` is {"features": dim} or {"hf_config": {...}};
-    `fusion_knobs` the fusion's architecture knobs (`multimodal.fusion.fusion_knobs`). No architecture default."""
+    `fusion_knobs` the fusion's architecture knobs (`multimodal.fusion.fusion_knobs`). No architecture default.
+    `input_norm[m]` names the normalisation the model applies to modality m's inputs (`Modality.normalizations`);
+    features cached by `align` were normalised there already."""
 
     modalities: list[str]
     encoders: dict[str, dict[str, Any]]
@@ -33,6 +37,7 @@ class ModelSpec:
     fusion: str
     dropout: float
     fusion_knobs: dict[str, Any]
+    input_norm: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes; never read to build the model
 
     @property
@@ -42,7 +47,8 @@ class ModelSpec:
 
     def restricted(self, modalities: list[str]) -> "ModelSpec":
         return ModelSpec(modalities, {m: self.encoders[m] for m in modalities}, self.labels, self.dim,
-                         self.fusion, self.dropout, dict(self.fusion_knobs), dict(self.extra))
+                         self.fusion, self.dropout, dict(self.fusion_knobs),
+                         {m: k for m, k in self.input_norm.items() if m in modalities}, dict(self.extra))
 
 
 def encoder_entry(encoder: nn.Module) -> dict[str, Any]:
@@ -108,6 +114,8 @@ class MultimodalModel(nn.Module):
 
 def build_model(spec: ModelSpec) -> MultimodalModel:
     encoders = {m: build_encoder_from_entry(spec.encoders[m]) for m in spec.modalities}
+    for modality, kind in spec.input_norm.items():
+        set_input_norm(encoders[modality], modality, kind)
     return MultimodalModel(Embedder(encoders, spec.dim), spec.fusion, len(spec.labels), spec.dropout,
                            spec.fusion_knobs)
 

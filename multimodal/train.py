@@ -1,7 +1,8 @@
 """One supervised training loop, used by the tune trials, the unimodal baselines, tests and benchmarks.
 
-AdamW with linear warm-up then cosine decay, dropout, modality dropout, gradient accumulation and clipping,
-early stopping on validation accuracy, bf16 autocast on CUDA. The complete training state can be saved after
+AdamW with linear warm-up then cosine decay, dropout, modality dropout, seeded per-modality augmentation of the
+training batches (`multimodal.augment`), gradient accumulation and clipping, early stopping on validation accuracy,
+bf16 autocast on CUDA. The complete training state can be saved after
 any epoch (safetensors + JSON, no pickle) and a run resumed from it ends exactly as an uninterrupted one on CPU.
 """
 
@@ -19,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from multimodal.augment import Augmenter
 from multimodal.dataset import SplitData
 from multimodal.io import read_json, write_json
 
@@ -54,6 +56,11 @@ class TrainConfig:
     attention_heads: int
     attention_layers: int
     tensor_rank: int
+    # Training-batch augmentation (multimodal.augment): {modality: {knob: value}}, every magnitude times the
+    # strength (0: off). Input normalisation {modality: name} is part of the saved model (ModelSpec.input_norm).
+    augment: dict[str, dict[str, Any]]
+    augment_strength: float
+    input_norm: dict[str, str]
 
 
 @dataclass
@@ -161,6 +168,7 @@ def fit(
         optimizer, warmup_cosine(steps_per_epoch * cfg.max_epochs, cfg.warmup_ratio)
     )
     loss_fn = nn.CrossEntropyLoss()
+    augment = Augmenter(cfg.augment, cfg.augment_strength, train)
     result = FitResult(best_state=copy.deepcopy(model.state_dict()), best=None)
     parts = TrainingState(model, optimizer, scheduler, generator, result)
     start = 1
@@ -174,7 +182,7 @@ def fit(
         model.train()
         total, seen = 0.0, 0
         for step, batch in enumerate(train.batches(cfg.batch_size, generator)):
-            batch = batch.to(device)
+            batch = augment(batch.to(device), generator)  # training batches only; a fresh draw every epoch
             masks = drop_modalities(batch.masks, cfg.modality_dropout, generator)
             with autocast(device):
                 loss = loss_fn(model(batch.inputs, masks).float(), batch.labels)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from multimodal.config import Params, Tune
+from multimodal.config import Params, Tune, with_searched
 from multimodal.stage_params import stage_view
 from multimodal.tune_results import plain
 
@@ -47,14 +47,16 @@ def search_algorithm(cfg: Tune, seed: int):
 
 
 def trial_train_config(params: Params, config: dict[str, Any]):
-    """The TrainConfig a trial trains with: fixed knobs, the sampled ones, the seed and ASHA's epoch budget.
+    """The TrainConfig a trial trains with: fixed knobs, the sampled ones (a dotted name such as
+    `input_norm.audio` sets one entry of a nested knob), the seed and ASHA's epoch budget.
 
     The one place a TrainConfig is made from params; tests and benchmarks override its knobs, never default them.
     """
     from multimodal.finetune import train_config
 
-    return train_config({**params.tune.fixed.model_dump(), **{k: plain(v) for k, v in config.items()},
-                         "seed": params.base.seed, "max_epochs": params.tune.asha.max_epochs, "epoch_limit": None})
+    values = with_searched(params.tune.fixed.model_dump(), {k: plain(v) for k, v in config.items()})
+    return train_config({**values, "seed": params.base.seed, "max_epochs": params.tune.asha.max_epochs,
+                         "epoch_limit": None})
 
 
 def ray_home(project_dir: Path) -> Path:

@@ -30,7 +30,7 @@ def align(params: Params) -> dict[str, float]:
     labels = load_labels(params)
     raw = {s: load_split(frame, s, labels, Path(paths.preprocessed), modalities) for s in SPLITS}
     # 2. Frozen encoders run once; their pooled outputs replace the raw inputs from here on.
-    encoders = build_encoders(params.modalities, modalities, frozen)
+    encoders = build_encoders(params.modalities, modalities, frozen, align_cfg.input_norm)
     features = {s: {m: encode_present(encoders[m], raw[s], m, cfg.batch_size, device) for m in frozen} for s in SPLITS}
     data = {s: use_cached_features(raw[s], features[s]) for s in SPLITS}
     # 3. Contrastive training of projections (and trainable encoders) on train, no labels.

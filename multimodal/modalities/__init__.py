@@ -13,7 +13,7 @@ from pydantic_core import InitErrorDetails
 from multimodal.checkpoints import checkpoint_problem, revision_problem
 from multimodal.config import MODALITY_KEYS, ModalitySpec, did_you_mean, params_error
 from multimodal.modalities.audio import AUDIO
-from multimodal.modalities.base import Modality, PooledEncoder, load_pretrained
+from multimodal.modalities.base import InputNorm, Modality, PooledEncoder, load_pretrained
 from multimodal.modalities.image import IMAGE
 from multimodal.modalities.text import TEXT
 
@@ -50,4 +50,26 @@ def section_errors(name: str, options: dict[str, Any], spec: ModalitySpec | None
     return errors
 
 
-__all__ = ["REGISTRY", "Modality", "PooledEncoder", "get_modality", "load_pretrained", "section_errors"]
+def input_norm(modality: str, kind: str) -> InputNorm | None:
+    """The named input normalisation of `modality` (`tune.fixed.input_norm`); None for `none`."""
+    if kind == "none":
+        return None
+    known = get_modality(modality).normalizations
+    if kind not in known:
+        raise ValueError(f"input_norm.{modality}: unknown normalisation {kind!r}; known: {['none', *known]}")
+    return InputNorm(kind, known[kind])
+
+
+def set_input_norm(encoder: PooledEncoder, modality: str, kind: str) -> None:
+    if not isinstance(encoder, PooledEncoder):  # e.g. FeatureInput: normalised when `align` cached the features
+        raise ValueError(f"input_norm.{modality}: the model reads {modality} as cached features, it has no encoder "
+                         "to normalise the inputs of")
+    encoder.input_norm = input_norm(modality, kind)
+
+
+def input_norm_of(encoder: PooledEncoder) -> str:
+    return encoder.input_norm.kind if encoder.input_norm is not None else "none"
+
+
+__all__ = ["REGISTRY", "InputNorm", "Modality", "PooledEncoder", "get_modality", "input_norm", "input_norm_of",
+           "load_pretrained", "section_errors", "set_input_norm"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,10 @@ class Modality:
     - `build_encoder(spec)`: a Hugging Face model (pretrained, or built from `spec.config`).
     - `options`: the keys of its params section beside `pretrained`/`revision`/`config`, each required there
       (params validation refuses any other key); `checkpoints`: those of them that name a checkpoint.
+    - `augment(inputs, generator, strength, **knobs)`: optional; a randomly transformed copy of a training batch
+      of processor outputs, its knobs the modality's `tune.fixed.augment` section (`multimodal.augment`).
+    - `normalizations`: optional named input normalisations (`tune.fixed.input_norm`), applied by the encoder
+      wrapper at train, validation and prediction time alike; `none` is always there.
     """
 
     name: str
@@ -50,6 +54,9 @@ class Modality:
     build_encoder: Callable[[ModalitySpec], nn.Module]
     options: tuple[str, ...]
     checkpoints: tuple[str, ...]
+    augment: Callable[..., dict[str, torch.Tensor]] | None = None
+    normalizations: Mapping[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = field(
+        default_factory=dict)
 
 
 def config_built(spec: ModalitySpec, default_type: str, **defaults: Any) -> nn.Module:
@@ -88,6 +95,31 @@ def eval_frozen_parts(module: nn.Module) -> None:
         eval_frozen_parts(child)
 
 
+def standardize(x: torch.Tensor, dims: tuple[int, ...], valid: torch.Tensor | None = None,
+                eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit variance over `dims` of each sample; statistics from the `valid` entries only (a bool
+    mask broadcastable to `x`), which are the only ones kept: the others become 0, the new mean."""
+    weight = torch.ones_like(x) if valid is None else valid.to(x.dtype).expand_as(x)
+    count = weight.sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (x * weight).sum(dim=dims, keepdim=True) / count
+    var = ((x - mean) ** 2 * weight).sum(dim=dims, keepdim=True) / count
+    return (x - mean) / (var + eps).sqrt() * weight
+
+
+class InputNorm(nn.Module):
+    """A parameter-free normalisation of an encoder's inputs, kept by name (`kind`) so a saved model rebuilds it."""
+
+    def __init__(self, kind: str, normalize: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]):
+        super().__init__()
+        self.kind, self.normalize = kind, normalize
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.normalize(inputs)
+
+    def extra_repr(self) -> str:
+        return self.kind
+
+
 class PooledEncoder(nn.Module):
     """A Hugging Face encoder followed by mean pooling over its tokens (masked where a mask exists).
 
@@ -99,6 +131,8 @@ class PooledEncoder(nn.Module):
         super().__init__()
         self.model = model
         self.out_dim = hidden_width(model.config)
+        # Part of the model, not of preprocessing: train, validation, evaluate and predict normalise alike.
+        self.input_norm: InputNorm | None = None
 
     def train(self, mode: bool = True) -> "PooledEncoder":
         """Train mode for the parts that train only (see `eval_frozen_parts`), whatever strategy froze the rest."""
@@ -108,6 +142,8 @@ class PooledEncoder(nn.Module):
         return self
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        if self.input_norm is not None:
+            inputs = self.input_norm(inputs)
         if "input_values" in inputs and self.model.main_input_name == "pixel_values":
             inputs = {"pixel_values": inputs["input_values"].transpose(1, 2).unsqueeze(1)}
         hidden = self.model(**inputs).last_hidden_state

@@ -39,6 +39,34 @@ def build_encoder(spec: ModalitySpec):
     return config_built(spec, "bert", vocab_size=build_processor(spec).vocab_size)
 
 
+def augment(inputs: dict[str, torch.Tensor], generator: torch.Generator, strength: float, *,
+            token_dropout: float) -> dict[str, torch.Tensor]:
+    """Token dropout: each token but the first and last attended ones ([CLS] and [SEP] of BERT-style tokenizers)
+    is deleted with probability `token_dropout` x `strength`; the rest move left, the freed places become padding
+    (attention mask 0), so the padding mask stays consistent."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    rate = token_dropout * strength
+    if rate <= 0:
+        return inputs
+    length = ids.shape[1]
+    position = torch.arange(length, device=ids.device).expand_as(ids)
+    first = torch.where(mask, position, length).amin(dim=1, keepdim=True)
+    last = torch.where(mask, position, -1).amax(dim=1, keepdim=True)
+    inner = mask & (position > first) & (position < last)
+    drop = inner & (torch.rand(ids.shape, generator=generator, device=generator.device).to(ids.device) < rate)
+    keep = mask & ~drop
+    # Kept tokens first, in their order (a stable sort); the dropped ones and the old padding after them.
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
+    new_mask = position < keep.sum(dim=1, keepdim=True)
+    # The id under a mask 0 is never attended; reuse the tokenizer's own padding id where the batch shows it.
+    pad = ids[~mask][0] if (~mask).any() else ids.new_zeros(())
+    out = {**inputs, "input_ids": torch.where(new_mask, ids.gather(1, order), pad),
+           "attention_mask": new_mask.to(inputs["attention_mask"].dtype)}
+    if "token_type_ids" in inputs:
+        out["token_type_ids"] = torch.where(new_mask, inputs["token_type_ids"].gather(1, order), 0)
+    return out
+
+
 # tokenizer: the vocabulary of a config-built encoder (pretrained: null); a checkpoint name like `pretrained`.
 TEXT = Modality("text", load, build_processor, process, build_encoder, options=("max_length", "tokenizer"),
-                checkpoints=("tokenizer",))
+                checkpoints=("tokenizer",), augment=augment)

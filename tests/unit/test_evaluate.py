@@ -71,7 +71,7 @@ def test_deep_models_abstain_on_rows_lacking_their_modality(tmp_path):
     save_file({m: test.inputs[m]["features"] for m in test.modalities}, str(aligned / "features" / "test.safetensors"),
               metadata={"sample_ids": json.dumps(test.sample_ids)})
     spec = ModelSpec(["a", "b"], {"a": {"features": 8}, "b": {"features": 8}}, ["x", "y", "z"], dim=8,
-                     fusion="concat", dropout=0.1, fusion_knobs=knobs("concat"))
+                     fusion="concat", dropout=0.1, fusion_knobs=knobs("concat"), input_norm={})
     torch.manual_seed(0)
     fused = build_model(spec)
     save_model(fused, spec, models / "best")

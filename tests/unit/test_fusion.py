@@ -50,7 +50,7 @@ def test_every_fusion_learns_with_missing_modalities(make_split, kind):
     val = make_split(60, dims=dims, missing=0.3, seed=1)
     torch.manual_seed(0)
     model = build_model(ModelSpec(ORDER, {m: {"features": 6} for m in ORDER}, ["x", "y", "z"], dim=8, fusion=kind,
-                                  dropout=0.1, fusion_knobs=knobs(kind)))
+                                  dropout=0.1, fusion_knobs=knobs(kind), input_norm={}))
     cfg = train_config(lr=1e-2, fusion=kind, dropout=0.1, batch_size=16, max_epochs=5, patience=5, seed=0)
     result = fit(model, train, val, cfg, CPU)
     losses = [m.train_loss for m in result.history]
@@ -86,7 +86,7 @@ def test_late_fusion_averages_the_logits_of_present_modalities():
     assert torch.equal(out[3], torch.zeros(3))
     # The model puts no shared head after it.
     model = build_model(ModelSpec(ORDER, {m: {"features": 5} for m in ORDER}, ["x", "y", "z"], dim=5, fusion="late",
-                                  dropout=0.0, fusion_knobs={}))
+                                  dropout=0.0, fusion_knobs={}, input_norm={}))
     assert model.head is None and not [k for k in model.state_dict() if k.startswith("head.")]
     with pytest.raises(ValueError, match="needs n_classes"):
         build_fusion("late", ORDER, 5, knobs={})

@@ -163,7 +163,7 @@ def test_save_load_round_trip(tmp_path, tiny_specs, kind):
                     if k in knobs(kind)}
     model = MultimodalModel(Embedder(encoders, 8), kind, n_classes=2, dropout=0.1, fusion_knobs=fusion_knobs)
     spec = ModelSpec(list(encoders), {m: encoder_entry(e) for m, e in encoders.items()}, ["neg", "pos"],
-                     dim=8, fusion=kind, dropout=0.1, fusion_knobs=fusion_knobs, extra={"note": "x"})
+                     dim=8, fusion=kind, dropout=0.1, fusion_knobs=fusion_knobs, input_norm={}, extra={"note": "x"})
     # Perturb every weight so a freshly initialised model cannot match by chance.
     with torch.no_grad():
         for p in model.parameters():
@@ -190,7 +190,7 @@ def test_save_load_round_trip(tmp_path, tiny_specs, kind):
 
 def test_spec_restricted_keeps_only_named_modalities():
     spec = ModelSpec(["a", "b"], {"a": {"features": 3}, "b": {"features": 4}}, ["x", "y"], dim=6, fusion="concat",
-                     dropout=0.1, fusion_knobs={})
+                     dropout=0.1, fusion_knobs={}, input_norm={})
     sub = spec.restricted(["b"])
     assert sub.modalities == ["b"] and sub.encoders == {"b": {"features": 4}}
     assert (sub.labels, sub.dim, sub.fusion) == (["x", "y"], 6, "concat")

@@ -22,7 +22,7 @@ LABELS = ["x", "y", "z"]
 def new_model(fusion: str = "concat", dropout: float = 0.0, seed: int = 0):
     torch.manual_seed(seed)
     spec = ModelSpec(["a", "b"], {"a": {"features": 8}, "b": {"features": 8}}, LABELS, dim=16, fusion=fusion,
-                     dropout=dropout, fusion_knobs=knobs(fusion))
+                     dropout=dropout, fusion_knobs=knobs(fusion), input_norm={})
     return build_model(spec)
 
 
@@ -205,7 +205,7 @@ def test_a_unimodal_model_is_validated_only_on_rows_that_have_its_modality(make_
     val.masks["a"][::2] = False
     torch.manual_seed(0)
     spec = ModelSpec(["a"], {"a": {"features": 8}}, LABELS, dim=16, fusion="concat", dropout=0.0,
-                     fusion_knobs=knobs("concat"))
+                     fusion_knobs=knobs("concat"), input_norm={})
     model = build_model(spec)
     cfg = train_config(lr=1e-2, batch_size=32, max_epochs=2, patience=2, seed=0)
     result = fit(model, train, val, cfg, CPU)
