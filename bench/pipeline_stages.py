@@ -24,7 +24,7 @@ from multimodal.workspace import copy_project, project_env, run
 
 STAGES = ["ingest", "validate", "preprocess@image", "preprocess@audio", "preprocess@text", "baseline", "align", "tune",
           "evaluate"]
-TINY = {("ingest", "demo", "n_samples"): 120, ("align", "epochs"): 1, ("tune", "num_samples"): 2,
+TINY = {("demo", "n_samples"): 120, ("align", "epochs"): 1, ("tune", "num_samples"): 2,
         ("tune", "asha"): {"max_epochs": 2, "grace_period": 1, "reduction_factor": 2}}
 
 

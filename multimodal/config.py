@@ -30,6 +30,7 @@ class Strict(BaseModel):
 
 
 class Paths(Strict):
+    demo: Path
     raw: Path
     validated: Path
     preprocessed: Path
@@ -60,6 +61,8 @@ class Split(Strict):
 
 
 class Demo(Strict):
+    """The embedded demo dataset (stage `demo`, multimodal.demo_dataset)."""
+
     n_samples: int = Field(ge=30)
     image_components: int = Field(ge=1, le=784)
     image_noise: float = Field(ge=0)
@@ -69,16 +72,11 @@ class Demo(Strict):
 
 
 class Ingest(Strict):
-    source: Literal["demo", "manifest"]
-    manifest: Path | None
+    # The folder holding the manifest and every file it names: a DVC dependency of `ingest` as a whole, so any
+    # file changed, added or removed there re-runs it. The demo's is `base.paths.demo`.
+    dataset: Path
+    manifest: str = Field(min_length=1)  # CSV or Parquet, a path inside `dataset`
     split: Split
-    demo: Demo
-
-    @model_validator(mode="after")
-    def _manifest_named(self) -> "Ingest":
-        if self.source == "manifest" and self.manifest is None:
-            raise ValueError("ingest.source is 'manifest' but ingest.manifest names no file")
-        return self
 
 
 class Validate(Strict):
@@ -395,6 +393,7 @@ class Evaluate(Strict):
 
 class Params(Strict):
     base: Base
+    demo: Demo
     ingest: Ingest
     validate_: Validate = Field(alias="validate")
     preprocess: Preprocess

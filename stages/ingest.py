@@ -1,4 +1,5 @@
-"""Stage `ingest`: the dataset into `paths.raw` as `manifest.csv` + files (embedded demo, or a user manifest)."""
+"""Stage `ingest`: a dataset folder (`ingest.dataset`: the demo's, or yours) into `paths.raw` as `manifest.csv` +
+files, with the split."""
 
 from __future__ import annotations
 
@@ -72,21 +73,15 @@ def with_splits(frame: pd.DataFrame, cfg: Ingest, seed: int) -> pd.DataFrame:
 
 
 def ingest(cfg: Ingest, out_dir: Path, seed: int) -> pd.DataFrame:
-    """Write `out_dir/manifest.csv` and the files it names; returns the manifest."""
+    """Write `out_dir/manifest.csv` and the files it names, from the manifest `cfg.manifest` in `cfg.dataset`."""
+    dataset = Path(cfg.dataset)
+    if not dataset.is_dir():
+        raise ManifestError(f"ingest.dataset {str(dataset)!r} is not a folder; it must hold the manifest and its files")
+    manifest = resolve_inside(dataset, cfg.manifest)
     with atomic_dir(out_dir) as tmp:
-        if cfg.source == "demo":
-            from multimodal.demo_dataset import build_demo_dataset
-
-            d = cfg.demo
-            frame = build_demo_dataset(
-                tmp, n_samples=d.n_samples, seed=seed, image_components=d.image_components,
-                image_noise=d.image_noise, audio_snr_db=tuple(d.audio_snr_db), missing_rate=d.missing_rate,
-                sample_rate=d.sample_rate,
-            ).astype(str)
-        else:
-            # Cells that are not UTF-8 are kept (byte for byte) for `validate` to report with their rows.
-            frame = read_manifest(cfg.manifest, errors="surrogateescape")
-            copy_user_files(frame, Path(cfg.manifest).parent, tmp)
+        # Cells that are not UTF-8 are kept (byte for byte) for `validate` to report with their rows.
+        frame = read_manifest(manifest, errors="surrogateescape")
+        copy_user_files(frame, manifest.parent, tmp)
         frame = with_splits(frame, cfg, seed)
         write_manifest(frame, tmp / MANIFEST_NAME)
     logger.info("ingested %d samples into %s (%s)", len(frame), out_dir, frame["split"].value_counts().to_dict())

@@ -10,7 +10,7 @@ from multimodal.workspace import copy_project
 
 # Small enough for CI on two cores, big enough that every class lands in every split.
 TINY_PARAMS = {
-    ("ingest", "demo", "n_samples"): 120,
+    ("demo", "n_samples"): 120,
     ("preprocess", "batch_size"): 64,
     ("align", "epochs"): 1,
     ("tune", "num_samples"): 2,

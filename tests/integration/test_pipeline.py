@@ -13,7 +13,7 @@ from multimodal.workspace import run
 
 pytestmark = pytest.mark.integration
 
-STAGES = {"ingest", "validate", "preprocess@image", "preprocess@audio", "preprocess@text", "baseline", "align", "tune",
+STAGES = {"demo", "ingest", "validate", "preprocess@image", "preprocess@audio", "preprocess@text", "baseline", "align", "tune",
           "evaluate"}
 
 

@@ -139,3 +139,27 @@ def test_changing_a_params_key_marks_exactly_its_readers(committed: Path, keys: 
     finally:
         path.write_bytes(original)
     assert set(changed) == readers, changed
+
+
+def test_your_dataset_folder_is_a_dependency_of_ingest(tmp_path: Path) -> None:
+    """Bring-your-own data outside the repository: editing, adding or removing a file there makes `ingest` stale."""
+    from PIL import Image
+
+    dataset = tmp_path / "my_dataset"
+    (dataset / "img").mkdir(parents=True)
+    for i in range(4):
+        Image.new("L", (8, 8), color=40 * i).save(dataset / "img" / f"{i}.png")
+    (dataset / "manifest.csv").write_text("sample_id,label,split,image,text\n" + "".join(
+        f"s{i},{'ab'[i % 2]},{['train', 'train', 'val', 'test'][i]},img/{i}.png,text {i}\n" for i in range(4)))
+    project = copy_project(tmp_path / "project", {("ingest", "dataset"): str(dataset)})
+    run(["dvc", "repro", "ingest"], project)  # the demo is no upstream of ingest now: only ingest runs
+    assert not (project / "data" / "demo").exists()
+    status = lambda: _changed_stages(project).get("ingest", [])  # noqa: E731
+    assert status() == []
+    for edit in (lambda: Image.new("L", (8, 8), color=255).save(dataset / "img" / "0.png"),   # changed in place
+                 lambda: (dataset / "img" / "extra.png").write_bytes((dataset / "img" / "1.png").read_bytes()),
+                 lambda: (dataset / "img" / "3.png").unlink()):
+        edit()
+        assert status() == [{"changed deps": {str(dataset): "modified"}}], status()
+        run(["dvc", "repro", "ingest"], project)
+        assert status() == []

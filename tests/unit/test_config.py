@@ -88,17 +88,15 @@ def test_modality_without_section_is_reported(tmp_path, raw_params):
         load_params(write(tmp_path, raw))
 
 
-def test_manifest_source_needs_a_manifest(tmp_path, raw_params):
+def test_ingest_names_a_dataset_folder_and_its_manifest(tmp_path, raw_params):
     raw = copy.deepcopy(raw_params)
-    raw["ingest"]["source"] = "manifest"
+    raw["ingest"]["dataset"] = "/data/user"
     raw["ingest"]["manifest"] = None
-    with pytest.raises(ParamsError, match="ingest.manifest names no file"):
+    with pytest.raises(ParamsError, match="ingest.manifest"):
         load_params(write(tmp_path, raw))
-    raw["ingest"]["manifest"] = "data/user/manifest.csv"
+    raw["ingest"]["manifest"] = "manifest.parquet"
     params = load_params(write(tmp_path, raw))
-    assert params.ingest.manifest == Path("data/user/manifest.csv")
-    with pytest.raises(ValueError, match="names no file"):
-        params_section("ingest", source="manifest", manifest=None)
+    assert (params.ingest.dataset, params.ingest.manifest) == (Path("/data/user"), "manifest.parquet")
 
 
 def test_unreadable_yaml_is_a_params_error(tmp_path):
@@ -152,7 +150,7 @@ def test_no_config_field_or_run_config_has_a_default():
 
 @pytest.mark.parametrize("key", [("tune", "asha", "grace_period"), ("tune", "fixed", "patience"),
                                  ("align", "weight_decay"), ("modalities", "text", "config"),
-                                 ("modalities", "audio", "num_mel_bins"), ("ingest", "demo", "sample_rate")])
+                                 ("modalities", "audio", "num_mel_bins"), ("demo", "sample_rate")])
 def test_a_missing_key_is_an_error_naming_it(tmp_path, raw_params, key):
     raw = copy.deepcopy(raw_params)
     section = raw

@@ -50,7 +50,8 @@ def user_dataset(root: Path, *, split: list[str] | None = None) -> Path:
 
 
 def cfg_for(manifest: Path) -> Ingest:
-    return params_section("ingest", source="manifest", manifest=manifest, split={"train": 0.6, "val": 0.2, "test": 0.2})
+    return params_section("ingest", dataset=manifest.parent, manifest=manifest.name,
+                          split={"train": 0.6, "val": 0.2, "test": 0.2})
 
 
 def test_ingest_copies_files_and_assigns_splits(tmp_path):

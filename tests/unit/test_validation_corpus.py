@@ -331,7 +331,7 @@ def user_folder(root: Path, rows: list[dict] | None = None) -> Path:
 
 
 def ingest_from(manifest: Path, out: Path) -> pd.DataFrame:
-    return ingest(params_section("ingest", source="manifest", manifest=manifest), out, seed=0)
+    return ingest(params_section("ingest", dataset=manifest.parent, manifest=manifest.name), out, seed=0)
 
 
 def _with_cell(manifest: Path, column: str, value: str) -> None:
