@@ -60,13 +60,16 @@ class Demo(Strict):
     audio_snr_db: tuple[float, float] = (-6.0, 2.0)
     missing_rate: float = Field(0.1, ge=0, lt=0.34)
     sample_rate: int = 16000
+    speakers: int = Field(ge=3)  # synthetic speakers, the demo's groups (multimodal.demo_speakers)
 
 
 class Ingest(Strict):
     source: Literal["demo", "manifest"] = "demo"
     manifest: Path | None = None
     split: Split = Split()
-    demo: Demo = Demo()
+    # With a given `split` column: the share of train rows (whole groups) moved to val; None keeps the split.
+    carve_val_groups: float | None = Field(gt=0, lt=1)
+    demo: Demo
 
     @model_validator(mode="after")
     def _manifest_named(self) -> "Ingest":
@@ -243,7 +246,7 @@ class Evaluate(Strict):
 
 class Params(Strict):
     base: Base
-    ingest: Ingest = Ingest()
+    ingest: Ingest
     validate_: Validate = Field(Validate(), alias="validate")
     preprocess: Preprocess = Preprocess()
     modalities: dict[str, ModalitySpec]

@@ -17,6 +17,7 @@ from multimodal.manifest import (
     SPLITS,
     ManifestError,
     assign_splits,
+    carve_val,
     read_manifest,
     relative_target,
     resolve_inside,
@@ -60,14 +61,22 @@ def copy_user_files(frame: pd.DataFrame, src_root: Path, dest: Path) -> None:
 
 
 def with_splits(frame: pd.DataFrame, cfg: Ingest, seed: int) -> pd.DataFrame:
+    """The manifest with its `split`: the given one (val carved out of train on request), else one that keeps
+    groups whole (`assign_splits`)."""
     if "split" in frame and (frame["split"] != "").all():
         bad = frame.index[~frame["split"].isin(SPLITS)].tolist()
         if bad:
             raise ManifestError(f"rows {[i + 2 for i in bad[:10]]} have a split outside {list(SPLITS)}")
-        return frame
+        if cfg.carve_val_groups is None:
+            return frame
+        return frame.assign(split=carve_val(frame, cfg.carve_val_groups, seed))
     if "split" in frame and (frame["split"] != "").any():
         empty = frame.index[frame["split"] == ""].tolist()
         raise ManifestError(f"`split` is filled for some rows but empty for rows {[i + 2 for i in empty[:10]]}")
+    if cfg.carve_val_groups is not None:
+        # Not an error: the same params serve manifests with and without a split column.
+        logger.warning("ingest.carve_val_groups is ignored: the manifest has no `split` column, and the split made "
+                       "for it (ingest.split) already keeps groups whole")
     return frame.assign(split=assign_splits(frame, cfg.split.model_dump(), seed))
 
 
@@ -81,7 +90,7 @@ def ingest(cfg: Ingest, out_dir: Path, seed: int) -> pd.DataFrame:
             frame = build_demo_dataset(
                 tmp, n_samples=d.n_samples, seed=seed, image_components=d.image_components,
                 image_noise=d.image_noise, audio_snr_db=tuple(d.audio_snr_db), missing_rate=d.missing_rate,
-                sample_rate=d.sample_rate,
+                sample_rate=d.sample_rate, speakers=d.speakers,
             ).astype(str)
         else:
             # Cells that are not UTF-8 are kept (byte for byte) for `validate` to report with their rows.

@@ -90,7 +90,7 @@ def test_manifest_source_needs_a_manifest(tmp_path, raw_params):
     params = load_params(write(tmp_path, raw))
     assert params.ingest.manifest == Path("data/user/manifest.csv")
     with pytest.raises(ValueError, match="names no file"):
-        Ingest(source="manifest")
+        Ingest.model_validate({**raw_params["ingest"], "source": "manifest", "manifest": None})
 
 
 def test_unreadable_yaml_is_a_params_error(tmp_path):
