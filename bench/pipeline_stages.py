@@ -73,7 +73,7 @@ def main() -> None:
         metrics = json.loads((project / "metrics/evaluate.json").read_text())
         run(["dvc", "status"], project)
     total = sum(r[1] for r in rows)
-    print(f"| stage | wall s | share of total | peak RSS MiB |\n|---|---|---|---|")
+    print("| stage | wall s | share of total | peak RSS MiB |\n|---|---|---|---|")
     for stage, seconds, rss in rows:
         print(f"| {stage} | {seconds:.1f} | {seconds / total:.0%} | {rss / 2**20:.0f} |")
     print(f"| **total** | **{total:.1f}** | 100% | {max(r[2] for r in rows) / 2**20:.0f} (max) |")

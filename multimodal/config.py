@@ -69,6 +69,7 @@ class Demo(Strict):
     audio_snr_db: tuple[float, float]
     missing_rate: float = Field(ge=0, lt=0.34)
     sample_rate: int
+    speakers: int = Field(ge=3)  # synthetic speakers, the demo's groups (multimodal.demo_speakers)
 
 
 class Ingest(Strict):
@@ -77,6 +78,8 @@ class Ingest(Strict):
     dataset: Path
     manifest: str = Field(min_length=1)  # CSV or Parquet, a path inside `dataset`
     split: Split
+    # With a given `split` column: the share of train rows (whole groups) moved to val; None keeps the split.
+    carve_val_groups: float | None = Field(gt=0, lt=1)
 
 
 class Validate(Strict):

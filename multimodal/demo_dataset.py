@@ -11,14 +11,19 @@ Recipe
   (0-1 scale) and each image is rebuilt from its first ``image_components`` principal components only, which
   throws away most of the energy; Gaussian pixel noise of std ``image_noise`` is added, the result is clipped
   to [0, 1] and stored as uint8.
+- **Speakers** (the ``group`` column). ``speakers`` synthetic speakers (:mod:`multimodal.demo_speakers`), each
+  with its own eSpeak voice (accent + variant), base pitch and rate, and recording channel (a fixed random
+  band-pass/equaliser filter and a background noise of a fixed colour). Every sample belongs to one speaker,
+  dealt class by class in rotation, so each speaker says every digit about equally often. The default split
+  keeps speakers whole, so val and test voices and devices are never heard in training.
 - **Audio** (``audio/<sample_id>.wav``, mono PCM_16, exactly 1 s at ``sample_rate``). The digit's English name
-  ("zero" ... "nine") is spoken by eSpeak NG (:mod:`multimodal.speech`) with a voice, speaking rate
-  (120-220 wpm) and pitch (20-80) drawn per sample; leading/trailing silence is trimmed, the speech is
-  resampled with ``scipy.signal.resample_poly`` and placed at a random offset in the 1 s clip. A competing
-  "babble" word (another digit's name, its own voice, rate, pitch and offset) is added 8-16 dB below the
-  target, then white, pink or brown noise at a speech-to-noise ratio drawn uniformly from ``audio_snr_db``
-  (measured over the word's own duration, not the whole clip). The clip is peak-normalized to 0.9, so it never
-  clips.
+  ("zero" ... "nine") is spoken by eSpeak NG (:mod:`multimodal.speech`) in the sample's speaker's voice, with a
+  little jitter on their pitch and rate; leading/trailing silence is trimmed, the speech is resampled with
+  ``scipy.signal.resample_poly`` and placed at a random offset in the 1 s clip. A competing "babble" word
+  (another digit's name, said by a random speaker at their own offset) is added 8-16 dB below the target, then
+  noise of the speaker's colour at a speech-to-noise ratio drawn uniformly from ``audio_snr_db`` (measured over
+  the word's own duration, not the whole clip). The mix passes through the speaker's channel filter and is
+  peak-normalized to 0.9, so it never clips.
 - **Text** (the ``text`` column). A short English hint giving partial information: one attribute (70 %) or two
   (30 %) among parity (even/odd), magnitude (lower half 0-4 / upper half 5-9), closed loop (0, 4, 6, 8, 9 are
   drawn with a closed loop) and primality (2, 3, 5, 7), each with varied wording. A hint never contains a digit
@@ -31,7 +36,7 @@ Recipe
   fixed batches of 500 clips, each in a freshly started process (:func:`multimodal.speech.synthesize_fresh`).
   The same arguments therefore give byte-identical files and the same manifest.
 
-The manifest returned has columns ``sample_id, label, image, audio, text`` with paths relative to ``out_dir``;
+The manifest returned has columns ``sample_id, label, group, image, audio, text`` with paths relative to ``out_dir``;
 the caller writes it and adds the split.
 """
 
@@ -51,6 +56,7 @@ from PIL import Image
 from scipy.signal import firwin, resample_poly
 from tqdm import tqdm
 
+from multimodal.demo_speakers import Speaker, deal_speakers, make_speakers
 from multimodal.speech import Utterance, synthesize_fresh
 
 __all__ = ["build_demo_dataset", "DIGIT_NAMES", "MANIFEST_COLUMNS"]
@@ -58,22 +64,18 @@ __all__ = ["build_demo_dataset", "DIGIT_NAMES", "MANIFEST_COLUMNS"]
 logger = logging.getLogger(__name__)
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-MANIFEST_COLUMNS = ["sample_id", "label", "image", "audio", "text"]
+MANIFEST_COLUMNS = ["sample_id", "label", "group", "image", "audio", "text"]
 MODALITIES = ("image", "audio", "text")
 
 IMAGE_SIDE = 28
 CLIP_SECONDS = 1.0
-VOICES = ("en", "en-us", "en+f2", "en+f3", "en+f4", "en+m1", "en+m3", "en+m7", "en-gb-scotland", "en-029")
-RATE_WPM = (120, 220)
-PITCH = (20, 80)
 BABBLE_DB = (-16.0, -8.0)  # babble level relative to the target word: audible but never dominant
-NOISE_EXPONENTS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f**exponent
 PEAK = 0.9
 SILENCE_THRESHOLD = 0.01  # of full scale; eSpeak pads words with near-zero samples
 SPEECH_BATCH = 500  # clips per fresh eSpeak process; fixed so the output never depends on the machine
 
 # Stream ids: each concern draws from its own generator so changing one does not reshuffle the others.
-_SELECT, _IMAGE, _AUDIO, _TEXT, _MISSING = range(5)
+_SELECT, _IMAGE, _AUDIO, _TEXT, _MISSING, _SPEAKERS, _DEAL = range(7)
 
 # Closed-loop digits: 0, 6, 8, 9 obviously; 4 in its printed, closed form (fixed choice, documented above).
 _LOOP_DIGITS = frozenset({0, 4, 6, 8, 9})
@@ -170,29 +172,24 @@ def _resample(wave: np.ndarray, source_rate: int, target_rate: int) -> np.ndarra
     return resample_poly(wave.astype(np.float64), up, down, window=_lowpass(up, down))
 
 
-def _utterance(word: str, rng: np.random.Generator) -> Utterance:
-    """`word` with a voice, speaking rate and pitch drawn from `rng`."""
-    voice = VOICES[rng.integers(len(VOICES))]
-    rate = int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1))
-    pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
-    return Utterance(text=word, voice=voice, rate=rate, pitch=pitch)
-
-
 @dataclass
 class _ClipPlan:
     """What one clip says (drawn up front so speech can run in batches) and the rng for the rest of it."""
 
     index: int
+    speaker: Speaker
     target: Utterance
     babble: Utterance
     rng: np.random.Generator  # continues after the voice draws: offsets, levels, noise
 
 
-def _plan_clip(index: int, label: int, seed: int) -> _ClipPlan:
-    """Draw the spoken word and a competing word of another digit, from the clip's own generator."""
+def _plan_clip(index: int, label: int, seed: int, speaker: Speaker, speakers: list[Speaker]) -> _ClipPlan:
+    """The word as `speaker` says it and another digit's word by a random speaker, from the clip's own generator."""
     rng = _rng(seed, _AUDIO, index)
     other = (label + 1 + int(rng.integers(9))) % 10  # any digit but the label
-    return _ClipPlan(index, _utterance(DIGIT_NAMES[label], rng), _utterance(DIGIT_NAMES[other], rng), rng)
+    target = speaker.utterance(DIGIT_NAMES[label], rng)
+    babble = speakers[rng.integers(len(speakers))].utterance(DIGIT_NAMES[other], rng)
+    return _ClipPlan(index, speaker, target, babble, rng)
 
 
 def _spoken_clips(plans: list[_ClipPlan], sample_rate: int) -> Iterator[tuple[_ClipPlan, np.ndarray, np.ndarray]]:
@@ -238,17 +235,18 @@ def _peak_normalize(x: np.ndarray) -> np.ndarray:
     return (x * (PEAK / peak) if peak > 0 else x).astype(np.float32)
 
 
-def _mix_clip(target: np.ndarray, babble: np.ndarray, rng: np.random.Generator, clip_len: int,
+def _mix_clip(plan: _ClipPlan, target: np.ndarray, babble: np.ndarray, clip_len: int,
               snr_db: tuple[float, float]) -> np.ndarray:
-    """One clip: the word at a random offset, faint babble elsewhere, coloured noise at a random SNR."""
+    """One clip: the word at a random offset, faint babble elsewhere, the speaker's noise at a random SNR, all
+    through the speaker's channel."""
+    rng = plan.rng
     target, span = _place(target, clip_len, rng)
     speech_power = _power(target[span])  # SNR refers to the word itself, not to the silence around it
     babble, babble_span = _place(babble, clip_len, rng)
     babble_gain = np.sqrt(speech_power / _power(babble[babble_span]) * 10 ** (rng.uniform(*BABBLE_DB) / 10))
-    color = list(NOISE_EXPONENTS)[rng.integers(len(NOISE_EXPONENTS))]
-    noise = _colored_noise(clip_len, NOISE_EXPONENTS[color], rng)
+    noise = _colored_noise(clip_len, plan.speaker.noise_exponent, rng)
     noise_gain = np.sqrt(speech_power * 10 ** (-rng.uniform(*snr_db) / 10))
-    return _peak_normalize(target + babble_gain * babble + noise_gain * noise)
+    return _peak_normalize(plan.speaker.record(target + babble_gain * babble + noise_gain * noise))
 
 
 def _hint(label: int, rng: np.random.Generator) -> str:
@@ -308,12 +306,13 @@ def _check_numbers(image_noise: float, snr_db: tuple[float, float], sample_rate:
         raise ValueError(f"sample_rate must be at least 8000 Hz, got {sample_rate}")
 
 
-def _manifest(labels: np.ndarray, missing: np.ndarray, hints: list[str]) -> pd.DataFrame:
-    """The manifest rows: relative file paths and hint text, "" where a modality is missing."""
+def _manifest(labels: np.ndarray, groups: list[str], missing: np.ndarray, hints: list[str]) -> pd.DataFrame:
+    """The manifest rows: speaker, relative file paths and hint text, "" where a modality is missing."""
     ids = [f"s{i:05d}" for i in range(len(labels))]
     return pd.DataFrame({
         "sample_id": ids,
         "label": labels.astype(int),
+        "group": groups,
         "image": ["" if gone else f"images/{i}.png" for i, gone in zip(ids, missing[:, 0])],
         "audio": ["" if gone else f"audio/{i}.wav" for i, gone in zip(ids, missing[:, 1])],
         "text": ["" if gone else hint for hint, gone in zip(hints, missing[:, 2])],
@@ -330,11 +329,13 @@ def build_demo_dataset(
     audio_snr_db: tuple[float, float],
     missing_rate: float,
     sample_rate: int,
+    speakers: int,
 ) -> pd.DataFrame:
     """Write the demo images and clips under `out_dir` and return the manifest (see the module docstring).
 
-    The manifest has columns ``sample_id, label, image, audio, text``; paths are relative to `out_dir`, and ""
-    marks a missing modality. Neither the manifest file nor a split column is written here.
+    The manifest has columns ``sample_id, label, group, image, audio, text``; ``group`` is the speaker, paths are
+    relative to `out_dir`, and "" marks a missing modality. Neither the manifest file nor a split column is
+    written here.
     """
     out_dir = Path(out_dir)
     snr_db = (float(audio_snr_db[0]), float(audio_snr_db[1]))
@@ -346,20 +347,23 @@ def build_demo_dataset(
     images = _degrade_images(pixels[chosen], image_components, image_noise, _rng(seed, _IMAGE))
     text_rng = _rng(seed, _TEXT)
     hints = [_hint(int(label), text_rng) for label in labels]  # drawn for all, so the mask cannot shift them
-    frame = _manifest(labels, missing, hints)
+    voices = make_speakers(speakers, _rng(seed, _SPEAKERS), sample_rate)
+    speaker_of = deal_speakers(labels, speakers, _rng(seed, _DEAL))
+    frame = _manifest(labels, [voices[k].name for k in speaker_of], missing, hints)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "audio").mkdir(parents=True, exist_ok=True)
-    logger.info("Building %d demo samples in %s (seed %d)", n_samples, out_dir, seed)
+    logger.info("Building %d demo samples by %d speakers in %s (seed %d)", n_samples, speakers, out_dir, seed)
 
     with tqdm(total=int((~missing[:, :2]).sum()), desc="demo dataset", unit="file") as progress:
         for rel, image in zip(frame["image"], images):
             if rel:
                 _write_png(out_dir / rel, image)
                 progress.update()
-        plans = [_plan_clip(i, int(labels[i]), seed) for i in np.flatnonzero(~missing[:, 1])]
+        plans = [_plan_clip(i, int(labels[i]), seed, voices[speaker_of[i]], voices)
+                 for i in np.flatnonzero(~missing[:, 1])]
         clip_len = int(round(CLIP_SECONDS * sample_rate))
         for plan, target, babble in _spoken_clips(plans, sample_rate):
-            wave = _mix_clip(target, babble, plan.rng, clip_len, snr_db)
+            wave = _mix_clip(plan, target, babble, clip_len, snr_db)
             _write_wav(out_dir / frame["audio"].iat[plan.index], wave, sample_rate)
             progress.update()
 

@@ -103,19 +103,102 @@ def relative_target(cell: str) -> Path:
     return target
 
 
+def _units(frame: pd.DataFrame) -> pd.Series:
+    """What a split keeps whole: the row's group, or the row alone where it has none (prefixed: never confused)."""
+    rows = "row:" + frame["sample_id"].astype(str)
+    if "group" not in frame:
+        return rows
+    return ("group:" + frame["group"].astype(str)).where(frame["group"] != "", rows)
+
+
+def _unit_classes(units: pd.Series, labels: pd.Series) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, ...]]]:
+    """(unit names, class names, per unit: (class indices, counts)): a sparse unit x class count table."""
+    unit_names, unit_idx = np.unique(units.to_numpy(dtype=str), return_inverse=True)
+    classes, class_idx = np.unique(labels.to_numpy(dtype=str), return_inverse=True)
+    keys, counts = np.unique(unit_idx.astype(np.int64) * len(classes) + class_idx, return_counts=True)
+    starts = np.searchsorted(keys // len(classes), np.arange(len(unit_names) + 1))
+    per_unit = [(keys[a:b] % len(classes), counts[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+    return unit_names, classes, per_unit
+
+
+def _greedy(per_unit: list[tuple[np.ndarray, ...]], targets: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Units in `order`, each to the split where it first brings the most missing classes, then where it brings
+    the per-class counts closest to `targets` (splits x classes) in squared error; (split per unit, counts)."""
+    counts = np.zeros_like(targets)
+    split_of = np.empty(len(per_unit), dtype=np.int64)
+    for unit in order:
+        cls, n = per_unit[unit]
+        here = counts[:, cls]
+        new_classes = (here == 0).sum(axis=1)
+        error_change = (n * (2 * (here - targets[:, cls]) + n)).sum(axis=1)
+        split_of[unit] = np.lexsort((error_change, -new_classes))[0]
+        counts[split_of[unit], cls] += n
+    return split_of, counts
+
+
+_ATTEMPTS = 20  # random unit orders tried before declaring the class coverage unreachable
+
+
+def _split_units(units: pd.Series, labels: pd.Series, fractions: dict[str, float],
+                 rng: np.random.Generator) -> dict[str, str]:
+    """Unit -> split name: sample counts near `fractions` per class, every class in every split, or ManifestError."""
+    names = list(fractions)
+    unit_names, classes, per_unit = _unit_classes(units, labels)
+    held_by = np.concatenate([cls for cls, _ in per_unit])
+    holders = np.bincount(held_by, minlength=len(classes))
+    scarce = classes[holders < len(names)].tolist()
+    if scarce:
+        raise ManifestError(
+            f"cannot split: label(s) {scarce[:20]} occur in fewer than {len(names)} groups (or ungrouped rows), but "
+            f"every split {names} needs every label and a group stays in one split; add data for them or give a "
+            "`split` column")
+    totals = np.bincount(held_by, weights=np.concatenate([n for _, n in per_unit]), minlength=len(classes))
+    targets = np.array([fractions[name] for name in names])[:, None] * totals[None, :]
+    sizes = np.array([n.sum() for _, n in per_unit])
+    for _ in range(_ATTEMPTS):
+        shuffled = rng.permutation(len(per_unit))
+        order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]  # big units first, ties in random order
+        split_of, counts = _greedy(per_unit, targets, order)
+        if (counts > 0).all():
+            return {unit: names[k] for unit, k in zip(unit_names, split_of)}
+    lacking = {names[k]: classes[counts[k] == 0].tolist()[:10] for k in range(len(names)) if (counts[k] == 0).any()}
+    raise ManifestError(f"cannot split {len(unit_names)} groups so that every split {names} holds every label "
+                        f"(after {_ATTEMPTS} tries, e.g. missing {lacking}); add groups or give a `split` column")
+
+
 def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
-    """Stratified (by label) split; with a `group` column, whole groups go to one split."""
-    rng = np.random.default_rng(seed)
-    units = frame["group"].where(frame["group"] != "", frame["sample_id"]) if "group" in frame else frame["sample_id"]
-    # A unit (group or sample) is stratified by its most common label.
-    unit_label = frame.groupby(units)["label"].agg(lambda s: s.value_counts().index[0])
-    split_of_unit: dict[str, str] = {}
-    for _, members in unit_label.groupby(unit_label):
-        names = members.index.to_numpy().copy()
-        rng.shuffle(names)
-        n = len(names)
-        n_train = int(round(fractions["train"] * n))
-        n_val = int(round(fractions["val"] * n))
-        for i, name in enumerate(names):
-            split_of_unit[name] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
-    return units.map(split_of_unit).rename("split")
+    """A split per row: whole groups (rows without a group alone), sample counts per label near `fractions`,
+    every label in every split; ManifestError where that is impossible. Without groups it is a stratified split."""
+    units = _units(frame)
+    mapping = _split_units(units, frame["label"], fractions, np.random.default_rng(seed))
+    return units.map(mapping).rename("split")
+
+
+def carve_val(frame: pd.DataFrame, fraction: float, seed: int) -> pd.Series:
+    """The given `split` with `fraction` of the train rows, whole groups, moved to val (every label in both)."""
+    given = int((frame["split"] == "val").sum())
+    if given:
+        raise ManifestError(f"ingest.carve_val_groups moves train groups to val, but the manifest's `split` column "
+                            f"already has {given} val rows; drop them or set ingest.carve_val_groups: null")
+    train = frame["split"] == "train"
+    units = _units(frame[train])
+    mapping = _split_units(units, frame.loc[train, "label"], {"train": 1 - fraction, "val": fraction},
+                           np.random.default_rng(seed))
+    return frame["split"].where(~train, units.map(mapping)).rename("split")
+
+
+def group_overlap(frame: pd.DataFrame, limit: int = 10) -> list[str]:
+    """One sentence per pair of splits sharing groups: evaluation on seen groups (empty: none shared)."""
+    if "group" not in frame:
+        return []
+    grouped = frame[frame["group"].fillna("") != ""]
+    members = {split: set(grouped.loc[grouped["split"] == split, "group"]) for split in SPLITS}
+    out = []
+    for seen, held in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sorted(members[seen] & members[held], key=str)
+        if shared:
+            rows = int(((grouped["split"] == held) & grouped["group"].isin(shared)).sum())
+            shown = shared[:limit] + ["..."] * (len(shared) > limit)
+            out.append(f"split {held!r} shares {len(shared)} group(s) with {seen!r} ({rows} {held} rows): {shown}; "
+                       f"its scores measure groups seen in {seen!r}, not new ones")
+    return out

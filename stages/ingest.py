@@ -18,6 +18,7 @@ from multimodal.manifest import (
     SPLITS,
     ManifestError,
     assign_splits,
+    carve_val,
     read_manifest,
     relative_target,
     resolve_inside,
@@ -61,14 +62,22 @@ def copy_user_files(frame: pd.DataFrame, src_root: Path, dest: Path) -> None:
 
 
 def with_splits(frame: pd.DataFrame, cfg: Ingest, seed: int) -> pd.DataFrame:
+    """The manifest with its `split`: the given one (val carved out of train on request), else one that keeps
+    groups whole (`assign_splits`)."""
     if "split" in frame and (frame["split"] != "").all():
         bad = frame.index[~frame["split"].isin(SPLITS)].tolist()
         if bad:
             raise ManifestError(f"rows {[i + 2 for i in bad[:10]]} have a split outside {list(SPLITS)}")
-        return frame
+        if cfg.carve_val_groups is None:
+            return frame
+        return frame.assign(split=carve_val(frame, cfg.carve_val_groups, seed))
     if "split" in frame and (frame["split"] != "").any():
         empty = frame.index[frame["split"] == ""].tolist()
         raise ManifestError(f"`split` is filled for some rows but empty for rows {[i + 2 for i in empty[:10]]}")
+    if cfg.carve_val_groups is not None:
+        # Not an error: the same params serve manifests with and without a split column.
+        logger.warning("ingest.carve_val_groups is ignored: the manifest has no `split` column, and the split made "
+                       "for it (ingest.split) already keeps groups whole")
     return frame.assign(split=assign_splits(frame, cfg.split.model_dump(), seed))
 
 

@@ -27,9 +27,9 @@ def test_pipeline_end_to_end_then_noop_then_experiment(project: Path) -> None:
     assert stages_run(first.stdout) == STAGES
 
     manifest = (project / "data/raw/manifest.csv").read_text().splitlines()
-    assert manifest[0] == "sample_id,label,image,audio,text,split" and len(manifest) == 121
+    assert manifest[0] == "sample_id,label,group,image,audio,text,split" and len(manifest) == 121
     report = json.loads((project / "data/validated/report.json").read_text())
-    assert report["success"] is True
+    assert report["success"] is True and report["warnings"] == []  # val and test speakers are never in train
     for modality in ("image", "audio", "text"):
         assert (project / f"data/preprocessed/{modality}/train-00000.safetensors").stat().st_size > 0
     assert (project / "data/aligned/embedder.safetensors").exists()

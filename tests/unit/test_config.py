@@ -16,7 +16,6 @@ from multimodal.config import MODALITIES, ModalitySpec, Params, ParamsError, loa
 from multimodal.modalities import REGISTRY
 from multimodal.model import ModelSpec
 from multimodal.train import TrainConfig
-from tests.unit.conftest import params_section
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = REPO / "params.yaml"

@@ -13,11 +13,12 @@ from PIL import Image
 
 from multimodal import demo_dataset as dd
 from multimodal.demo_dataset import DIGIT_NAMES, MANIFEST_COLUMNS, build_demo_dataset
+from multimodal.demo_speakers import PITCH_JITTER, make_speakers
 from multimodal.speech import Utterance, synthesize, synthesize_fresh
 
 N = 40
 ARGS = dict(n_samples=N, seed=7, image_components=6, image_noise=0.35, audio_snr_db=(-16.0, -8.0),
-            missing_rate=0.2, sample_rate=16000)
+            missing_rate=0.2, sample_rate=16000, speakers=4)
 _FORBIDDEN = re.compile("|".join([*DIGIT_NAMES, r"\d"]), re.IGNORECASE)
 
 
@@ -39,6 +40,41 @@ def test_manifest_columns_ids_and_labels(built: tuple[Path, pd.DataFrame]) -> No
     assert df["sample_id"].tolist() == [f"s{i:05d}" for i in range(N)]
     assert df["label"].between(0, 9).all()
     assert np.bincount(df["label"], minlength=10).tolist() == [N // 10] * 10  # class-balanced pick
+
+
+def test_each_speaker_says_every_digit(built: tuple[Path, pd.DataFrame]) -> None:
+    _, df = built
+    assert sorted(df["group"].unique()) == ["spk00", "spk01", "spk02", "spk03"]
+    # 4 samples per digit dealt round 4 speakers: one each, whatever the modality mask.
+    assert (pd.crosstab(df["group"], df["label"]) == 1).all().all()
+
+
+def test_speakers_have_their_own_voice_style_and_channel() -> None:
+    speakers = make_speakers(30, np.random.default_rng(0), 16000)
+    assert [s.name for s in speakers] == [f"spk{k:02d}" for k in range(30)]
+    assert len({s.voice for s in speakers}) == 30
+    assert len({(s.pitch, s.rate) for s in speakers}) > 20
+    assert len({s.taps.tobytes() for s in speakers}) == 30 and len({s.noise_exponent for s in speakers}) == 30
+    again = make_speakers(30, np.random.default_rng(0), 16000)
+    assert [(s.voice, s.pitch, s.rate, s.taps.tobytes()) for s in speakers] == \
+        [(s.voice, s.pitch, s.rate, s.taps.tobytes()) for s in again]
+    rng = np.random.default_rng(1)
+    said = [speakers[0].utterance("four", rng) for _ in range(50)]
+    assert {u.voice for u in said} == {speakers[0].voice}  # one voice per speaker, jitter on pitch and rate only
+    assert all(abs(u.pitch - speakers[0].pitch) <= PITCH_JITTER for u in said) and len({u.rate for u in said}) > 1
+
+
+def test_a_speaker_channel_shapes_the_spectrum() -> None:
+    speaker = make_speakers(1, np.random.default_rng(3), 16000)[0]
+    noise = np.random.default_rng(0).standard_normal(16000)
+    recorded = speaker.record(noise)
+    assert recorded.shape == noise.shape
+    # What comes out is the input's spectrum times the filter's response (linear, time-invariant).
+    response = np.abs(np.fft.rfft(speaker.taps, 16000))
+    measured = np.abs(np.fft.rfft(recorded)) / np.maximum(np.abs(np.fft.rfft(noise)), 1e-9)
+    band = slice(1000, 6000)  # away from the edges, where "same" convolution cuts the tails
+    assert np.median(np.abs(measured[band] - response[band])) < 0.1 * response[band].max()
+    assert response[:20].max() < 0.2 * response.max()  # the band-pass removes DC and rumble
 
 
 def test_no_manifest_file_written(built: tuple[Path, pd.DataFrame]) -> None:
@@ -122,7 +158,8 @@ def test_other_seed_differs(built: tuple[Path, pd.DataFrame], tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("bad", [{"n_samples": 0}, {"n_samples": 10**6}, {"missing_rate": 1.0},
-                                 {"image_components": 0}, {"audio_snr_db": (0.0, -5.0)}, {"sample_rate": 100}])
+                                 {"image_components": 0}, {"audio_snr_db": (0.0, -5.0)}, {"sample_rate": 100},
+                                 {"speakers": 0}, {"speakers": 10**4}])
 def test_invalid_arguments_raise(bad: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         build_demo_dataset(tmp_path, **{**ARGS, **bad})

@@ -12,6 +12,7 @@ from PIL import Image
 
 from multimodal.config import Ingest
 from multimodal.manifest import MANIFEST_NAME, ManifestError, read_manifest, resolve_inside
+from stages.demo import build_demo
 from stages.ingest import ingest
 from tests.unit.conftest import params_section
 
@@ -49,9 +50,10 @@ def user_dataset(root: Path, *, split: list[str] | None = None) -> Path:
     return root / MANIFEST_NAME
 
 
-def cfg_for(manifest: Path) -> Ingest:
+def cfg_for(manifest: Path, **changes) -> Ingest:
+    """The repo's `ingest` params for a user manifest, 0.6/0.2/0.2 split, with `changes` on top."""
     return params_section("ingest", dataset=manifest.parent, manifest=manifest.name,
-                          split={"train": 0.6, "val": 0.2, "test": 0.2})
+                          split={"train": 0.6, "val": 0.2, "test": 0.2}, **changes)
 
 
 def test_ingest_copies_files_and_assigns_splits(tmp_path):
@@ -193,3 +195,36 @@ def test_non_normalised_cells_land_where_they_resolve(tmp_path):
     written = ingest(cfg_for(manifest), out, seed=0)
     for cell in written.loc[[1, 2], "image"]:
         assert resolve_inside(out, cell).is_file(), cell
+
+
+def test_carve_val_groups_takes_whole_train_groups_and_keeps_test(tmp_path):
+    given = ["test" if i % 10 >= 8 else "train" for i in range(N)]
+    manifest = user_dataset(tmp_path / "user", split=given)
+    frame = read_manifest(manifest)
+    frame.insert(2, "group", [f"g{i % 10}" for i in range(N)])  # each group holds every label
+    frame.to_csv(manifest, index=False)
+    written = ingest(cfg_for(manifest, carve_val_groups=0.25), tmp_path / "raw", seed=0)
+    split = written["split"]
+    assert (split[[s == "test" for s in given]] == "test").all()
+    val, train = set(written.loc[split == "val", "group"]), set(written.loc[split == "train", "group"])
+    assert len(val) == 2 and val.isdisjoint(train) and len(train) == 6  # 6 of 24 train rows: two groups of 3
+    assert read_manifest(tmp_path / "raw" / MANIFEST_NAME)["split"].tolist() == split.tolist()
+
+
+def test_carve_val_groups_is_ignored_without_a_split_column(tmp_path, caplog):
+    manifest = user_dataset(tmp_path / "user")
+    written = ingest(cfg_for(manifest, carve_val_groups=0.25), tmp_path / "raw", seed=0)
+    assert written["split"].tolist() == ingest(cfg_for(manifest), tmp_path / "again", seed=0)["split"].tolist()
+    assert "carve_val_groups is ignored" in caplog.text
+
+
+def test_demo_split_holds_out_whole_speakers(tmp_path):
+    # The demo stage's dataset, then ingest reading it as any dataset folder.
+    build_demo(params_section("demo", n_samples=60, speakers=6), tmp_path / "demo", seed=0)
+    frame = ingest(params_section("ingest", dataset=tmp_path / "demo"), tmp_path / "raw", seed=0)
+    header = (tmp_path / "raw" / MANIFEST_NAME).read_text().splitlines()[0]
+    assert header == "sample_id,label,group,image,audio,text,split"
+    assert frame["group"].nunique() == 6
+    assert (frame.groupby("group")["split"].nunique() == 1).all()  # val and test speakers are never heard in train
+    assert (pd.crosstab(frame["label"], frame["split"]) > 0).all().all() and set(frame["split"]) == {"train", "val",
+                                                                                                       "test"}

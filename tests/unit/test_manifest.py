@@ -7,7 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multimodal.manifest import ManifestError, assign_splits, modality_columns, read_manifest, resolve_inside
+from multimodal.manifest import (
+    ManifestError,
+    assign_splits,
+    carve_val,
+    group_overlap,
+    modality_columns,
+    read_manifest,
+    resolve_inside,
+)
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -189,3 +197,67 @@ def test_assign_splits_keeps_groups_whole():
     assert (per_group == 1).all(), per_group[per_group > 1]
     assert set(split) == {"train", "val", "test"}
     assert split.notna().all()
+
+
+def speaker_frame(speakers: int = 30, per_label: int = 10, seed: int = 0) -> pd.DataFrame:
+    """Every speaker says every digit `per_label` times, as in the demo: no label tells speakers apart."""
+    rows = [{"sample_id": f"{g}-{d}-{k}", "label": str(d), "group": f"spk{g:02d}", "text": "t"}
+            for g in range(speakers) for d in range(10) for k in range(per_label)]
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("speakers", [7, 20, 40])
+def test_speakers_are_held_out_whole_with_every_label_in_every_split(speakers):
+    frame = speaker_frame(speakers)
+    split = assign_splits(frame, FRACTIONS, seed=0)
+    assert (split.groupby(frame["group"]).nunique() == 1).all()  # a speaker lives in one split
+    assert (pd.crosstab(frame["label"], split) > 0).all().all() and set(split) == set(FRACTIONS)
+    # Sample counts near the fractions, to within one speaker.
+    share = split.value_counts(normalize=True)
+    for name, fraction in FRACTIONS.items():
+        assert abs(share[name] - fraction) <= 1 / speakers + 1e-9, share
+
+
+def test_speaker_split_is_deterministic_and_seeded():
+    frame = speaker_frame()
+    first = assign_splits(frame, FRACTIONS, seed=1)
+    assert first.equals(assign_splits(frame, FRACTIONS, seed=1))
+    assert not first.equals(assign_splits(frame, FRACTIONS, seed=2))
+
+
+def test_a_label_in_too_few_groups_cannot_be_split():
+    frame = speaker_frame(10)
+    frame.loc[frame["label"] == "3", "group"] = frame.loc[frame["label"] == "3", "group"].where(
+        frame["group"] < "spk02", "spk00")  # only speakers 0 and 1 say "3"
+    with pytest.raises(ManifestError, match=r"label\(s\) \['3'\] occur in fewer than 3 groups"):
+        assign_splits(frame, FRACTIONS, seed=0)
+
+
+def test_carve_val_moves_whole_train_groups_and_keeps_test():
+    frame = speaker_frame(20)
+    frame["split"] = np.where(frame["group"] < "spk04", "test", "train")
+    split = carve_val(frame, 0.25, seed=0)
+    assert (split[frame["split"] == "test"] == "test").all()  # test untouched
+    val = frame.loc[split == "val", "group"]
+    assert set(val).isdisjoint(frame.loc[split == "train", "group"]) and val.nunique() == 4  # 4 of 16 speakers
+    assert sorted(frame.loc[split == "val", "label"].unique()) == [str(d) for d in range(10)]
+    assert group_overlap(frame.assign(split=split)) == []
+
+
+def test_carve_val_refuses_a_split_that_has_val_rows():
+    frame = speaker_frame(10).assign(split="train")
+    frame.loc[0, "split"] = "val"
+    with pytest.raises(ManifestError, match="already has 1 val rows.*carve_val_groups: null"):
+        carve_val(frame, 0.2, seed=0)
+
+
+def test_group_overlap_names_the_shared_groups_per_pair_of_splits():
+    frame = pd.DataFrame({"group": ["a", "a", "b", "b", "c", ""], "split": ["train", "test", "train", "val", "val",
+                                                                          "test"]})
+    assert group_overlap(frame) == [
+        "split 'val' shares 1 group(s) with 'train' (1 val rows): ['b']; its scores measure groups seen in 'train', "
+        "not new ones",
+        "split 'test' shares 1 group(s) with 'train' (1 test rows): ['a']; its scores measure groups seen in 'train', "
+        "not new ones",
+    ]
+    assert group_overlap(frame.drop(columns="group")) == []

@@ -52,8 +52,6 @@ DEFECTS: dict[str, tuple[set[str], str, str, str | None]] = {
     "absolute": ({"image_decodes"}, "image", "is absolute", None),
     "missing_file": ({"audio_decodes"}, "audio", "file not found", "aud/nope.wav"),
     "directory": ({"image_decodes"}, "image", "not a regular file", "img"),
-    "leak_train": ({"group_in_one_split"}, "group", "group 'spk1' spans 2 splits ['test', 'train']", None),
-    "leak_test": ({"group_in_one_split"}, "group", "group 'spk1' spans 2 splits", None),
     "tiny_image": ({"image_width", "image_height"}, "image", "is 2 px; allowed 4..8192", "img/tiny.png"),
     "short_audio": ({"audio_duration"}, "audio", "duration 0.050 s; allowed 0.1..60 s", "aud/short.wav"),
     "clipped_audio": ({"audio_clipping"}, "audio", "of samples clipped; allowed 1.0%", "aud/clipped.wav"),
@@ -61,6 +59,9 @@ DEFECTS: dict[str, tuple[set[str], str, str, str | None]] = {
     "no_modality": ({"any_modality"}, "modalities_present", "no modality present", None),
 }
 VALID_EXTRA = ("empty_text_cell",)  # an empty text cell means "no text": a supported case, not a defect
+# One group in train and test: evaluation on a seen group is worth a warning, but the rows are valid.
+WARNED = ("leak_train", "leak_test")
+LEAK_WARNING = "split 'test' shares 1 group(s) with 'train' (1 test rows): ['spk1']"
 
 
 def _wave(path: Path, wave: np.ndarray, rate: int = RATE) -> str:
@@ -214,8 +215,17 @@ def test_clean_rows_and_an_empty_text_cell_are_not_flagged(corpus):
     frame, result = corpus
     flagged = {f.sample_id for f in result.failing_rows}
     assert flagged == set(DEFECTS)
-    assert result.n_failing_rows == len(frame) - 6 - len(VALID_EXTRA)
+    assert result.n_failing_rows == len(frame) - 6 - len(VALID_EXTRA) - len(WARNED)
     assert result.dataset_failures == []  # the clean rows still cover every class in every split
+
+
+def test_a_group_in_train_and_test_is_a_warning_not_a_failure(corpus):
+    _, result = corpus
+    assert len(result.warnings) == 1 and result.warnings[0].startswith(LEAK_WARNING), result.warnings
+    leak = next(c for c in result.checks if c.name == "group_in_one_split")
+    assert (leak.scope, leak.success, leak.count) == ("warning", False, 2)
+    assert leak not in result.failed_checks
+    assert result.to_report()["warnings"] == result.warnings
 
 
 def test_row_numbers_match_the_manifest_as_a_spreadsheet_shows_it(corpus):
@@ -237,10 +247,11 @@ def test_quarantine_conserves_every_row(quarantine_run, corpus):
     metrics = json.loads((quarantine_run / "metrics" / "validate.json").read_text())
     assert len(valid) + len(quarantined) == len(frame) == metrics["rows"]
     assert (metrics["valid_rows"], metrics["quarantined_rows"]) == (len(valid), len(quarantined))
-    assert set(valid["sample_id"]) == {f"s{i}" for i in range(6)} | set(VALID_EXTRA)
+    assert set(valid["sample_id"]) == {f"s{i}" for i in range(6)} | set(VALID_EXTRA) | set(WARNED)
     assert set(quarantined["sample_id"]) == set(DEFECTS)
     report = json.loads((out / "report.json").read_text())
     assert report["on_invalid"] == "quarantine" and report["quarantined_rows"] == len(quarantined)
+    assert len(report["warnings"]) == 1 and report["warnings"][0].startswith(LEAK_WARNING)
 
 
 def test_quarantine_table_keeps_rows_as_read_with_reasons(quarantine_run):
@@ -419,6 +430,7 @@ def test_fail_policy_names_rows_and_exits_without_traceback_or_output(fail_run, 
     assert f"... and {extra} more problem(s) on {result.n_failing_rows} failing row(s) in all" in err
     assert err.count("\n  row ") == MAX_LISTED  # first N, then a count
     assert "validate.on_invalid: quarantine" in err
+    assert f"validate: {LEAK_WARNING}" in err  # the group warning reaches the log too
     project = fail_run["project"]
     assert not (project / "data" / "validated").exists() and not (project / "data" / "validation_docs").exists()
     assert not list((project / "data").glob(".validat*"))
