@@ -173,13 +173,6 @@ def test_assign_splits_is_stratified():
     assert (table["train"] == 14).all() and (table["val"] == 3).all() and (table["test"] == 3).all()
 
 
-def test_assign_splits_is_deterministic_for_a_seed():
-    frame = balanced_frame()
-    first = assign_splits(frame, FRACTIONS, seed=7)
-    assert first.equals(assign_splits(frame, FRACTIONS, seed=7))
-    assert not first.equals(assign_splits(frame, FRACTIONS, seed=8))
-
-
 def test_assign_splits_keeps_groups_whole():
     rng = np.random.default_rng(0)
     n = 240
@@ -218,11 +211,12 @@ def test_speakers_are_held_out_whole_with_every_label_in_every_split(speakers):
         assert abs(share[name] - fraction) <= 1 / speakers + 1e-9, share
 
 
-def test_speaker_split_is_deterministic_and_seeded():
-    frame = speaker_frame()
-    first = assign_splits(frame, FRACTIONS, seed=1)
-    assert first.equals(assign_splits(frame, FRACTIONS, seed=1))
-    assert not first.equals(assign_splits(frame, FRACTIONS, seed=2))
+@pytest.mark.parametrize("make_frame", [lambda: balanced_frame(), lambda: speaker_frame()], ids=["labels", "speakers"])
+def test_assign_splits_is_deterministic_for_a_seed(make_frame):
+    frame = make_frame()
+    first = assign_splits(frame, FRACTIONS, seed=7)
+    assert first.equals(assign_splits(frame, FRACTIONS, seed=7))
+    assert not first.equals(assign_splits(frame, FRACTIONS, seed=8))
 
 
 def test_a_label_in_too_few_groups_cannot_be_split():
