@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: make `multimodal` importable
 from multimodal.config import load_params
 from multimodal.finetune import finetune
 from multimodal.manifest import MANIFEST_NAME, read_manifest, write_manifest
