@@ -272,6 +272,7 @@ class TrainFixed(Strict):
     input_norm: InputNorm
 
 
+SEARCHED_ONLY = {"lr": 0.001, "fusion": "concat", "dropout": 0.1}  # knobs only `tune.space` sets (with an example)
 SEARCH_KINDS = ("loguniform", "uniform", "choice", "randint")
 # Metrics that may choose a trial or checkpoint, with the direction that is better; a train metric never selects.
 SELECTION_MODES = {"val_accuracy": "max", "val_loss": "min"}
@@ -326,8 +327,10 @@ class Tune(Strict):
     @field_validator("space")
     @classmethod
     def _space_shape(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        problems = []
-        searchable = {"lr", "fusion", "dropout", *TrainFixed.model_fields} - set(NESTED_KNOBS)
+        # lr, fusion and dropout have no `tune.fixed` entry: the space always draws them (a one-value choice fixes one).
+        problems = [f"tune.space.{name}: required (it has no tune.fixed value); to fix it, give a one-value choice, "
+                    f"e.g. {name}: {{choice: [{example}]}}" for name, example in SEARCHED_ONLY.items() if name not in space]
+        searchable = {*SEARCHED_ONLY, *TrainFixed.model_fields} - set(NESTED_KNOBS)
         for name, spec in space.items():
             if name in NESTED_KNOBS:
                 problems.append(f"tune.space.{name}: search its entries one by one, e.g. {name}.audio")

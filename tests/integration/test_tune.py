@@ -98,7 +98,7 @@ def test_the_best_trial_is_reproduced_outside_ray(tuned) -> None:
 
 
 def test_the_stage_fails_naming_the_errors_when_every_trial_fails(aligned) -> None:
-    done = stage(with_tune(aligned, space={"lr": {"choice": [-1.0]}}, num_samples=2), "stages.tune")
+    done = stage(with_tune(aligned, space={**FAILING_SPACE, "lr": {"choice": [-1.0]}}, num_samples=2), "stages.tune")
     assert done.returncode != 0
     assert "no trial succeeded" in done.stderr and done.stderr.count("Invalid learning rate: -1.0") >= 2
 
@@ -147,7 +147,7 @@ def test_trials_run_on_an_existing_cluster(aligned) -> None:
     try:
         node_ids = connected_node_ids(aligned, address)
         assert len(node_ids) == 1
-        done = stage(with_tune(aligned, address=address, num_samples=2, space={"lr": {"choice": [0.001]}}),
+        done = stage(with_tune(aligned, address=address, num_samples=2, space={**FAILING_SPACE, "lr": {"choice": [0.001]}}),
                      "stages.tune")
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"joined the Ray cluster at {address}" in done.stderr

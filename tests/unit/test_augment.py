@@ -265,7 +265,8 @@ def params_with(tmp_path: Path, **tune) -> Path:
         *parents, leaf = key.split("__")
         for part in parents:
             target = target[part]
-        target[leaf] = value
+        # A space adds to the repo's (lr, fusion and dropout are always searched).
+        target[leaf] = {**target[leaf], **value} if leaf == "space" else value
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

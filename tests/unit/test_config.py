@@ -253,3 +253,11 @@ def test_a_hub_id_needs_a_revision_and_only_a_hub_id_takes_one(tmp_path, raw_par
         load_params(write(tmp_path, with_text(raw_params, tokenizer="bert-base")))
     pinned = load_params(write(tmp_path, with_text(raw_params, pretrained="hub:org/name", revision="a" * 40)))
     assert pinned.modalities["text"].names_hub and not load_params(PARAMS).modalities["text"].names_hub
+
+
+def test_knobs_without_a_fixed_value_must_be_searched(tmp_path, raw_params):
+    # lr, fusion and dropout live only in tune.space: leaving one out would fail every trial, so params refuse it.
+    raw = copy.deepcopy(raw_params)
+    del raw["tune"]["space"]["fusion"]
+    with pytest.raises(ParamsError, match=r"tune\.space\.fusion: required .*choice: \[concat\]"):
+        load_params(write(tmp_path, raw))

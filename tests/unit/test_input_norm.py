@@ -145,8 +145,8 @@ def test_frozen_strategy_refuses_a_norm_other_than_aligns(aligned) -> None:
 
 def test_params_refuse_searching_a_norm_that_cached_features_fix(tmp_path) -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["tune"]["space"] = {"input_norm.image": {"choice": ["none", "per_image"]},
-                            "strategy": {"choice": ["full", "frozen"]}}
+    raw["tune"]["space"] |= {"input_norm.image": {"choice": ["none", "per_image"]},
+                             "strategy": {"choice": ["full", "frozen"]}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match="tune.space.input_norm.image: image is read as features cached by align"):
         load_params(tmp_path / "params.yaml")
