@@ -36,6 +36,10 @@ class SplitData:
             {m: v[index] for m, v in self.masks.items()},
         )
 
+    def any_present(self) -> torch.Tensor:
+        """(N,) bool: rows holding at least one of this data's modalities (what a model of them can see)."""
+        return torch.stack(list(self.masks.values())).any(dim=0)
+
     def only(self, modalities: list[str]) -> "SplitData":
         """A view restricted to some modalities (unimodal baselines and ablations)."""
         return SplitData(self.sample_ids, self.labels, {m: self.inputs[m] for m in modalities},

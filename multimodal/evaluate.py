@@ -49,8 +49,7 @@ def deep_predictions(models_dir: Path, test: SplitData, batch_size: int, device:
     """
     model, spec = load_model(models_dir / "best", device)
     fused_test = inputs_for(spec, test, aligned_dir)
-    any_present = torch.stack([fused_test.masks[m] for m in spec.modalities]).any(0)
-    preds = {FUSED: _predict_seen(model, fused_test, any_present, batch_size, device)}
+    preds = {FUSED: _predict_seen(model, fused_test, fused_test.any_present(), batch_size, device)}
     for modality in spec.modalities:
         present = test.masks[modality]
         # Ablation: the fused model shown only this modality (the others masked as missing).

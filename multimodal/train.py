@@ -134,7 +134,7 @@ def _val_metrics(model: nn.Module, data: SplitData, batch_size: int, device: tor
 def rows_with_inputs(data: SplitData) -> SplitData:
     """The rows where at least one of `data`'s modalities is present: a unimodal model is validated (early
     stopping, checkpoint choice, the val accuracy that ranks it) only where it has an input, as it is scored."""
-    present = torch.stack([mask for mask in data.masks.values()]).any(dim=0)
+    present = data.any_present()
     return data if bool(present.all()) else data.take(present.nonzero().flatten())
 
 
