@@ -30,7 +30,7 @@ from multimodal.finetune import finetune
 from multimodal.fusion import fusion_knobs
 from multimodal.scoring import scores
 from multimodal.manifest import read_manifest
-from multimodal.modalities import PooledEncoder, get_modality
+from multimodal.modalities import PooledEncoder, build_pooled_encoder
 from multimodal.model import Embedder, MultimodalModel
 from multimodal.runtime import go_offline_for, pick_device
 from multimodal.splits import load_labels, load_splits
@@ -117,7 +117,7 @@ def cached_vs_reencoded(params, aligned: Path, labels, raw: dict[str, SplitData]
     encoders = {}
     for m, encoder in embedder.encoders.items():
         if not isinstance(encoder, PooledEncoder):
-            encoder = PooledEncoder(get_modality(m).build_encoder(params.modalities[m]))
+            encoder = build_pooled_encoder(m, params.modalities[m])
         encoders[m] = FrozenEncoder(encoder)
     reencode = Embedder(encoders, embedder.projections[next(iter(encoders))][0].out_features)
     reencode.projections.load_state_dict(embedder.projections.state_dict())

@@ -21,12 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from multimodal.offline import TELEMETRY_OFF
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 
 # Nothing may call out of the machine; the server also reads these from the environment of its own process.
-OFFLINE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+OFFLINE_ENV = TELEMETRY_OFF
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from multimodal.config import ModalitySpec, Params
 from multimodal.dataset import SplitData
 from multimodal.io import read_json, write_json
 from multimodal.model import Embedder, build_encoder_from_entry, encoder_entry, state_dict_for_saving
-from multimodal.modalities import PooledEncoder, get_modality, set_input_norm
+from multimodal.modalities import PooledEncoder, build_pooled_encoder, set_input_norm
 from multimodal.modalities.base import FeatureInput
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class AlignConfig:
 
     @classmethod
     def from_params(cls, params: Params) -> "AlignConfig":
-        norm = {m: k for m, k in params.tune.fixed.input_norm.model_dump().items() if m in params.preprocess.modalities}
+        norm = {m: k for m, k in params.tune.fixed.input_norm.items() if m in params.preprocess.modalities}
         return cls(**params.align.model_dump(exclude={"freeze"}), seed=params.base.seed, input_norm=norm)
 
 
@@ -75,7 +75,7 @@ def use_cached_features(data: SplitData, features: dict[str, torch.Tensor]) -> S
 def build_encoders(specs: dict[str, ModalitySpec], modalities: list[str], frozen: list[str],
                    input_norm: dict[str, str] | None = None):
     """HF encoders with pooling and their input normalisation (none unless named); frozen ones don't train."""
-    encoders = {m: PooledEncoder(get_modality(m).build_encoder(specs[m])) for m in modalities}
+    encoders = {m: build_pooled_encoder(m, specs[m]) for m in modalities}
     for m, kind in (input_norm or {}).items():
         if m in encoders:
             set_input_norm(encoders[m], m, kind)
@@ -166,7 +166,7 @@ def save_aligned(out_dir: Path, embedder: Embedder, features: dict[str, dict[str
 
 def load_embedder(aligned_dir: Path) -> tuple[Embedder, dict]:
     meta = read_json(aligned_dir / "embedder.json")
-    encoders = {m: build_encoder_from_entry(meta["encoders"][m]) for m in meta["modalities"]}
+    encoders = {m: build_encoder_from_entry(m, meta["encoders"][m]) for m in meta["modalities"]}
     for m, kind in meta["align"].get("input_norm", {}).items():  # absent: written before input normalisation
         if m in encoders and isinstance(encoders[m], PooledEncoder):
             set_input_norm(encoders[m], m, kind)

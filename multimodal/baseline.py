@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from multimodal.config import Baseline
 from multimodal.dataset import SplitData
+from multimodal.modalities import get_modality
 from multimodal.scoring import ABSTAIN
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,7 @@ def token_tfidf(tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray, cfg: 
     return tfidf.transform(counts).toarray()
 
 
-# Processor output key -> features; the first key a modality's shards hold decides (issue 12 moves this table
-# into the modality modules).
+# Processor output key -> features, for modalities that bring none of their own; the first key its shards hold decides.
 FEATURES: dict[str, FeatureFn] = {
     "pixel_values": pixel_features,
     "input_values": log_mel_features,
@@ -99,7 +99,11 @@ FEATURES: dict[str, FeatureFn] = {
 
 def modality_features(name: str, tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray,
                       cfg: Baseline) -> np.ndarray | None:
-    """Features of one modality on every row, or None (logged) when no `FEATURES` key fits its shards."""
+    """Features of one modality on every row: its module's own (`Modality.baseline_features`), else the first
+    `FEATURES` key its shards hold; None (logged) when neither fits."""
+    own = get_modality(name).baseline_features
+    if own is not None:
+        return own(tensors, fit_rows, cfg)
     for key, fn in FEATURES.items():
         # `input_values` of waveform models (wav2vec2) are raw samples (N, samples), not a spectrogram.
         if key in tensors and (key != "input_values" or tensors[key].dim() == 3):

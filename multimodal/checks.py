@@ -59,11 +59,11 @@ def duplicate_of(key: str, column: str, what: str) -> Reason:
 
 
 def between(ex: Any, modality: str, field: str, low: float | None, high: float | None, meaning: str,
-            why: str) -> Check:
-    """Check `<modality>_<field>` in [low, high] (None: open), named `<modality>_<field>`; rows without the modality
-    hold nulls there, which GX skips. `why` is formatted with the profile row (see `at`)."""
+            why: str, name: str | None = None) -> Check:
+    """Check `<modality>_<field>` in [low, high] (None: open), named `name` or `<modality>_<field>`; rows without
+    the modality hold nulls there, which GX skips. `why` is formatted with the profile row (see `at`)."""
     column = f"{modality}_{field}"
-    return Check(column, meaning, ex.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high),
+    return Check(name or column, meaning, ex.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high),
                  at(modality, why))
 
 

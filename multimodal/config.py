@@ -17,7 +17,6 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from multimodal.checkpoints import is_hub
 
-MODALITIES = ("image", "audio", "text")
 FUSIONS = ("concat", "gated", "attention", "late", "weighted", "tensor")  # multimodal.fusion.FUSIONS implements these
 STRATEGIES = ("frozen", "last_k", "lora", "full")  # multimodal.strategies.STRATEGIES implements these
 
@@ -89,32 +88,32 @@ class Validate(Strict):
     max_listed: int = Field(ge=1)  # failing rows named in the error message before "... and N more"
     docs_dir: Path  # Data Docs HTML (kept apart from paths.validated: not deterministic)
     labels: list[str] | None  # None: the train split's labels
-    unique_content: bool  # the same image/audio bytes under two sample ids is an error
-    image_min_size: int = Field(ge=1)  # px, width and height alike
-    image_max_size: int = Field(ge=1)
-    image_modes: list[str] | None  # None: any mode Pillow decodes
-    audio_sample_rates: list[int] | None  # None: any rate
-    audio_channels: list[int] | None  # None: any channel count
-    audio_min_duration_s: float = Field(ge=0)
-    audio_max_duration_s: float = Field(gt=0)
-    audio_max_clipping: float = Field(ge=0, le=1)  # share of samples at full scale
-    audio_max_silence: float = Field(ge=0, le=1)  # share of samples below -60 dBFS
-    text_min_chars: int = Field(ge=1)
-    text_max_chars: int = Field(ge=1)
+    unique_content: bool  # the same file bytes under two sample ids is an error
+    max_file_mb: float = Field(gt=0)  # a file's size is checked before a byte of it is read
+    # {modality: its checks' thresholds}, each section checked by the modality's `Modality.checks` model.
+    modalities: dict[str, Any]
 
-    @model_validator(mode="after")
-    def _ranges_ordered(self) -> "Validate":
-        problems = [
-            f"validate.{low} ({getattr(self, low)}) exceeds validate.{high} ({getattr(self, high)})"
-            for low, high in (("image_min_size", "image_max_size"), ("audio_min_duration_s", "audio_max_duration_s"),
-                              ("text_min_chars", "text_max_chars"))
-            if getattr(self, low) > getattr(self, high)
-        ]
-        problems += [f"validate.{name} is an empty list; use null to allow any value" for name in
-                     ("labels", "image_modes", "audio_sample_rates", "audio_channels") if getattr(self, name) == []]
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    @field_validator("labels")
+    @classmethod
+    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value == []:
+            raise ValueError("an empty list; use null to allow any label")
+        return value
+
+    @field_validator("modalities", mode="wrap")
+    @classmethod
+    def _by_modality(cls, value: Any, handler: Any) -> dict[str, Any]:
+        return _keyed(value, "checks")
+
+
+def _keyed(value: Any, model_of: str) -> dict[str, Any]:
+    """A {modality: section} mapping, each section validated by that modality's own model (`model_of`)."""
+    from multimodal.modalities import keyed_sections  # late: the modality modules import this one (and torch)
+
+    sections, errors = keyed_sections(value, model_of)
+    if errors:
+        raise ValidationError.from_exception_data(model_of, errors)
+    return sections
 
 
 class Preprocess(Strict):
@@ -125,9 +124,11 @@ class Preprocess(Strict):
     @field_validator("modalities")
     @classmethod
     def _known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(MODALITIES))
+        from multimodal.modalities import names
+
+        unknown = sorted(set(value) - set(names()))
         if unknown:
-            raise ValueError(f"unknown modalities {unknown}; known: {list(MODALITIES)}")
+            raise ValueError(f"unknown modalities {unknown}; known: {names()}")
         if not value:
             raise ValueError("at least one modality is needed")
         return value
@@ -145,6 +146,7 @@ class ModalitySpec(BaseModel):
     pretrained: str | None
     config: dict[str, Any]
     revision: str | None = None
+    module: str | None = None  # a modality of the user's: the module defining its MODALITY (multimodal.modalities)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -156,7 +158,7 @@ class ModalitySpec(BaseModel):
         return any(is_hub(v) for v in (self.pretrained, *self.options.values()))
 
 
-MODALITY_KEYS = ("pretrained", "revision", "config")  # every modality section has these, beside its options
+MODALITY_KEYS = ("pretrained", "revision", "config", "module")  # every modality section has these, beside its options
 
 
 def did_you_mean(key: str, valid: list[str] | tuple[str, ...]) -> str:
@@ -184,52 +186,6 @@ class Asha(Strict):
     max_epochs: int = Field(ge=1)
     grace_period: int = Field(ge=1)
     reduction_factor: int = Field(ge=2)
-
-
-class ImageAugment(Strict):
-    """Image transforms (multimodal.modalities.image.augment); each magnitude is multiplied by augment_strength."""
-
-    affine_degrees: float = Field(ge=0, le=180)  # rotation drawn in ±degrees
-    translate: float = Field(ge=0, le=1)  # shift drawn in ±translate x the side
-    scale: float = Field(ge=0, lt=1)  # zoom drawn in 1 ± scale
-    noise: float = Field(ge=0)  # std of Gaussian noise, in the processor's normalised pixel units
-    cutout: float = Field(ge=0, le=1)  # side of one zeroed square, x the shorter side
-
-
-class AudioAugment(Strict):
-    """Log-mel transforms (multimodal.modalities.audio.augment); each magnitude is multiplied by augment_strength."""
-
-    time_mask: int = Field(ge=0)  # SpecAugment: one band of up to this many frames set to 0
-    freq_mask: int = Field(ge=0)  # and one band of up to this many mel bins
-    gain_db: float = Field(ge=0)  # loudness drawn in ±gain_db
-    shift: float = Field(ge=0, le=1)  # circular time shift drawn in ±shift x the frames
-    noise_snr_db: list[float] | None = Field(min_length=2, max_length=2)  # Gaussian noise, SNR drawn in [low, high]
-
-    @field_validator("noise_snr_db")
-    @classmethod
-    def _ordered(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and value[0] > value[1]:
-            raise ValueError(f"needs [low, high] with low <= high, got {value}")
-        return value
-
-
-class TextAugment(Strict):
-    token_dropout: float = Field(ge=0, le=1)  # share of tokens deleted ([CLS]/[SEP] and padding never)
-
-
-class Augment(Strict):
-    """Training-batch augmentation per modality (multimodal.augment), applied to the train split only."""
-
-    image: ImageAugment
-    audio: AudioAugment
-    text: TextAugment
-
-
-class InputNorm(Strict):
-    """Input normalisation per modality, part of the saved model (Modality.normalizations names them)."""
-
-    audio: Literal["none", "utterance", "utterance_bins"]  # per clip over all bins | per clip and mel bin
-    image: Literal["none", "per_image"]
 
 
 NESTED_KNOBS = ("augment", "input_norm")  # searched by entry: `tune.space` keys such as `input_norm.audio`
@@ -267,9 +223,25 @@ class TrainFixed(Strict):
     attention_heads: int = Field(ge=1)  # attention: heads (reduced to a divisor of align.dim)
     attention_layers: int = Field(ge=1)  # attention: transformer layers over the modality tokens
     tensor_rank: int = Field(ge=1)  # tensor: rank of the low-rank factors
-    augment: Augment
+    # {modality: knobs} checked by each modality's `augment_knobs` model (multimodal.augment applies them).
+    augment: dict[str, Any]
     augment_strength: float = Field(ge=0)  # scales every augmentation magnitude; 0 = no augmentation
-    input_norm: InputNorm
+    # {modality: normalisation} (`Modality.normalizations`, or none), part of the saved model.
+    input_norm: dict[str, str]
+
+    @field_validator("augment", mode="wrap")
+    @classmethod
+    def _augment_by_modality(cls, value: Any, handler: Any) -> dict[str, Any]:
+        return {m: knobs.model_dump() for m, knobs in _keyed(value, "augment_knobs").items()}
+
+    @field_validator("input_norm", mode="wrap")
+    @classmethod
+    def _norm_by_modality(cls, value: Any, handler: Any) -> dict[str, str]:
+        from multimodal.modalities import norm_errors
+
+        if errors := norm_errors(value):
+            raise ValidationError.from_exception_data("input_norm", errors)
+        return dict(value)
 
 
 SEARCHED_ONLY = {"lr": 0.001, "fusion": "concat", "dropout": 0.1}  # knobs only `tune.space` sets (with an example)
@@ -409,6 +381,17 @@ class Params(Strict):
     baseline: Baseline
     evaluate: Evaluate
 
+    @model_validator(mode="before")
+    @classmethod
+    def _plugins_first(cls, raw: Any) -> Any:
+        """Modules named by `modalities.<name>.module` are registered before any section is checked by them."""
+        from multimodal.modalities import register_plugins
+
+        if isinstance(raw, dict) and (errors := register_plugins(raw.get("modalities"))):
+            raise ValidationError.from_exception_data("modalities", [{**e, "loc": ("modalities", *e["loc"])}
+                                                                      for e in errors])
+        return raw
+
     @field_validator("modalities", mode="wrap")
     @classmethod
     def _modality_sections(cls, value: Any, handler: Any, info: ValidationInfo) -> dict[str, ModalitySpec]:
@@ -438,9 +421,18 @@ class Params(Strict):
         missing = [m for m in self.preprocess.modalities if m not in self.modalities]
         if missing:
             problems.append(f"preprocess.modalities lists {missing} but `modalities:` has no section for them")
-        unknown_frozen = [m for m in self.align.freeze if m not in MODALITIES]
+        from multimodal.modalities import get_modality, names
+
+        unknown_frozen = [m for m in self.align.freeze if m not in names()]
         if unknown_frozen:
-            problems.append(f"align.freeze names unknown modalities {unknown_frozen}; known: {list(MODALITIES)}")
+            problems.append(f"align.freeze names unknown modalities {unknown_frozen}; known: {names()}")
+        fixed = self.tune.fixed
+        for m in (m for m in self.preprocess.modalities if m in names()):
+            if get_modality(m).augment is not None and m not in fixed.augment:
+                problems.append(f"tune.fixed.augment.{m}: missing (its augmentation knobs; zeros turn it off)")
+            if get_modality(m).normalizations and m not in fixed.input_norm:
+                problems.append(f"tune.fixed.input_norm.{m}: missing; one of "
+                                f"{['none', *get_modality(m).normalizations]}")
         # Features cached by align carry align's normalisation (tune.fixed.input_norm): no trial can change it.
         strategy = self.tune.space.get("strategy", {}).get("choice") or [self.tune.fixed.strategy]
         for name in (n for n in self.tune.space if n.startswith("input_norm.")):
@@ -487,11 +479,19 @@ def _message(error: dict[str, Any]) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
+# Params sections keyed by modality, each entry checked by a model its modality module declares (`Modality.<attr>`).
+BY_MODALITY = {("validate", "modalities"): "checks", ("tune", "fixed", "augment"): "augment_knobs"}
+
+
 def keys_at(loc: tuple) -> list[str]:
     """The keys params.yaml allows in the section at `loc` (e.g. `("tune", "asha")`); empty when not a section."""
     node: Any = Params
-    for part in loc:
-        if get_origin(node) is dict:
+    for i, part in enumerate(loc):
+        if (model_of := BY_MODALITY.get(tuple(loc[:i]))) is not None:  # a section a modality module declares
+            from multimodal.modalities import registry
+
+            node = getattr(registry()[part], model_of) if part in registry() else None
+        elif get_origin(node) is dict:
             node = get_args(node)[1]
         elif isinstance(node, type) and issubclass(node, BaseModel):
             field = next((f for n, f in node.model_fields.items() if part in (n, f.alias)), None)

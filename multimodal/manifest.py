@@ -1,7 +1,8 @@
 """The dataset contract: a CSV/Parquet manifest beside its files (see DESIGN.md).
 
-Columns: `sample_id`, `label` (required); `split`, `group` (optional); one column per modality. Image and audio
-cells are paths relative to the manifest's folder that may not escape it; text cells hold the text itself.
+Columns: `sample_id`, `label` (required); `split`, `group` (optional); one column per modality (`multimodal.modalities`).
+A file modality's cells are paths relative to the manifest's folder that may not escape it; an inline modality's
+cells (text) hold the value itself.
 An empty modality cell means the sample lacks that modality.
 """
 
@@ -13,12 +14,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from multimodal.config import MODALITIES
-
 REQUIRED = ("sample_id", "label")
 OPTIONAL = ("split", "group")
 SPLITS = ("train", "val", "test")
-FILE_MODALITIES = ("image", "audio")  # cells are paths; text cells are content
 MANIFEST_NAME = "manifest.csv"
 
 
@@ -51,13 +49,14 @@ def read_manifest(path: str | Path, *, errors: str = "strict") -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise ManifestError(f"manifest {path} lacks required column(s) {missing}; it has {list(frame.columns)}")
-    unknown = [c for c in frame.columns if c not in (*REQUIRED, *OPTIONAL, *MODALITIES)]
+    modalities = _modality_names()
+    unknown = [c for c in frame.columns if c not in (*REQUIRED, *OPTIONAL, *modalities)]
     if unknown:
         raise ManifestError(
-            f"manifest {path} has unknown column(s) {unknown}; allowed: {[*REQUIRED, *OPTIONAL, *MODALITIES]}"
+            f"manifest {path} has unknown column(s) {unknown}; allowed: {[*REQUIRED, *OPTIONAL, *modalities]}"
         )
-    if not any(m in frame.columns for m in MODALITIES):
-        raise ManifestError(f"manifest {path} has no modality column; expected one of {list(MODALITIES)}")
+    if not any(m in frame.columns for m in modalities):
+        raise ManifestError(f"manifest {path} has no modality column; expected one of {modalities}")
     return frame
 
 
@@ -66,8 +65,22 @@ def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
     frame.to_csv(path, index=False, encoding="utf-8", errors="surrogateescape")
 
 
+def _modality_names() -> list[str]:
+    from multimodal.modalities import names  # late: the modality modules import this one
+
+    return names()
+
+
 def modality_columns(frame: pd.DataFrame) -> list[str]:
-    return [m for m in MODALITIES if m in frame.columns]
+    """The manifest's modality columns, in the registry's order."""
+    return [m for m in _modality_names() if m in frame.columns]
+
+
+def file_columns(frame: pd.DataFrame) -> list[str]:
+    """The modality columns whose cells are paths inside the dataset folder."""
+    from multimodal.modalities import get_modality
+
+    return [m for m in modality_columns(frame) if get_modality(m).reads_file]
 
 
 def resolve_inside(root: Path, cell: str) -> Path:

@@ -14,12 +14,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel
 
 from multimodal.fusion import build_fusion
 from multimodal.io import read_json, write_json
-from multimodal.modalities import set_input_norm
-from multimodal.modalities.base import FeatureInput, PooledEncoder
+from multimodal.modalities import rebuild_pooled_encoder, set_input_norm
+from multimodal.modalities.base import FeatureInput
 from multimodal.strategies import without_adapters
 
 
@@ -58,12 +57,11 @@ def encoder_entry(encoder: nn.Module) -> dict[str, Any]:
     return {"hf_config": encoder.model.config.to_dict()}
 
 
-def build_encoder_from_entry(entry: dict[str, Any]) -> nn.Module:
+def build_encoder_from_entry(modality: str, entry: dict[str, Any]) -> nn.Module:
+    """The encoder of `modality` again from its saved entry (weights come from the state dict)."""
     if "features" in entry:
         return FeatureInput(int(entry["features"]))
-    config = dict(entry["hf_config"])
-    config = AutoConfig.for_model(config.pop("model_type"), **config)
-    return PooledEncoder(AutoModel.from_config(config))
+    return rebuild_pooled_encoder(modality, entry)
 
 
 class Embedder(nn.Module):
@@ -113,7 +111,7 @@ class MultimodalModel(nn.Module):
 
 
 def build_model(spec: ModelSpec) -> MultimodalModel:
-    encoders = {m: build_encoder_from_entry(spec.encoders[m]) for m in spec.modalities}
+    encoders = {m: build_encoder_from_entry(m, spec.encoders[m]) for m in spec.modalities}
     for modality, kind in spec.input_norm.items():
         set_input_norm(encoders[modality], modality, kind)
     return MultimodalModel(Embedder(encoders, spec.dim), spec.fusion, len(spec.labels), spec.dropout,

@@ -11,15 +11,8 @@ import numpy as np
 import torch
 
 from multimodal.config import ModalitySpec
+from multimodal.offline import HUB_ENV, TELEMETRY_OFF
 
-HUB_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-TELEMETRY_OFF = {
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
 
 
 def go_offline(allow_hub: bool = False) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from multimodal.config import Params, Tune, with_searched
+from multimodal.offline import TELEMETRY_OFF
 from multimodal.stage_params import stage_view
 from multimodal.tune_results import plain
 
@@ -75,7 +76,7 @@ def ray_env(project_dir: Path, joining: bool = False) -> dict[str, str]:
     RAY_AUTH_MODE=token (Ray sets that itself only for clusters it starts).
     """
     home = ray_home(project_dir)
-    env = {"RAY_USAGE_STATS_ENABLED": "0", "HOME": str(home)}
+    env = {**TELEMETRY_OFF, "HOME": str(home)}
     token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
     if joining and "RAY_AUTH_MODE" not in os.environ and (token or (home / ".ray" / "auth_token").exists()):
         env["RAY_AUTH_MODE"] = "token"

@@ -1,258 +1,32 @@
-"""Dataset validation: a per-sample profile built from the manifest *and the files*, checked by Great Expectations.
+"""Dataset validation: the profile table (`multimodal.profile`) checked by Great Expectations suites
+(`multimodal.suites`), every unexpected value mapped back to its manifest row, column, file and a human reason.
 
-`profile_samples` decodes every file once (streaming, one sample in memory at a time) into a flat table;
-`row_checks` / `dataset_checks` turn the `validate` params into GX expectations over that table, each tagged with a
-stable check name; `validate_dataset` runs them through two Checkpoints (one per suite, one Data Docs site) and maps
-every unexpected value back to the manifest row, column, file and a human reason. `split_rows` then separates valid
-rows from the quarantine table, checking that no row is lost.
-
-Row checks look at one sample each (a file that does not decode, a label outside the set, a duplicated id): removing
-the row removes the problem, so the `quarantine` policy can set such rows aside. Dataset checks (zero rows, a class
-with no row in a split) run on the rows that pass every row check; no row removal fixes them, so they always fail.
-A group that spans splits is a warning, not a failure: a given split may evaluate on seen groups on purpose.
-
-Great Expectations takes ~6 s to import, so it is imported inside the functions that need it: importing this
-module stays cheap for stages and tests that only profile.
+`validate_dataset` runs the row suite, then the dataset suite on the rows that pass it, through two Checkpoints (one
+Data Docs site); `split_rows` then separates valid rows from the quarantine table, checking that no row is lost. A
+group that spans splits is a warning, not a failure: a given split may evaluate on seen groups on purpose.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
-import os
 import re
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from multimodal.config import MODALITIES, Validate
-from multimodal.manifest import FILE_MODALITIES, SPLITS, ManifestError, group_overlap, modality_columns, resolve_inside
+from multimodal.checks import Check, manifest_row, row_index, shown
+from multimodal.config import Validate
+from multimodal.manifest import group_overlap, modality_columns
+from multimodal.modalities import get_modality, names
+from multimodal.profile import display, profile_samples
+from multimodal.suites import (DATASET_SUITE, ROW_SUITE, build_suite, copy_docs, dataset_checks, gx_context, gx_json,
+                               row_checks, run_checkpoint)
 
 log = logging.getLogger(__name__)
-
-ROW_SUITE = "sample_checks"
-DATASET_SUITE = "dataset_checks"
-PRESENT_COUNT = "modalities_present"  # profile column: how many modality cells of the row are filled
-SILENCE_LEVEL = 10 ** (-60 / 20)  # |x| below -60 dBFS counts as silent
-CLIP_LEVEL = 0.999  # |x| at or above this share of full scale counts as clipped
-_INT_COLUMNS = (
-    "image_width", "image_height", "image_channels", "audio_sample_rate", "audio_channels", "text_chars",
-    "text_words", "group_splits",
-)
-_AUDIO_BLOCK = 1 << 16  # frames per block when scanning audio: bounded memory for long clips
-
-
-def manifest_row(index: int) -> int:
-    """Row number as a spreadsheet shows the manifest (header = row 1); ingest's messages count the same way."""
-    return index + 2
-
-
-def row_index(row: int) -> int:
-    """The 0-based frame position of manifest row `row` (the inverse of `manifest_row`)."""
-    return row - 2
-
-
-# --------------------------------------------------------------------------------------------- text cells
-
-
-def display(text: str) -> str:
-    """`text` safe to print, write as UTF-8 or render: bytes that were not UTF-8 become U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
-
-
-def _utf8_problem(row: dict[str, str]) -> tuple[str, str]:
-    """(column, description) of the first cell holding bytes that were not UTF-8, or ("", "").
-
-    The manifest is read with `surrogateescape`, so each such byte survives as a lone surrogate U+DC80..U+DCFF.
-    """
-    for column, value in row.items():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as err:
-            code = ord(value[err.start])
-            what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
-            where = f"{what} at character {err.start}"
-            return column, f"{column!r} is not valid UTF-8 ({where}); save the manifest as UTF-8"
-    return "", ""
-
-
-# --------------------------------------------------------------------------------------------- profiling
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _error_text(err: BaseException) -> str:
-    # libsndfile errors carry a clean message in `error_string`; str() would embed the BytesIO repr.
-    message = getattr(err, "error_string", None) or str(err) or type(err).__name__
-    return f"{type(err).__name__}: {message}"
-
-
-def _read_file(cell: str, root: Path) -> tuple[bytes | None, dict[str, Any]]:
-    """Resolve and read one path cell; on any problem return (None, {exists, error}) instead of raising."""
-    try:
-        path = resolve_inside(root, cell)
-    except ManifestError as err:
-        return None, {"exists": False, "error": f"unsafe path: {display(str(err))}"}
-    if not path.exists():
-        return None, {"exists": False, "error": f"file not found: {display(cell)}"}
-    if not path.is_file():
-        return None, {"exists": False, "error": f"not a regular file: {display(cell)}"}
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        return None, {"exists": True, "error": f"unreadable: {_error_text(err)}"}
-    if not data:
-        return None, {"exists": True, "error": "empty file (0 bytes)"}
-    return data, {"exists": True, "error": ""}
-
-
-def _decode_image(data: bytes) -> dict[str, Any]:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()  # open() only reads the header; load() decodes the pixels and catches truncation
-        return {"width": image.width, "height": image.height, "mode": image.mode, "channels": len(image.getbands())}
-
-
-def _decode_audio(data: bytes) -> dict[str, Any]:
-    import soundfile as sf
-
-    with sf.SoundFile(io.BytesIO(data)) as sound:
-        expected, rate, channels = sound.frames, sound.samplerate, sound.channels
-        read, peak, silent, clipped = 0, 0.0, 0, 0
-        for block in sound.blocks(blocksize=_AUDIO_BLOCK, dtype="float32", always_2d=True):
-            if not len(block):
-                continue
-            magnitude = np.abs(block)
-            read += len(block)
-            peak = max(peak, float(magnitude.max()))
-            silent += int(np.count_nonzero(magnitude < SILENCE_LEVEL))
-            clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
-    # libsndfile returns what it can from a cut-off file without complaint; the header's frame count tells.
-    if read < expected:
-        raise ValueError(f"truncated: header promises {expected} frames, only {read} decode")
-    values = read * channels
-    return {
-        "sample_rate": rate,
-        "channels": channels,
-        "duration_s": read / rate if rate else 0.0,
-        "peak": peak,
-        "silence": silent / values if values else 1.0,
-        "clipping": clipped / values if values else 0.0,
-    }
-
-
-_DECODERS = {"image": _decode_image, "audio": _decode_audio}
-# Properties of a file that is absent or does not decode: nulls, which the range/set expectations skip.
-_EMPTY = {
-    "image": dict.fromkeys(("width", "height", "mode", "channels")),
-    "audio": dict.fromkeys(("sample_rate", "channels", "duration_s", "peak", "silence", "clipping")),
-}
-
-
-def _profile_file(modality: str, cell: str, root: Path) -> dict[str, Any]:
-    """Profile one image/audio cell: presence, existence, decode, properties and content hash."""
-    out: dict[str, Any] = {"present": bool(cell), "exists": False, "decodes": False, "error": "", "sha256": None}
-    properties = dict(_EMPTY[modality])
-    if cell:
-        data, status = _read_file(cell, root)
-        out.update(status)
-        if data is not None:
-            out["sha256"] = _sha256(data)
-            try:
-                properties = _DECODERS[modality](data)
-                out["decodes"] = True
-            except Exception as err:  # noqa: BLE001 - any decoder failure is a finding on this row, not a crash
-                out["error"] = f"cannot decode {modality}: {_error_text(err)}"
-    out.update(properties)
-    return {f"{modality}_{key}": value for key, value in out.items()}
-
-
-def _profile_text(cell: str) -> dict[str, Any]:
-    present = bool(cell)
-    return {
-        "text_present": present,
-        "text_chars": len(cell) if present else None,
-        # Whitespace words: a tokenizer-free proxy for token count (the text encoder is a preprocess choice).
-        "text_words": len(cell.split()) if present else None,
-        # surrogateescape: hash the bytes the manifest held, even where they were not UTF-8.
-        "text_sha256": _sha256(cell.encode("utf-8", "surrogateescape")) if present else None,
-    }
-
-
-def _profile_row(row: dict[str, str], modalities: Sequence[str], root: Path) -> dict[str, Any]:
-    bad_column, bad_utf8 = _utf8_problem(row)
-    out: dict[str, Any] = {
-        # Empty cells become nulls so the not-null expectations see them; the rest is shown safely.
-        "sample_id": display(row["sample_id"]) or None,
-        "label": display(row["label"]) or None,
-        "split": display(row.get("split", "")),
-        "group": display(row.get("group", "")) or None,
-        "utf8": not bad_column,
-        "utf8_column": bad_column,
-        "utf8_error": bad_utf8,
-    }
-    for modality in modalities:
-        cell = row[modality]
-        out.update(_profile_text(cell) if modality == "text" else _profile_file(modality, cell, root))
-    out[PRESENT_COUNT] = sum(bool(row[m]) for m in modalities)
-    return out
-
-
-def _rows(frame: pd.DataFrame) -> Iterator[dict[str, str]]:
-    """Manifest rows as dicts, one at a time (no list of every row held besides the frame)."""
-    columns = list(frame.columns)
-    for values in zip(*(frame[c].tolist() for c in columns)):
-        yield dict(zip(columns, values))
-
-
-def _add_group_splits(profile: pd.DataFrame) -> None:
-    """`group_splits`: in how many splits the row's group occurs (null without a group); > 1 is leakage."""
-    if profile["group"].notna().any():
-        profile["group_splits"] = profile.groupby("group")["split"].transform("nunique")
-    else:
-        profile["group_splits"] = None
-
-
-def profile_samples(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """One row per manifest row: ids, label, split, group, encoding and, per modality, presence/decode/properties/hash.
-
-    Files are read and decoded one at a time, so memory stays bounded whatever the dataset size.
-    The result keeps the manifest's row order with a fresh 0..n-1 index (row position = index).
-    """
-    root = Path(root)
-    modalities = modality_columns(frame)
-    rows = tqdm(_rows(frame), total=len(frame), desc="validate: profile", unit="sample", mininterval=1.0)
-    profiled = [_profile_row(row, modalities, root) for row in rows]
-    profile = pd.DataFrame(profiled, index=pd.RangeIndex(len(profiled)))
-    if profile.empty:
-        profile = pd.DataFrame(columns=_profile_columns(modalities))
-    _add_group_splits(profile)
-    for column in _INT_COLUMNS:
-        if column in profile:
-            profile[column] = pd.to_numeric(profile[column]).astype("Int64")
-    return profile
-
-
-def _profile_columns(modalities: Sequence[str]) -> list[str]:
-    """Column names of a profile table, for an empty manifest (no rows to infer them from)."""
-    fake = {"sample_id": "", "label": "", "split": "", **{m: "" for m in modalities}}
-    return list(_profile_row(fake, modalities, Path(".")))
 
 
 def allowed_labels(frame: pd.DataFrame, labels: Sequence[str] | None) -> list[str]:
@@ -269,201 +43,6 @@ def allowed_labels(frame: pd.DataFrame, labels: Sequence[str] | None) -> list[st
     found = {display(str(label)) for label in train["label"] if str(label) != ""}
     numeric = all(re.fullmatch(r"-?\d+", label) for label in found)
     return sorted(found, key=int) if numeric else sorted(found)
-
-
-# --------------------------------------------------------------------------------------------- the checks
-
-# (row position, profile row as a dict, whole profile) -> (manifest column, why this row fails)
-Reason = Callable[[int, dict[str, Any], pd.DataFrame], tuple[str, str]]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One named check: a GX expectation plus, for row checks, how to explain a failing row."""
-
-    name: str  # stable key in report.json, the metrics and docs/data.md
-    meaning: str  # one line: what passing means (shown in Data Docs as the expectation's notes)
-    expectation: Any  # a GX Expectation; meta["check"] carries `name` through the GX result
-    reason: Reason | None = None  # row checks only
-
-
-def _shown(values: Sequence[Any], limit: int = 20) -> list[Any]:
-    return list(values) if len(values) <= limit else [*values[:limit], "..."]
-
-
-def _at(column: str, why: str) -> Reason:
-    """A reason naming a fixed manifest column; `why` is formatted with the profile row's fields."""
-    return lambda _index, row, _profile: (column, why.format(**row))
-
-
-def _duplicate_of(key: str, column: str, what: str) -> Reason:
-    """Reason for a duplicated value in profile `key`: names the other rows holding the same value."""
-    groups: dict[Any, Any] = {}  # value -> row positions, computed once on first use (not once per failing row)
-
-    def reason(index: int, row: dict[str, Any], profile: pd.DataFrame) -> tuple[str, str]:
-        if not groups:
-            groups.update(profile.groupby(key).indices)
-        group = groups[row[key]]
-        others = [f"{profile.at[i, 'sample_id']!s} (row {manifest_row(i)})" for i in group[:6] if i != index][:5]
-        return column, f"{what} also in {others + ['...'] * (len(group) > 6)}"
-
-    return reason
-
-
-def _decode_failure(modality: str) -> Reason:
-    return lambda _index, row, _profile: (modality, row[f"{modality}_error"] or f"{modality} does not decode")
-
-
-def _utf8_failure(_index: int, row: dict[str, Any], _profile: pd.DataFrame) -> tuple[str, str]:
-    return row["utf8_column"], row["utf8_error"]
-
-
-def _row_checks_common(gx: Any, labels: Sequence[str]) -> list[Check]:
-    ex = gx.expectations
-    return [
-        Check("sample_id_present", "every row has a sample_id",
-              ex.ExpectColumnValuesToNotBeNull(column="sample_id"), _at("sample_id", "empty sample_id")),
-        Check("sample_id_unique", "no sample_id occurs twice",
-              ex.ExpectColumnValuesToBeUnique(column="sample_id"),
-              _duplicate_of("sample_id", "sample_id", "duplicate sample_id: the same id is")),
-        Check("utf8", "every cell is valid UTF-8",
-              ex.ExpectColumnValuesToBeInSet(column="utf8", value_set=[True]), _utf8_failure),
-        Check("label_present", "every row has a label",
-              ex.ExpectColumnValuesToNotBeNull(column="label"), _at("label", "missing label (empty cell)")),
-        Check("label_in_set", f"every label is one of the allowed labels {_shown(labels)}",
-              ex.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels)),
-              _at("label", f"label {{label!r}} not in the allowed labels {_shown(labels)}")),
-        Check("split_in_set", f"every split is one of {list(SPLITS)}",
-              ex.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
-              _at("split", f"split {{split!r}} is not one of {list(SPLITS)}")),
-        Check("any_modality", "every row has at least one modality",
-              ex.ExpectColumnValuesToBeBetween(column=PRESENT_COUNT, min_value=1),
-              _at(PRESENT_COUNT, "no modality present: every modality cell is empty")),
-    ]
-
-
-def _file_checks(gx: Any, modality: str, options: Validate) -> list[Check]:
-    from great_expectations.expectations.row_conditions import Column
-
-    ex = gx.expectations
-    present = Column(f"{modality}_present") == True  # noqa: E712 - builds a GX condition, not a comparison
-    checks = [
-        Check(f"{modality}_decodes", f"every {modality} path names a readable file inside the dataset folder "
-              "that decodes",
-              ex.ExpectColumnValuesToBeInSet(column=f"{modality}_decodes", value_set=[True], row_condition=present),
-              _decode_failure(modality)),
-    ]
-    if options.unique_content:
-        checks.append(Check(
-            f"{modality}_unique_content", f"no two rows hold the same {modality} bytes",
-            ex.ExpectColumnValuesToBeUnique(column=f"{modality}_sha256"),
-            _duplicate_of(f"{modality}_sha256", modality, f"duplicate content: the same {modality} bytes are"),
-        ))
-    return checks
-
-
-def _image_checks(gx: Any, options: Validate) -> list[Check]:
-    ex = gx.expectations
-    low, high = options.image_min_size, options.image_max_size
-    checks = [
-        Check(f"image_{side}", f"image {side} is {low}..{high} px",
-              ex.ExpectColumnValuesToBeBetween(column=f"image_{side}", min_value=low, max_value=high),
-              _at("image", f"image {side} is {{image_{side}}} px; allowed {low}..{high}"))
-        for side in ("width", "height")
-    ]
-    if options.image_modes is not None:
-        modes = list(options.image_modes)
-        checks.append(Check("image_mode", f"image mode is one of {modes}",
-                            ex.ExpectColumnValuesToBeInSet(column="image_mode", value_set=modes),
-                            _at("image", f"image mode {{image_mode!r}} is not one of {modes}")))
-    return checks
-
-
-def _audio_checks(gx: Any, options: Validate) -> list[Check]:
-    ex = gx.expectations
-    low, high = options.audio_min_duration_s, options.audio_max_duration_s
-    checks = []
-    if options.audio_sample_rates is not None:
-        rates = list(options.audio_sample_rates)
-        checks.append(Check("audio_sample_rate", f"audio sample rate is one of {rates} Hz",
-                            ex.ExpectColumnValuesToBeInSet(column="audio_sample_rate", value_set=rates),
-                            _at("audio", f"sample rate {{audio_sample_rate}} Hz is not one of {rates}")))
-    if options.audio_channels is not None:
-        channels = list(options.audio_channels)
-        checks.append(Check("audio_channels", f"audio channel count is one of {channels}",
-                            ex.ExpectColumnValuesToBeInSet(column="audio_channels", value_set=channels),
-                            _at("audio", f"{{audio_channels}} channels; allowed {channels}")))
-    checks += [
-        Check("audio_duration", f"audio lasts {low:g}..{high:g} s",
-              ex.ExpectColumnValuesToBeBetween(column="audio_duration_s", min_value=low, max_value=high),
-              _at("audio", f"duration {{audio_duration_s:.3f}} s; allowed {low:g}..{high:g} s")),
-        Check("audio_clipping", f"at most {options.audio_max_clipping:.1%} of audio samples at full scale",
-              ex.ExpectColumnValuesToBeBetween(column="audio_clipping", max_value=options.audio_max_clipping),
-              _at("audio", f"{{audio_clipping:.1%}} of samples clipped; allowed {options.audio_max_clipping:.1%}")),
-        Check("audio_silence", f"at most {options.audio_max_silence:.1%} of audio samples below -60 dBFS",
-              ex.ExpectColumnValuesToBeBetween(column="audio_silence", max_value=options.audio_max_silence),
-              _at("audio", f"{{audio_silence:.1%}} of samples silent; allowed {options.audio_max_silence:.1%}")),
-    ]
-    return checks
-
-
-def _text_checks(gx: Any, options: Validate) -> list[Check]:
-    ex = gx.expectations
-    low, high = options.text_min_chars, options.text_max_chars
-    return [
-        Check("text_length", f"text has {low}..{high} characters",
-              ex.ExpectColumnValuesToBeBetween(column="text_chars", min_value=low, max_value=high),
-              _at("text", f"text has {{text_chars}} characters; allowed {low}..{high}")),
-        Check("text_not_blank", "text holds at least one word (not only whitespace)",
-              ex.ExpectColumnValuesToBeBetween(column="text_words", min_value=1),
-              _at("text", "text is blank: only whitespace")),
-    ]
-
-
-def row_checks(modalities: Sequence[str], labels: Sequence[str], options: Validate) -> list[Check]:
-    """Checks on single rows: a failing row can be quarantined. Thresholds come from `options` (params)."""
-    gx = _gx()
-    checks = _row_checks_common(gx, labels)
-    for modality in modalities:
-        if modality in FILE_MODALITIES:
-            checks += _file_checks(gx, modality, options)
-    if "image" in modalities:
-        checks += _image_checks(gx, options)
-    if "audio" in modalities:
-        checks += _audio_checks(gx, options)
-    if "text" in modalities:
-        checks += _text_checks(gx, options)
-    return checks
-
-
-def dataset_checks(labels: Sequence[str]) -> list[Check]:
-    """Checks on the rows that pass every row check: failures no row removal can fix."""
-    gx = _gx()
-    from great_expectations.expectations.row_conditions import Column
-
-    ex = gx.expectations
-    checks = [Check("rows_present", "at least one valid row", ex.ExpectTableRowCountToBeBetween(min_value=1))]
-    checks += [
-        Check(f"classes_in_{split}", f"every allowed label has a valid row in split {split!r}",
-              ex.ExpectColumnDistinctValuesToContainSet(
-                  column="label", value_set=list(labels), row_condition=Column("split") == split))
-        for split in SPLITS
-    ]
-    return checks
-
-
-def build_suite(checks: Sequence[Check], name: str) -> Any:
-    """A GX ExpectationSuite of `checks`, each expectation tagged with its check name and meaning."""
-    gx = _gx()
-    expectations = []
-    for check in checks:
-        expectation = check.expectation.copy(update={"meta": {"check": check.name}, "notes": check.meaning})
-        expectations.append(expectation)
-    # Passed to the constructor: `suite.add_expectation` needs an active data context (it checks a store).
-    return gx.ExpectationSuite(name=name, expectations=expectations)
-
-
-# --------------------------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
@@ -552,6 +131,7 @@ def _failing_rows(
 ) -> list[FailingRow]:
     """Map each unexpected index of each failed row check back to its manifest row, column, file and reason."""
     by_name = {c.name: c for c in checks}
+    file_columns = [m for m in modality_columns(frame) if get_modality(m).reads_file]
     hits = [
         (by_name[_check_name(res)], int(index))
         for res in gx_result.results
@@ -565,7 +145,7 @@ def _failing_rows(
     found: dict[tuple[int, str, str], FailingRow] = {}
     for check, index in hits:
         column, reason = check.reason(index, rows[index], profile)
-        file = display(cells[index][column]) if column in FILE_MODALITIES else ""
+        file = display(cells[index][column]) if column in file_columns else ""
         sample_id = display(cells[index]["sample_id"])  # the manifest's own cell: the profile holds None for ""
         entry = FailingRow(sample_id, manifest_row(index), column, check.name, reason, file)
         found[(entry.row, entry.check, entry.column)] = entry
@@ -588,81 +168,8 @@ def _dataset_failures(summaries: Sequence[CheckSummary], gx_result: Any, rows: i
         else:
             split = summary.name.removeprefix("classes_in_")
             missing = sorted(missing_by_check[summary.name], key=lambda label: order.get(label, len(order)))
-            out.append(f"split {split!r} has no valid row of {summary.count} class(es): {_shown(missing)}")
+            out.append(f"split {split!r} has no valid row of {summary.count} class(es): {shown(missing)}")
     return out
-
-
-# --------------------------------------------------------------------------------------------- running GX
-
-
-def _gx():
-    """Import Great Expectations with its analytics switched off (set before the import, as GX reads it then)."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    # GX logs ~200 INFO lines per run (config loading, docs registration): keep its warnings only.
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    import great_expectations as gx
-
-    return gx
-
-
-def _context(workdir: Path | None) -> Any:
-    """An ephemeral GX context, or a file context in `workdir` (needed to render Data Docs)."""
-    gx = _gx()
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    if workdir is None:
-        context = gx.get_context(mode="ephemeral")
-    else:
-        context = gx.get_context(mode="file", project_root_dir=str(workdir))
-    # GX draws a "Calculating Metrics" bar per expectation batch: noise next to our own progress bar.
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    return context
-
-
-def _run_checkpoint(context: Any, name: str, table: pd.DataFrame, suite: Any, docs: bool) -> Any:
-    """Run `suite` over `table` through a Checkpoint named `name`; with `docs`, it also updates the Data Docs."""
-    gx = _gx()
-    batch_definition = (
-        context.data_sources.add_pandas(f"{name}_source")
-        .add_dataframe_asset(f"{name}_table")
-        .add_batch_definition_whole_dataframe("whole_table")
-    )
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=name, data=batch_definition, suite=context.suites.add(suite))
-    )
-    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs else []
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name=name,
-            validation_definitions=[definition],
-            actions=actions,
-            # COMPLETE: every unexpected row index, so each failing row can be named, not just a sample of them.
-            result_format={"result_format": "COMPLETE"},
-        )
-    )
-    run = checkpoint.run(batch_parameters={"dataframe": table})
-    return next(iter(run.run_results.values()))
-
-
-_BEACON = re.compile(r"https://great-expectations-web-assets\.s3\.[a-z0-9-]+\.amazonaws\.com/logo-long\.png[^\"']*")
-
-
-def _copy_docs(workdir: Path, docs_dir: Path) -> None:
-    """Copy the rendered Data Docs site out of the GX project, pointing the navbar logo at the local copy.
-
-    The stock logo URL carries a timestamp and the context id: a tracking pixel whenever the page is opened.
-    """
-    site = workdir / "gx" / "uncommitted" / "data_docs" / "local_site"
-    shutil.copytree(site, docs_dir, dirs_exist_ok=True)
-    local_logo = docs_dir / "static" / "images" / "logo-long.png"
-    for page in docs_dir.rglob("*.html"):
-        text = page.read_text(encoding="utf-8")
-        relative = os.path.relpath(local_logo, page.parent).replace(os.sep, "/")
-        page.write_text(_BEACON.sub(relative, text), encoding="utf-8")
-
-
-def _gx_json(gx_result: Any) -> str:
-    return json.dumps(gx_result.to_json_dict(), indent=2, sort_keys=True, default=str) + "\n"
 
 
 _GROUP_MEANING = "no group spans two splits, so val and test measure unseen groups (a warning: rows stay)"
@@ -678,23 +185,23 @@ def validate_dataset(
     The result does not depend on `options.on_invalid`; the stage applies the policy.
     """
     labels = allowed_labels(frame, options.labels)
-    profile = profile_samples(frame, root)
+    profile = profile_samples(frame, root, options)
     per_row = row_checks(modality_columns(frame), labels, options)
     per_dataset = dataset_checks(labels)
     meanings = {c.name: c.meaning for c in [*per_row, *per_dataset]}
     with tempfile.TemporaryDirectory(prefix="gx-") as tmp:
-        context = _context(Path(tmp) if docs_dir is not None else None)
-        row_result = _run_checkpoint(context, ROW_SUITE, profile, build_suite(per_row, ROW_SUITE), docs_dir is not None)
+        context = gx_context(Path(tmp) if docs_dir is not None else None)
+        row_result = run_checkpoint(context, ROW_SUITE, profile, build_suite(per_row, ROW_SUITE), docs_dir is not None)
         failing = _failing_rows(row_result, frame, profile, per_row)
         valid = profile.drop(index=[row_index(f.row) for f in failing])
-        dataset_result = _run_checkpoint(
+        dataset_result = run_checkpoint(
             context, DATASET_SUITE, valid, build_suite(per_dataset, DATASET_SUITE), docs_dir is not None
         )
         if docs_dir is not None:
             docs_dir = Path(docs_dir)
-            _copy_docs(Path(tmp), docs_dir)
+            copy_docs(Path(tmp), docs_dir)
             for name, gx_result in ((ROW_SUITE, row_result), (DATASET_SUITE, dataset_result)):
-                (docs_dir / f"gx_{name}.json").write_text(_gx_json(gx_result), encoding="utf-8")
+                (docs_dir / f"gx_{name}.json").write_text(gx_json(gx_result), encoding="utf-8")
     row_summaries = _summaries(row_result, "row", meanings)
     dataset_summaries = _summaries(dataset_result, "dataset", meanings)
     broken = [f"check {c.name} could not run: {c.error}" for c in row_summaries if c.error]
@@ -758,7 +265,7 @@ def split_rows(frame: pd.DataFrame, result: ValidationResult) -> tuple[pd.DataFr
 
 def present_counts(profile: pd.DataFrame) -> dict[str, int]:
     """Per modality column of the manifest: how many rows have that modality's cell filled."""
-    return {m: int(profile[f"{m}_present"].sum()) for m in MODALITIES if f"{m}_present" in profile}
+    return {m: int(profile[f"{m}_present"].sum()) for m in names() if f"{m}_present" in profile}
 
 
 def check_counts(result: ValidationResult) -> dict[str, int]:

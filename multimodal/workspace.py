@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from multimodal.offline import offline_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -17,8 +19,8 @@ def project_env() -> dict[str, str]:
     """The environment a stage sees: this interpreter's `python` first on PATH, telemetry off, hub offline."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="1", DO_NOT_TRACK="1", RAY_USAGE_STATS_ENABLED="0",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GIT_AUTHOR_NAME="pipeline", GIT_COMMITTER_NAME="pipeline",
+    env.update(offline_env())
+    env.update(GIT_AUTHOR_NAME="pipeline", GIT_COMMITTER_NAME="pipeline",
                GIT_AUTHOR_EMAIL="pipeline@localhost", GIT_COMMITTER_EMAIL="pipeline@localhost")
     return env
 

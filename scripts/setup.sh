@@ -18,6 +18,4 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 # Nothing calls out of the machine: telemetry off everywhere, Hugging Face hub offline, whatever the shell had.
 # Only a stage whose params name a `hub:` id switches the hub on, for itself (multimodal.runtime.go_offline).
-export DVC_NO_ANALYTICS=1 DVC_STUDIO_OFFLINE=1 DO_NOT_TRACK=1 RAY_USAGE_STATS_ENABLED=0 \
-  PREFECT_SERVER_ANALYTICS_ENABLED=false GX_ANALYTICS_ENABLED=false HF_HUB_DISABLE_TELEMETRY=1
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+eval "$(python -m multimodal.offline)"   # the one table of switches: multimodal/offline.py

@@ -13,12 +13,12 @@ import pandas as pd
 from multimodal.config import Ingest, load_params
 from multimodal.io import atomic_dir
 from multimodal.manifest import (
-    FILE_MODALITIES,
     MANIFEST_NAME,
     SPLITS,
     ManifestError,
     assign_splits,
     carve_val,
+    file_columns,
     read_manifest,
     relative_target,
     resolve_inside,
@@ -46,7 +46,7 @@ def copy_user_files(frame: pd.DataFrame, src_root: Path, dest: Path) -> None:
     The copy lands at the cell's own (normalised) path, not at a symlink's target, so the manifest's cells stay
     valid under `dest`. Missing files and non-files are skipped: `validate` reports them with their row.
     """
-    for column in [c for c in FILE_MODALITIES if c in frame]:
+    for column in file_columns(frame):
         for index, cell in enumerate(frame[column]):
             if not cell:
                 continue

@@ -26,6 +26,7 @@ import pandas as pd
 from multimodal.config import Validate, load_params
 from multimodal.io import atomic_dir, write_json
 from multimodal.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
+from multimodal.profile import missing_sections
 from multimodal.runtime import go_offline, setup_logging
 from multimodal.validation import (
     ValidationResult,
@@ -112,6 +113,9 @@ def validate_into(raw: Path, target: Path, options: Validate) -> tuple[Validatio
         frame = read_manifest(manifest_path, errors="surrogateescape")
     except ManifestError as err:
         raise ValidationFailed(f"validation cannot start: {err}") from None
+    if missing := missing_sections(frame, options):
+        raise ValidationFailed(f"validation cannot start: {manifest_path} has modality column(s) {missing} but "
+                               f"params has no validate.modalities.{missing[0]} section with their thresholds")
     with atomic_dir(target) as out, atomic_dir(options.docs_dir) as docs:
         result = validate_dataset(frame, raw, options, docs_dir=docs)
         valid, quarantined = apply_policy(frame, result, options, manifest_path)

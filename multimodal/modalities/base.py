@@ -30,32 +30,60 @@ def load_pretrained(loader: Any, name: str, revision: str | None, *, weights: bo
     return loader.from_pretrained(local_path(name), local_files_only=True, **safe)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Modality:
-    """One modality: how to load a manifest cell, turn a batch into model inputs, and build its encoder.
+    """Everything the pipeline knows about one modality; nothing outside its module names it.
 
+    Manifest and validation:
+    - `reads_file`: a manifest cell is a path inside the dataset folder (True) or the value itself (False).
+    - `probe(source, checks)`: profile facts of one cell (`source`: the resolved Path, or the cell's text),
+      header facts first so a file beyond `checks` (its `validate.modalities.<name>` section) is refused before it
+      is decoded; raises when the cell does not decode. Returns exactly the keys of `profile_fields`.
+    - `profile_fields`: {field: pandas dtype}; the profile table holds them as `<name>_<field>`.
+    - `checks`: the pydantic model of params `validate.modalities.<name>`; `row_checks(ex, checks)`: its GX row
+      checks (`multimodal.checks`) over those profile columns, `ex` being `great_expectations.expectations`.
+
+    Preprocess and model:
     - `build_processor(spec)`: the Hugging Face processor (image processor, feature extractor, tokenizer).
     - `load(cell, root, spec, processor)`: one manifest cell -> raw item (PIL image, float32 waveform, str), in
       the form that processor expects (audio at its `sampling_rate`).
     - `process(processor, items, spec)`: raw items -> dict of tensors keyed by the model's input names.
     - `build_encoder(spec)`: a Hugging Face model (pretrained, or built from `spec.config`).
+    - `rebuild_encoder(entry)`: optional; the encoder again from what `encoder_entry` saved (default: the HF config).
+    - `adapt_inputs(inputs, model)`: optional; processor outputs -> the keyword arguments `model` takes (e.g. a
+      spectrogram given to an image model becomes a one-channel image).
     - `options`: the keys of its params section beside `pretrained`/`revision`/`config`, each required there
       (params validation refuses any other key); `checkpoints`: those of them that name a checkpoint.
     - `augment(inputs, generator, strength, **knobs)`: optional; a randomly transformed copy of a training batch
-      of processor outputs, its knobs the modality's `tune.fixed.augment` section (`multimodal.augment`).
+      of processor outputs, its knobs the modality's `tune.fixed.augment.<name>` section, checked by
+      `augment_knobs` (a pydantic model).
     - `normalizations`: optional named input normalisations (`tune.fixed.input_norm`), applied by the encoder
       wrapper at train, validation and prediction time alike; `none` is always there.
+    - `baseline_features(tensors, fit_rows, cfg)`: optional classical features for `multimodal.baseline`
+      (default: chosen by the processor's output key there).
+    - `corruptions`: optional {kind: (corrupt(inputs, level, generator), levels)} for evaluate's robustness curves.
     """
 
     name: str
+    reads_file: bool
+    probe: Callable[[Any, Any], dict[str, Any]]
+    profile_fields: Mapping[str, str]
+    checks: type
+    row_checks: Callable[[Any, Any], list[Any]]
     load: Callable[[str, Path, ModalitySpec, Any], Any]
     build_processor: Callable[[ModalitySpec], Any]
     process: Callable[[Any, Sequence[Any], ModalitySpec], dict[str, torch.Tensor]]
     build_encoder: Callable[[ModalitySpec], nn.Module]
     options: tuple[str, ...]
-    checkpoints: tuple[str, ...]
+    checkpoints: tuple[str, ...] = ()
+    rebuild_encoder: Callable[[dict[str, Any]], nn.Module] | None = None
+    adapt_inputs: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
     augment: Callable[..., dict[str, torch.Tensor]] | None = None
+    augment_knobs: type | None = None
     normalizations: Mapping[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = field(
+        default_factory=dict)
+    baseline_features: Callable[..., Any] | None = None
+    corruptions: Mapping[str, tuple[Callable[..., dict[str, torch.Tensor]], Sequence[float]]] = field(
         default_factory=dict)
 
 
@@ -123,13 +151,15 @@ class InputNorm(nn.Module):
 class PooledEncoder(nn.Module):
     """A Hugging Face encoder followed by mean pooling over its tokens (masked where a mask exists).
 
-    CNN encoders (ResNet, ConvNeXt) are pooled over their spatial grid, and a spectrogram given to an image
-    model becomes a one-channel image (mel bins as height, frames as width).
+    CNN encoders (ResNet, ConvNeXt) are pooled over their spatial grid. `adapt` (the modality's `adapt_inputs`)
+    turns processor outputs into what `model` takes, after the input normalisation.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, adapt: Callable[[dict[str, torch.Tensor], nn.Module],
+                                                         dict[str, torch.Tensor]] | None = None):
         super().__init__()
         self.model = model
+        self.adapt = adapt
         self.out_dim = hidden_width(model.config)
         # Part of the model, not of preprocessing: train, validation, evaluate and predict normalise alike.
         self.input_norm: InputNorm | None = None
@@ -144,8 +174,8 @@ class PooledEncoder(nn.Module):
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         if self.input_norm is not None:
             inputs = self.input_norm(inputs)
-        if "input_values" in inputs and self.model.main_input_name == "pixel_values":
-            inputs = {"pixel_values": inputs["input_values"].transpose(1, 2).unsqueeze(1)}
+        if self.adapt is not None:
+            inputs = self.adapt(inputs, self.model)
         hidden = self.model(**inputs).last_hidden_state
         if hidden.dim() == 4:  # (B, C, H, W) from a CNN
             return hidden.mean(dim=(2, 3))

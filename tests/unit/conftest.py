@@ -35,11 +35,20 @@ def repo_params() -> Params:
 
 
 def params_section(name: str, **overrides: Any) -> BaseModel:
-    """Section `name` of the repo's params (e.g. `validate`, `tune`) with `overrides`, validated again."""
+    """Section `name` of the repo's params (e.g. `validate`, `tune`) with `overrides` (dicts merged into the
+    section's dicts, e.g. `modalities={"text": {"max_chars": 50}}`), validated again."""
     params = repo_params()
     field = next(n for n, f in Params.model_fields.items() if name in (n, f.alias))
     section = getattr(params, field)
-    return type(section).model_validate({**section.model_dump(), **overrides})
+    return type(section).model_validate(merged(section.model_dump(), overrides))
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides`, nested dicts merged key by key rather than replaced."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def train_config(**overrides: Any) -> TrainConfig:

@@ -13,7 +13,7 @@ from multimodal.augment import Augmenter
 from multimodal.config import ParamsError, load_params
 from multimodal.dataset import SplitData
 from multimodal.model import Embedder, MultimodalModel
-from multimodal.modalities import PooledEncoder, get_modality
+from multimodal.modalities import build_pooled_encoder
 from multimodal.modalities.audio import FEATURES_PER_DB
 from multimodal.modalities.base import FeatureInput
 from multimodal.train import TrainConfig, fit, predict
@@ -219,7 +219,7 @@ def test_token_dropout_keeps_cls_sep_and_a_consistent_padding_mask() -> None:
 
 def image_model() -> MultimodalModel:
     torch.manual_seed(0)
-    encoder = PooledEncoder(get_modality("image").build_encoder(TINY_SPECS["image"]))
+    encoder = build_pooled_encoder("image", TINY_SPECS["image"])
     return MultimodalModel(Embedder({"image": encoder, "cached": FeatureInput(4)}, 8), "concat", 3, 0.0,
                            knobs("concat"))
 
@@ -277,10 +277,10 @@ def test_train_config_takes_the_knobs_from_params_and_searched_entries() -> None
     cfg = trial_train_config(params, {"lr": 1e-3, "fusion": "concat", "dropout": 0.1, "augment_strength": 0.5,
                                       "augment.audio.time_mask": 7, "input_norm.audio": "utterance"})
     assert cfg.augment_strength == 0.5
-    assert cfg.augment["audio"] == {**params.tune.fixed.augment.audio.model_dump(), "time_mask": 7}
-    assert cfg.augment["image"] == params.tune.fixed.augment.image.model_dump()
-    assert cfg.input_norm == {**params.tune.fixed.input_norm.model_dump(), "audio": "utterance"}
-    assert params.tune.fixed.augment.audio.time_mask != 7  # the validated params are left as they were
+    assert cfg.augment["audio"] == {**params.tune.fixed.augment["audio"], "time_mask": 7}
+    assert cfg.augment["image"] == params.tune.fixed.augment["image"]
+    assert cfg.input_norm == {**params.tune.fixed.input_norm, "audio": "utterance"}
+    assert params.tune.fixed.augment["audio"]["time_mask"] != 7  # the validated params are left as they were
     Augmenter(cfg.augment, cfg.augment_strength, batch())  # every knob is one the transforms take
 
 

@@ -12,8 +12,8 @@ import yaml
 from pydantic import BaseModel
 
 from multimodal.align import AlignConfig
-from multimodal.config import MODALITIES, ModalitySpec, Params, ParamsError, load_params
-from multimodal.modalities import REGISTRY
+from multimodal.config import ModalitySpec, Params, ParamsError, load_params
+from multimodal.modalities import registry
 from multimodal.model import ModelSpec
 from multimodal.train import TrainConfig
 
@@ -41,7 +41,7 @@ def test_repo_params_load(raw_params):
     split = params.ingest.split
     assert split.train + split.val + split.test == pytest.approx(1.0)
     # `validate` is a pydantic-reserved name: it must still be read from the yaml key.
-    assert params.validate_.text_max_chars == raw_params["validate"]["text_max_chars"]
+    assert params.validate_.modalities["text"].max_chars == raw_params["validate"]["modalities"]["text"]["max_chars"]
     assert set(params.tune.space) == set(raw_params["tune"]["space"])
     # Processor knobs beyond pretrained/config land in `options`.
     assert params.modalities["image"].options["image_size"] == raw_params["modalities"]["image"]["image_size"]
@@ -107,8 +107,10 @@ def test_unreadable_yaml_is_a_params_error(tmp_path):
         load_params(tmp_path / "missing.yaml")
 
 
-def test_known_modalities_constant():
-    assert MODALITIES == ("image", "audio", "text")
+def test_registry_finds_every_modality_module():
+    """Every module of multimodal/modalities defining MODALITY is registered, under its own name."""
+    assert {"image", "audio", "text"} <= set(registry())
+    assert all(name == modality.name for name, modality in registry().items())
 
 
 def test_search_space_typo_is_reported_at_load_time(tmp_path, raw_params):
@@ -123,7 +125,7 @@ def test_search_space_typo_is_reported_at_load_time(tmp_path, raw_params):
 # --- one source of truth ------------------------------------------------------------------------------------------
 
 # The one optional key: `revision` exists exactly beside a `hub:` id (validated in Params).
-OPTIONAL = {(ModalitySpec, "revision"), (ModelSpec, "extra")}
+OPTIONAL = {(ModalitySpec, "revision"), (ModalitySpec, "module"), (ModelSpec, "extra")}
 
 
 def models_under(model: type[BaseModel]) -> set[type[BaseModel]]:
@@ -138,12 +140,15 @@ def models_under(model: type[BaseModel]) -> set[type[BaseModel]]:
 
 def test_no_config_field_or_run_config_has_a_default():
     """params.yaml is the only source of a knob's value: a default anywhere else could disagree with it."""
-    defaulted = [f"{m.__name__}.{n}" for m in models_under(Params) for n, f in m.model_fields.items()
+    # The sections keyed by modality are checked by models the modality modules declare.
+    declared = {model for m in registry().values() for model in (m.checks, m.augment_knobs) if model is not None}
+    walked = set().union(models_under(Params), *map(models_under, declared))
+    defaulted = [f"{m.__name__}.{n}" for m in walked for n, f in m.model_fields.items()
                  if not f.is_required() and (m, n) not in OPTIONAL]
     defaulted += [f"{cls.__name__}.{f.name}" for cls in (TrainConfig, AlignConfig, ModelSpec)
                   for f in dataclasses.fields(cls) if (cls, f.name) not in OPTIONAL
                   and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)]
-    assert ModalitySpec in models_under(Params) and len(models_under(Params)) > 10  # the walk reaches every section
+    assert ModalitySpec in walked and len(declared) >= 5 and len(walked) > 15  # the walk reaches every section
     assert defaulted == []
 
 
@@ -184,7 +189,8 @@ def test_unknown_modality_key_is_refused_with_the_closest_names(tmp_path, raw_pa
 
 def test_each_modality_declares_its_option_keys(raw_params):
     """The modality module is the home of its keys: params.yaml sets exactly what each one declares."""
-    for name, modality in REGISTRY.items():
+    for name in raw_params["modalities"]:
+        modality = registry()[name]
         assert modality.options, name
         assert set(raw_params["modalities"][name]) - {"pretrained", "revision", "config"} == set(modality.options)
         assert set(modality.checkpoints) <= set(modality.options)
@@ -192,7 +198,8 @@ def test_each_modality_declares_its_option_keys(raw_params):
 
 @pytest.mark.parametrize("where,typo,meant", [
     (("base",), "sed", "seed"), (("tune", "asha"), "grace_perod", "grace_period"),
-    (("validate",), "image_max_sise", "image_max_size"), ((), "evalute", "evaluate"),
+    (("validate", "modalities", "image"), "max_sise", "max_size"), ((), "evalute", "evaluate"),
+    (("tune", "fixed", "augment", "audio"), "time_mask_", "time_mask"),
 ])
 def test_unknown_key_anywhere_suggests_the_closest_name(tmp_path, raw_params, where, typo, meant):
     raw = copy.deepcopy(raw_params)

@@ -13,7 +13,7 @@ from multimodal.align import build_encoders, train_alignment
 from multimodal.config import ModalitySpec, load_params
 from multimodal.dataset import SplitData
 from multimodal.model import Embedder, MultimodalModel
-from multimodal.modalities import PooledEncoder, get_modality
+from multimodal.modalities import PooledEncoder, build_pooled_encoder
 from multimodal.strategies import apply_strategy, train_last_blocks
 from multimodal.train import fit
 from tests.unit.conftest import align_config, knobs, train_config
@@ -27,7 +27,7 @@ SHAPES = {"image": ("pixel_values", (3, 28, 28)), "audio": ("input_values", (128
 
 def default_encoders() -> dict[str, PooledEncoder]:
     torch.manual_seed(0)
-    return {m: PooledEncoder(get_modality(m).build_encoder(SPECS[m])) for m in SHAPES}
+    return {m: build_pooled_encoder(m, SPECS[m]) for m in SHAPES}
 
 
 def split(n: int, seed: int) -> SplitData:
@@ -84,7 +84,7 @@ def test_dropout_of_frozen_blocks_is_off_and_of_trained_blocks_on():
     spec = ModalitySpec(pretrained=None, image_size=8, config={"patch_size": 4, "hidden_size": 16, "num_hidden_layers": 2,
                                               "num_attention_heads": 2, "intermediate_size": 32,
                                               "hidden_dropout_prob": 0.5})
-    encoder = PooledEncoder(get_modality("image").build_encoder(spec))
+    encoder = build_pooled_encoder("image", spec)
     train_last_blocks(encoder.model, 1)
     encoder.train()
     dropouts = {n: m.training for n, m in encoder.named_modules() if isinstance(m, nn.Dropout)}

@@ -8,7 +8,7 @@ from torch import nn
 
 from multimodal.config import ModalitySpec
 from multimodal.model import build_encoder_from_entry, encoder_entry
-from multimodal.modalities import PooledEncoder, get_modality
+from multimodal.modalities import PooledEncoder, build_pooled_encoder
 from multimodal.strategies import add_lora, train_last_blocks
 from tests.unit.conftest import train_config
 
@@ -21,7 +21,7 @@ RESNET = {"model_type": "resnet", "embedding_size": 4, "hidden_sizes": [8, 12], 
 def encoder(modality: str, **config) -> PooledEncoder:
     torch.manual_seed(0)
     spec = ModalitySpec(pretrained=None, num_mel_bins=16, max_length=16, image_size=8, config=config)
-    return PooledEncoder(get_modality(modality).build_encoder(spec))
+    return build_pooled_encoder(modality, spec)
 
 
 def test_model_type_picks_the_architecture_and_defaults_stay():
@@ -47,7 +47,7 @@ def test_spectrogram_reaches_a_cnn_as_a_one_channel_image():
 
 def test_cnn_encoder_rebuilds_from_its_saved_entry():
     audio = encoder("audio", **RESNET, num_channels=1).eval()
-    rebuilt = build_encoder_from_entry(encoder_entry(audio))
+    rebuilt = build_encoder_from_entry("audio", encoder_entry(audio))
     rebuilt.load_state_dict(audio.state_dict())
     x = torch.randn(2, 16, 16)
     assert torch.equal(rebuilt.eval()(input_values=x), audio(input_values=x))

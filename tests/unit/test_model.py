@@ -13,7 +13,7 @@ from PIL import Image
 from multimodal.fusion import FUSIONS, build_fusion
 from multimodal.model import (Embedder, ModelSpec, MultimodalModel, build_encoder_from_entry, build_model,
                               encoder_entry, load_model, save_model)
-from multimodal.modalities import PooledEncoder, get_modality
+from multimodal.modalities import PooledEncoder, build_pooled_encoder, get_modality
 from multimodal.modalities.base import FeatureInput
 from tests.unit.conftest import knobs
 
@@ -25,7 +25,7 @@ B = 4
 
 def tiny_encoders(specs) -> dict[str, PooledEncoder]:
     torch.manual_seed(0)
-    return {name: PooledEncoder(get_modality(name).build_encoder(spec)) for name, spec in specs.items()}
+    return {name: build_pooled_encoder(name, spec) for name, spec in specs.items()}
 
 
 def tiny_inputs(specs) -> dict[str, dict[str, torch.Tensor]]:
@@ -82,12 +82,12 @@ def test_encoder_entry_rebuilds_the_same_architecture(tiny_specs):
     for name, encoder in encoders.items():
         entry = encoder_entry(encoder)
         json.dumps(entry)  # must be JSON-serialisable for model.json
-        rebuilt = build_encoder_from_entry(entry)
+        rebuilt = build_encoder_from_entry(name, entry)
         assert type(rebuilt.model) is type(encoder.model)
         assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
             {k: v.shape for k, v in encoder.state_dict().items()}
     assert encoder_entry(FeatureInput(7)) == {"features": 7}
-    assert isinstance(build_encoder_from_entry({"features": 7}), FeatureInput)
+    assert isinstance(build_encoder_from_entry("image", {"features": 7}), FeatureInput)
 
 
 def fusion_inputs(dim: int = 8):

@@ -7,6 +7,8 @@ snapshots of `org/tiny`, and the hub stays offline, so a pinned `revision` must 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import os
 from pathlib import Path
 
@@ -123,5 +125,7 @@ def test_only_a_hub_id_turns_the_hub_on(hub_switches):
 
 def test_setup_script_forces_the_hub_offline():
     script = (REPO / "scripts" / "setup.sh").read_text()
-    assert "export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1" in script
-    assert "${HF_HUB_OFFLINE:-" not in script
+    assert 'eval "$(python -m multimodal.offline)"' in script and "${HF_HUB_OFFLINE:-" not in script
+    exports = subprocess.run([sys.executable, "-m", "multimodal.offline"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert {"export HF_HUB_OFFLINE=1", "export TRANSFORMERS_OFFLINE=1", "export DO_NOT_TRACK=1"} <= set(exports)

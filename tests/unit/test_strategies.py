@@ -20,7 +20,7 @@ from multimodal.evaluate import inputs_for
 from multimodal.finetune import check_inputs, finetune, initial_model
 from multimodal.io import read_json
 from multimodal.model import Embedder, load_model, save_model
-from multimodal.modalities import PooledEncoder, get_modality
+from multimodal.modalities import build_pooled_encoder
 from multimodal.modalities.base import FeatureInput
 from multimodal.strategies import STRATEGIES, feature_modalities, train_last_blocks
 from multimodal.train import TrainConfig, predict
@@ -63,7 +63,7 @@ def raw_split(n: int, seed: int) -> SplitData:
 def aligned(tmp_path_factory) -> tuple[Path, dict[str, SplitData]]:
     """An aligned directory as the `align` stage writes it, and the raw splits it was computed from."""
     torch.manual_seed(0)
-    encoders = {m: PooledEncoder(get_modality(m).build_encoder(spec)) for m, spec in SPECS.items()}
+    encoders = {m: build_pooled_encoder(m, spec) for m, spec in SPECS.items()}
     embedder = Embedder({**encoders, "text": FeatureInput(6)}, dim=8)
     raw = {split: raw_split(n, seed) for seed, (split, n) in enumerate(SIZES.items())}
     features = encode_trainable(embedder, raw, 16, CPU)

@@ -21,20 +21,15 @@ import soundfile as sf
 import yaml
 from PIL import Image
 
-from multimodal.validation import (
-    ValidationResult,
-    allowed_labels,
-    describe_failures,
-    profile_samples,
-    validate_dataset,
-)
-from tests.unit.conftest import params_section
+from multimodal.profile import profile_samples
+from multimodal.validation import ValidationResult, allowed_labels, describe_failures, validate_dataset
+from tests.unit.conftest import merged, params_section
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT_MAX = 50
 RATE = 8000
 # Small files keep the tests fast: thresholds from params, loosened to fit them.
-OVERRIDES = {"text_max_chars": TEXT_MAX, "audio_sample_rates": [RATE], "image_min_size": 4}
+OVERRIDES = {"modalities": {"text": {"max_chars": TEXT_MAX}, "audio": {"sample_rates": [RATE]}, "image": {"min_size": 4}}}
 OPTIONS = params_section("validate", **OVERRIDES)  # the repo's thresholds, with these
 
 
@@ -125,7 +120,7 @@ def broken(tmp_path_factory) -> ValidationResult:
 
 def test_profile_reads_properties_and_hashes(tmp_path):
     frame = write_dataset(tmp_path, clean_rows(tmp_path))
-    profile = profile_samples(frame, tmp_path)
+    profile = profile_samples(frame, tmp_path, OPTIONS)
     assert list(profile["sample_id"]) == [f"s{i}" for i in range(6)]
     first = profile.iloc[0]
     assert (first["image_width"], first["image_height"], first["image_mode"], first["image_channels"]) == (8, 6, "L", 1)
@@ -150,14 +145,14 @@ def test_profile_measures_silence_and_clipping(tmp_path):
     wave = np.concatenate([np.zeros(500), np.full(250, 1.0), 0.5 * np.ones(250)])
     sf.write(tmp_path / "a.wav", wave, rate, subtype="FLOAT")
     frame = pd.DataFrame([row("a", audio="a.wav")], dtype=str)
-    first = profile_samples(frame, tmp_path).iloc[0]
+    first = profile_samples(frame, tmp_path, OPTIONS).iloc[0]
     assert first["audio_silence"] == pytest.approx(0.5) and first["audio_clipping"] == pytest.approx(0.25)
     assert first["audio_peak"] == pytest.approx(1.0)
 
 
 def test_profile_turns_bad_files_into_errors_not_tracebacks(tmp_path):
     frame = write_dataset(tmp_path / "raw", broken_rows(tmp_path / "raw"))
-    profile = profile_samples(frame, tmp_path / "raw").set_index("sample_id", drop=False)
+    profile = profile_samples(frame, tmp_path / "raw", OPTIONS).set_index("sample_id", drop=False)
     assert "truncated" in profile.loc["truncated_png", "image_error"]
     assert profile.loc["zero_wav", "audio_error"] == "empty file (0 bytes)"
     assert "escapes" in profile.loc["dotdot", "image_error"] and not profile.loc["dotdot", "image_exists"]
@@ -178,12 +173,12 @@ def test_importing_validation_does_not_import_gx():
 
 
 def test_params_range_errors():
-    with pytest.raises(ValueError, match="image_min_size .* exceeds validate.image_max_size"):
-        params_section("validate", image_min_size=100, image_max_size=10)
+    with pytest.raises(ValueError, match=r"min_size \(100\) exceeds max_size \(10\)"):
+        params_section("validate", modalities={"image": {"min_size": 100, "max_size": 10}})
     with pytest.raises(ValueError, match="on_invalid"):
         params_section("validate", on_invalid="drop")
-    with pytest.raises(ValueError, match="audio_channels is an empty list"):
-        params_section("validate", audio_channels=[])
+    with pytest.raises(ValueError, match="channels\n.*an empty list"):
+        params_section("validate", modalities={"audio": {"channels": []}})
 
 
 # ------------------------------------------------------------------------------------------ the GX suites
@@ -262,7 +257,7 @@ def test_failure_summary_is_capped(broken):
 
 def write_params(cwd: Path, **validate) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["validate"] = {**params["validate"], **OVERRIDES, **validate}
+    params["validate"] = merged(merged(params["validate"], OVERRIDES), validate)
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(REPO / "dvc.yaml", cwd / "dvc.yaml")  # the stage reads the params keys it declares there
 

@@ -28,6 +28,7 @@ from multimodal.workspace import project_env
 from stages.ingest import ingest
 from stages.validate import QUARANTINE_NAME, ValidationFailed, apply_policy, validate_into
 from tests.unit.conftest import params_section
+from tests.unit.conftest import merged
 from tests.unit.test_validation import OPTIONS, OVERRIDES, RATE, TEXT_MAX, clean_rows, row, write_png, write_wav
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +134,7 @@ def write_raw(root: Path, rows: list[dict]) -> pd.DataFrame:
 def make_project(folder: Path, **validate) -> Path:
     """A folder with params.yaml (validate section with OVERRIDES + `validate`) and data/raw holding the corpus."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["validate"] = {**params["validate"], **OVERRIDES, **validate}
+    params["validate"] = merged(merged(params["validate"], OVERRIDES), validate)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")  # the stage reads the params keys it declares there
