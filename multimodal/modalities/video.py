@@ -124,6 +124,8 @@ def probe(path: Path, options: VideoChecks) -> dict[str, Any]:
         fmt, decoded = container.format.name, 0
         for frame in container.decode(stream):
             decoded += 1
+            if decoded == 1 and not (header["width"] and header["height"]):  # a header without the frame size
+                header["width"], header["height"] = frame.width, frame.height
             # The header may understate: keep the bound while decoding too.
             if problem := _too_big(frame.width, frame.height, decoded, None, options):
                 raise ValueError(f"{path.name}: refused while decoding frame {decoded}: {problem}")
@@ -161,35 +163,38 @@ def frame_indices(total: int, count: int) -> np.ndarray:
     return ((np.arange(count) + 0.5) * total / count).astype(np.int64)
 
 
-def _frame_count(path: Path) -> int:
-    """The clip's frame count from its header, else by demuxing its packets (no decoding)."""
-    with _named(path), av.open(str(path)) as container:
-        stream = _video_stream(container, path)
-        if stream.frames:
-            return int(stream.frames)
-        return sum(1 for packet in container.demux(stream) if packet.size)
+def _sampled(container: Any, stream: Any, total: int, count: int) -> tuple[np.ndarray | None, int]:
+    """Decode up to the last of `frame_indices(total, count)`, converting only those to RGB at the stream's size:
+    (the frames, or None if the stream ended first; how many frames decoded)."""
+    wanted = frame_indices(total, count)
+    keep, last = set(wanted.tolist()), int(wanted[-1])
+    width, height = stream.codec_context.width, stream.codec_context.height
+    picked: dict[int, np.ndarray] = {}
+    decoded = 0
+    for decoded, frame in enumerate(container.decode(stream), start=1):
+        if decoded - 1 in keep:
+            picked[decoded - 1] = frame.to_ndarray(format="rgb24", width=width, height=height)
+        if decoded > last:
+            return np.stack([picked[int(i)] for i in wanted]), decoded
+    return None, decoded
 
 
 def read_frames(path: Path, count: int) -> np.ndarray:
-    """`count` uniformly sampled RGB frames (count, H, W, 3) uint8; decoding stops after the last one needed and
-    only those are converted to RGB (at the stream's size)."""
-    total = _frame_count(path)
-    while total > 0:
-        wanted = frame_indices(total, count)
-        keep = set(wanted.tolist())
-        picked: dict[int, np.ndarray] = {}
-        decoded = 0
+    """`count` uniformly sampled RGB frames (count, H, W, 3) uint8 of the clip at `path`; decoding stops after the
+    last one needed. The frame count comes from the header, else (Matroska/WebM) from demuxing the packets."""
+    with _named(path), av.open(str(path)) as container:
+        stream = _video_stream(container, path)
+        if stream.frames:
+            frames, total = _sampled(container, stream, int(stream.frames), count)
+            if frames is not None:
+                return frames
+        else:
+            total = sum(1 for packet in container.demux(stream) if packet.size)
+    while total > 0:  # after counting packets, or when the header promised more frames than decode
         with _named(path), av.open(str(path)) as container:
-            stream = _video_stream(container, path)
-            width, height = stream.codec_context.width, stream.codec_context.height
-            for decoded, frame in enumerate(container.decode(stream), start=1):
-                if decoded - 1 in keep:
-                    picked[decoded - 1] = frame.to_ndarray(format="rgb24", width=width, height=height)
-                if decoded > wanted[-1]:
-                    break
-        if decoded > wanted[-1]:
-            return np.stack([picked[int(i)] for i in wanted])
-        total = decoded  # the header overstated the frame count: sample over the frames that exist
+            frames, total = _sampled(container, _video_stream(container, path), total, count)
+        if frames is not None:
+            return frames
     raise ValueError(f"{path.name}: no frame decodes")
 
 
