@@ -5,27 +5,19 @@ Stages call :func:`load_params` and pass the resulting objects down; nothing bel
 
 from __future__ import annotations
 
-import copy
-import difflib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, ValidationInfo, field_validator,
                       model_validator)
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails
 
 from multimodal.checkpoints import is_hub
-
-FUSIONS = ("concat", "gated", "attention", "late", "weighted", "tensor")  # multimodal.fusion.FUSIONS implements these
-STRATEGIES = ("frozen", "last_k", "lora", "full")  # multimodal.strategies.STRATEGIES implements these
-
-
-# No field below has a default: params.yaml is the one place a knob's value lives, so a missing key is an error
-# naming it (tests/unit/test_config.py keeps it that way).
-class Strict(BaseModel):
-    # Unknown keys are typos far more often than intent: reject them (load_params suggests the closest name).
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# Re-exported: the rest of the library reads every params model from here.
+from multimodal.params_base import Strict, did_you_mean, keyed, params_error  # noqa: F401
+from multimodal.tune_params import (FUSIONS, NESTED_KNOBS, SEARCH_KINDS, SEARCHED_ONLY, SELECTION_METRICS,  # noqa: F401
+                                    SELECTION_MODES, STRATEGIES, Asha, TrainFixed, Tune, with_searched)
 
 
 class Paths(Strict):
@@ -59,6 +51,16 @@ class Split(Strict):
         return self
 
 
+class DemoClip(Strict):
+    """The demo's moving-digit clips (multimodal.demo_video.write_moving_digit_clip)."""
+
+    frames: int = Field(ge=2)
+    size: int = Field(ge=28)  # px, square; at least a whole 28 px digit
+    noise: float = Field(ge=0)  # std of pixel noise per frame (0-1 scale)
+    blur: float = Field(ge=0)  # Gaussian blur of the digit, px
+    occluder: int = Field(ge=0)  # side of the still grey square the digit passes behind, px
+
+
 class Demo(Strict):
     """The embedded demo dataset (stage `demo`, multimodal.demo_dataset)."""
 
@@ -69,6 +71,17 @@ class Demo(Strict):
     missing_rate: float = Field(ge=0, lt=0.34)
     sample_rate: int
     speakers: int = Field(ge=3)  # synthetic speakers, the demo's groups (multimodal.demo_speakers)
+    modalities: list[str] = Field(min_length=1)  # which of the demo's modalities to write (demo_dataset)
+    clip: DemoClip  # the opt-in moving-digit clips (multimodal.demo_video)
+
+    @field_validator("modalities")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from multimodal.demo_dataset import DEMO_MODALITIES  # late: it imports the speech synthesiser
+
+        if unknown := sorted(set(value) - set(DEMO_MODALITIES)):
+            raise ValueError(f"unknown demo modalities {unknown}; the demo has {list(DEMO_MODALITIES)}")
+        return value
 
 
 class Ingest(Strict):
@@ -103,17 +116,7 @@ class Validate(Strict):
     @field_validator("modalities", mode="wrap")
     @classmethod
     def _by_modality(cls, value: Any, handler: Any) -> dict[str, Any]:
-        return _keyed(value, "checks")
-
-
-def _keyed(value: Any, model_of: str) -> dict[str, Any]:
-    """A {modality: section} mapping, each section validated by that modality's own model (`model_of`)."""
-    from multimodal.modalities import keyed_sections  # late: the modality modules import this one (and torch)
-
-    sections, errors = keyed_sections(value, model_of)
-    if errors:
-        raise ValidationError.from_exception_data(model_of, errors)
-    return sections
+        return keyed(value, "checks")
 
 
 class Preprocess(Strict):
@@ -161,17 +164,6 @@ class ModalitySpec(BaseModel):
 MODALITY_KEYS = ("pretrained", "revision", "config", "module")  # every modality section has these, beside its options
 
 
-def did_you_mean(key: str, valid: list[str] | tuple[str, ...]) -> str:
-    """`; did you mean X?` with the closest valid names, else the list of valid names."""
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(close)}?" if close else f"; valid: {sorted(valid)}"
-
-
-def params_error(loc: tuple[str, ...], message: str, value: Any) -> InitErrorDetails:
-    """One problem at `loc`, for a validator that reports several at once (`ValidationError.from_exception_data`)."""
-    return InitErrorDetails(type=PydanticCustomError("params", message), loc=loc, input=value)
-
-
 class Align(Strict):
     dim: int = Field(ge=2)
     epochs: int = Field(ge=0)
@@ -180,178 +172,6 @@ class Align(Strict):
     temperature: float = Field(gt=0)
     weight_decay: float = Field(ge=0)  # AdamW
     freeze: list[str]
-
-
-class Asha(Strict):
-    max_epochs: int = Field(ge=1)
-    grace_period: int = Field(ge=1)
-    reduction_factor: int = Field(ge=2)
-
-
-NESTED_KNOBS = ("augment", "input_norm")  # searched by entry: `tune.space` keys such as `input_norm.audio`
-
-
-def with_searched(fixed: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
-    """`fixed` training knobs with the `sampled` ones set; a dotted key (`augment.audio.time_mask`) sets one entry
-    of a nested knob. `fixed` itself is left as it is."""
-    out = copy.deepcopy(fixed)
-    for name, value in sampled.items():
-        *parents, leaf = name.split(".")
-        target = out
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
-    return out
-
-
-class TrainFixed(Strict):
-    batch_size: int = Field(ge=1)
-    weight_decay: float = Field(ge=0)
-    warmup_ratio: float = Field(ge=0, lt=1)
-    patience: int = Field(ge=1)
-    grad_accum_steps: int = Field(ge=1)
-    grad_clip: float = Field(gt=0)
-    modality_dropout: float = Field(ge=0, lt=1)
-    # Fine-tuning strategy of the encoders (multimodal.strategies); searchable too, e.g. {choice: [frozen, lora]}.
-    strategy: Literal[STRATEGIES]
-    last_k: int = Field(ge=1)  # last_k: blocks trained per encoder
-    lora_rank: int = Field(ge=1)
-    lora_alpha: float = Field(gt=0)
-    lora_dropout: float = Field(ge=0, lt=1)
-    lora_targets: list[str] = Field(min_length=1)  # module-name suffixes that get adapters
-    # Fusion architecture (multimodal.fusion; each fusion reads its own, and saved models record them).
-    attention_heads: int = Field(ge=1)  # attention: heads (reduced to a divisor of align.dim)
-    attention_layers: int = Field(ge=1)  # attention: transformer layers over the modality tokens
-    tensor_rank: int = Field(ge=1)  # tensor: rank of the low-rank factors
-    # {modality: knobs} checked by each modality's `augment_knobs` model (multimodal.augment applies them).
-    augment: dict[str, Any]
-    augment_strength: float = Field(ge=0)  # scales every augmentation magnitude; 0 = no augmentation
-    # {modality: normalisation} (`Modality.normalizations`, or none), part of the saved model.
-    input_norm: dict[str, str]
-
-    @field_validator("augment", mode="wrap")
-    @classmethod
-    def _augment_by_modality(cls, value: Any, handler: Any) -> dict[str, Any]:
-        return {m: knobs.model_dump() for m, knobs in _keyed(value, "augment_knobs").items()}
-
-    @field_validator("input_norm", mode="wrap")
-    @classmethod
-    def _norm_by_modality(cls, value: Any, handler: Any) -> dict[str, str]:
-        from multimodal.modalities import norm_errors
-
-        if errors := norm_errors(value):
-            raise ValidationError.from_exception_data("input_norm", errors)
-        return dict(value)
-
-
-SEARCHED_ONLY = {"lr": 0.001, "fusion": "concat", "dropout": 0.1}  # knobs only `tune.space` sets (with an example)
-SEARCH_KINDS = ("loguniform", "uniform", "choice", "randint")
-# Metrics that may choose a trial or checkpoint, with the direction that is better; a train metric never selects.
-SELECTION_MODES = {"val_accuracy": "max", "val_loss": "min"}
-SELECTION_METRICS = tuple(SELECTION_MODES)
-
-
-def _space_problems(name: str, spec: Any) -> list[str]:
-    """What is wrong with one `tune.space` entry, e.g. `{loguniform: [1e-4, 1e-2]}` (empty: nothing)."""
-    where = f"tune.space.{name}"
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SEARCH_KINDS:
-        return [f"{where}: expected one of {SEARCH_KINDS} as its only key, got {spec}"]
-    kind, args = next(iter(spec.items()))
-    if kind == "choice":
-        return [] if isinstance(args, list) and args else [f"{where}: choice needs a non-empty list, got {args}"]
-    if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args)):
-        return [f"{where}: {kind} needs [low, high], got {args}"]
-    low, high = args
-    if not low < high:
-        return [f"{where}: {kind} needs low < high, got {args}"]
-    if kind == "loguniform" and low <= 0:
-        return [f"{where}: loguniform needs low > 0, got {args}"]
-    if kind == "randint" and not all(isinstance(a, int) for a in args):
-        return [f"{where}: randint needs integers [low, high) (high excluded), got {args}"]
-    return []
-
-
-class Tune(Strict):
-    search: Literal["random", "optuna"]  # optuna: TPE seeded from base.seed
-    num_samples: int = Field(ge=1)
-    max_concurrent_trials: int = Field(ge=1)
-    cpus_per_trial: float = Field(gt=0)
-    gpus_per_trial: float = Field(ge=0)  # used only when the cluster has GPUs; below 1 shares a GPU
-    max_failures: int = Field(ge=0)  # retries of a failed trial, from its last checkpoint
-    keep_checkpoints: int = Field(ge=1)  # per trial, the best by `metric` (Ray also keeps the latest)
-    object_store_memory_mb: int = Field(ge=78)
-    address: str | None
-    metric: Literal[SELECTION_METRICS]
-    mode: Literal["max", "min"]  # must be the metric's better direction (SELECTION_MODES)
-    # asha: stop weak trials early at rungs (`asha`); fifo: every trial runs until max_epochs or its own early stop.
-    scheduler: Literal["asha", "fifo"]
-    asha: Asha
-    space: dict[str, dict[str, Any]]
-    fixed: TrainFixed
-
-    @field_validator("gpus_per_trial")
-    @classmethod
-    def _whole_or_fraction(cls, value: float) -> float:
-        if value > 1 and value != int(value):
-            raise ValueError(f"a trial takes a fraction of one GPU or whole GPUs, got {value:g}")
-        return value
-
-    @field_validator("space")
-    @classmethod
-    def _space_shape(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        # lr, fusion and dropout have no `tune.fixed` entry: the space always draws them (a one-value choice fixes one).
-        problems = [f"tune.space.{name}: required (it has no tune.fixed value); to fix it, give a one-value choice, "
-                    f"e.g. {name}: {{choice: [{example}]}}" for name, example in SEARCHED_ONLY.items() if name not in space]
-        searchable = {*SEARCHED_ONLY, *TrainFixed.model_fields} - set(NESTED_KNOBS)
-        for name, spec in space.items():
-            if name in NESTED_KNOBS:
-                problems.append(f"tune.space.{name}: search its entries one by one, e.g. {name}.audio")
-            elif name not in searchable and name.split(".")[0] not in NESTED_KNOBS:
-                problems.append(f"tune.space.{name}: not a training knob; searchable: {sorted(searchable)} and "
-                                f"entries of {list(NESTED_KNOBS)} (e.g. augment.audio.time_mask)")
-            problems += _space_problems(name, spec)
-            known = {"fusion": FUSIONS, "strategy": STRATEGIES}.get(name)
-            if known and isinstance(spec, dict) and set(spec.get("choice") or []) - set(known):
-                problems.append(f"tune.space.{name}: unknown value(s) {sorted(set(spec['choice']) - set(known))}; "
-                                f"known: {list(known)}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return space
-
-    @model_validator(mode="after")
-    def _searched_entries_exist(self) -> "Tune":
-        """A dotted `tune.space` key must name an entry of `tune.fixed`, and its sampler only valid values."""
-        problems = []
-        fixed = self.fixed.model_dump()
-        for name, spec in self.space.items():
-            if "." not in name:
-                continue
-            entry: Any = fixed
-            for part in name.split("."):
-                entry = entry.get(part, KeyError) if isinstance(entry, dict) else KeyError
-            if entry is KeyError or isinstance(entry, dict):
-                problems.append(f"tune.space.{name}: tune.fixed has no such entry (a single value)")
-                continue
-            kind, args = next(iter(spec.items()))
-            values = args if kind == "choice" else [args[0], args[1] - 1 if kind == "randint" else args[1]]
-            for value in values:
-                try:
-                    TrainFixed.model_validate(with_searched(fixed, {name: value}))
-                except ValidationError as err:
-                    problems.append(f"tune.space.{name}: {value!r} is not a valid value: {err.errors()[0]['msg']}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    @field_validator("mode")
-    @classmethod
-    def _mode_fits_metric(cls, mode: str, info: ValidationInfo) -> str:
-        metric = info.data.get("metric")  # absent when invalid: that is reported on its own
-        if metric is not None and mode != SELECTION_MODES[metric]:
-            better = "higher" if SELECTION_MODES[metric] == "max" else "lower"
-            raise ValueError(f"{metric} is better {better}, so tune.mode must be {SELECTION_MODES[metric]!r}, "
-                             f"not {mode!r}")
-        return mode
 
 
 class Baseline(Strict):
@@ -503,3 +323,9 @@ def keys_at(loc: tuple) -> list[str]:
     if isinstance(node, type) and issubclass(node, BaseModel):
         return [f.alias or n for n, f in node.model_fields.items()]
     return []
+
+
+__all__ = ["FUSIONS", "NESTED_KNOBS", "SEARCHED_ONLY", "SEARCH_KINDS", "SELECTION_METRICS", "SELECTION_MODES",
+           "STRATEGIES", "Align", "Asha", "Base", "Baseline", "Demo", "DemoClip", "Evaluate", "Ingest", "MODALITY_KEYS",
+           "ModalitySpec", "Params", "ParamsError", "Paths", "Preprocess", "Split", "Strict", "TrainFixed", "Tune",
+           "Validate", "did_you_mean", "keyed", "keys_at", "load_params", "params_error", "with_searched"]

@@ -43,11 +43,12 @@ the caller writes it and adds the split.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from math import gcd
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,8 @@ from scipy.signal import firwin, resample_poly
 from tqdm import tqdm
 
 from multimodal.demo_speakers import Speaker, deal_speakers, make_speakers
+from multimodal.demo_text import hint
+from multimodal.demo_video import other_writer_digit, video_cell, write_moving_digit_clip
 from multimodal.speech import Utterance, synthesize_fresh
 
 __all__ = ["build_demo_dataset", "DIGIT_NAMES", "MANIFEST_COLUMNS"]
@@ -65,7 +68,8 @@ logger = logging.getLogger(__name__)
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MANIFEST_COLUMNS = ["sample_id", "label", "group", "image", "audio", "text"]
-MODALITIES = ("image", "audio", "text")
+MODALITIES = ("image", "audio", "text")  # the default demo; `video` is opt-in (params demo.modalities)
+DEMO_MODALITIES = (*MODALITIES, "video")
 
 IMAGE_SIDE = 28
 CLIP_SECONDS = 1.0
@@ -75,34 +79,7 @@ SILENCE_THRESHOLD = 0.01  # of full scale; eSpeak pads words with near-zero samp
 SPEECH_BATCH = 500  # clips per fresh eSpeak process; fixed so the output never depends on the machine
 
 # Stream ids: each concern draws from its own generator so changing one does not reshuffle the others.
-_SELECT, _IMAGE, _AUDIO, _TEXT, _MISSING, _SPEAKERS, _DEAL = range(7)
-
-# Closed-loop digits: 0, 6, 8, 9 obviously; 4 in its printed, closed form (fixed choice, documented above).
-_LOOP_DIGITS = frozenset({0, 4, 6, 8, 9})
-_PRIME_DIGITS = frozenset({2, 3, 5, 7})
-
-# attribute -> (predicate, phrasings when true, phrasings when false). No wording may contain a digit name,
-# not even inside another word ("one" in "none", "eight" in "weight"); a unit test enforces this.
-_ATTRIBUTES: dict[str, tuple[Callable[[int], bool], tuple[str, ...], tuple[str, ...]]] = {
-    "parity": (lambda d: d % 2 == 0, ("even", "an even digit"), ("odd", "an odd digit")),
-    "magnitude": (
-        lambda d: d >= 5,
-        ("in the upper half of the digits", "among the larger digits"),
-        ("in the lower half of the digits", "among the smaller digits"),
-    ),
-    "loop": (
-        lambda d: d in _LOOP_DIGITS,
-        ("written with a closed loop", "a shape with an enclosed hole"),
-        ("written without any closed loop", "a shape with no enclosed hole"),
-    ),
-    "prime": (lambda d: d in _PRIME_DIGITS, ("prime", "a prime number"), ("not prime", "not a prime number")),
-}
-_SINGLE_TEMPLATES = ("The number is {a}.", "It is {a}.", "Hint: it is {a}.", "The answer is {a}.",
-                     "The spoken number is {a}.")
-_PAIR_TEMPLATES = ("The number is {a} and {b}.", "It is {a}, and also {b}.", "Hint: it is {a}; it is also {b}.",
-                   "The answer is {a} as well as {b}.")
-_PAIR_SHARE = 0.3
-
+_SELECT, _IMAGE, _AUDIO, _TEXT, _MISSING, _SPEAKERS, _DEAL, _VIDEO, _VIDEO_MISSING = range(9)
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
     """A generator for one named stream (and optionally one sample) of a build seeded by `seed`."""
@@ -249,31 +226,6 @@ def _mix_clip(plan: _ClipPlan, target: np.ndarray, babble: np.ndarray, clip_len:
     return _peak_normalize(plan.speaker.record(target + babble_gain * babble + noise_gain * noise))
 
 
-def _hint(label: int, rng: np.random.Generator) -> str:
-    """A sentence with one or two attributes of `label` that never leaves a single candidate digit."""
-    names = list(_ATTRIBUTES)
-    if rng.random() < _PAIR_SHARE:
-        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if _candidates(label, (a, b)) >= 2]
-        a, b = pairs[rng.integers(len(pairs))]
-        template = _PAIR_TEMPLATES[rng.integers(len(_PAIR_TEMPLATES))]
-        return template.format(a=_phrase(label, a, rng), b=_phrase(label, b, rng))
-    template = _SINGLE_TEMPLATES[rng.integers(len(_SINGLE_TEMPLATES))]
-    return template.format(a=_phrase(label, names[rng.integers(len(names))], rng))
-
-
-def _phrase(label: int, attribute: str, rng: np.random.Generator) -> str:
-    """One wording of whether `label` has `attribute`."""
-    predicate, if_true, if_false = _ATTRIBUTES[attribute]
-    options = if_true if predicate(label) else if_false
-    return options[rng.integers(len(options))]
-
-
-def _candidates(label: int, attributes: tuple[str, ...]) -> int:
-    """How many digits share `label`'s values on `attributes` (what a reader of the hint could narrow to)."""
-    signature = [_ATTRIBUTES[a][0](label) for a in attributes]
-    return sum(all(_ATTRIBUTES[a][0](d) == s for a, s in zip(attributes, signature)) for d in range(10))
-
-
 def _missing_mask(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
     """Boolean (n, 3) mask, True = modality missing; `rate` of samples per modality, never a full row."""
     if not 0.0 <= rate < 1.0:
@@ -283,6 +235,21 @@ def _missing_mask(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
         mask[rng.permutation(n)[: int(round(rate * n))], m] = True
     for row in np.flatnonzero(mask.all(axis=1)):
         mask[row, rng.integers(len(MODALITIES))] = False  # give one modality back
+    return mask
+
+
+def _chosen_mask(base: np.ndarray, chosen: tuple[str, ...], rate: float, rng: np.random.Generator) -> np.ndarray:
+    """The (n, len(chosen)) missing mask of the chosen modalities: the default three's columns as `_missing_mask`
+    drew them (so opting into video changes none of them), video's drawn from its own stream; a row left with no
+    modality gets a random one back."""
+    n = len(base)
+    columns = {m: base[:, i] for i, m in enumerate(MODALITIES)}
+    if "video" in chosen:
+        columns["video"] = np.zeros(n, dtype=bool)
+        columns["video"][rng.permutation(n)[: int(round(rate * n))]] = True
+    mask = np.stack([columns[m] for m in chosen], axis=1)
+    for row in np.flatnonzero(mask.all(axis=1)):
+        mask[row, rng.integers(len(chosen))] = False
     return mask
 
 
@@ -306,17 +273,16 @@ def _check_numbers(image_noise: float, snr_db: tuple[float, float], sample_rate:
         raise ValueError(f"sample_rate must be at least 8000 Hz, got {sample_rate}")
 
 
-def _manifest(labels: np.ndarray, groups: list[str], missing: np.ndarray, hints: list[str]) -> pd.DataFrame:
+def _manifest(labels: np.ndarray, groups: list[str], missing: np.ndarray, hints: list[str],
+              chosen: tuple[str, ...]) -> pd.DataFrame:
     """The manifest rows: speaker, relative file paths and hint text, "" where a modality is missing."""
     ids = [f"s{i:05d}" for i in range(len(labels))]
-    return pd.DataFrame({
-        "sample_id": ids,
-        "label": labels.astype(int),
-        "group": groups,
-        "image": ["" if gone else f"images/{i}.png" for i, gone in zip(ids, missing[:, 0])],
-        "audio": ["" if gone else f"audio/{i}.wav" for i, gone in zip(ids, missing[:, 1])],
-        "text": ["" if gone else hint for hint, gone in zip(hints, missing[:, 2])],
-    }, columns=MANIFEST_COLUMNS)
+    cells = {"image": [f"images/{i}.png" for i in ids], "audio": [f"audio/{i}.wav" for i in ids], "text": hints,
+             "video": [video_cell(i) for i in ids]}
+    frame = pd.DataFrame({"sample_id": ids, "label": labels.astype(int), "group": groups})
+    for column, name in enumerate(chosen):
+        frame[name] = ["" if gone else cell for cell, gone in zip(cells[name], missing[:, column])]
+    return frame
 
 
 def build_demo_dataset(
@@ -330,43 +296,63 @@ def build_demo_dataset(
     missing_rate: float,
     sample_rate: int,
     speakers: int,
+    modalities: tuple[str, ...] = MODALITIES,
+    video: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Write the demo images and clips under `out_dir` and return the manifest (see the module docstring).
 
-    The manifest has columns ``sample_id, label, group, image, audio, text``; ``group`` is the speaker, paths are
-    relative to `out_dir`, and "" marks a missing modality. Neither the manifest file nor a split column is
-    written here.
+    The manifest has columns ``sample_id, label, group`` and one per chosen modality (`modalities`, in the order of
+    `DEMO_MODALITIES`; video clips drawn with the `video` knobs of `demo_video.write_moving_digit_clip`); ``group`` is
+    the speaker, paths are relative to `out_dir`, and "" marks a missing modality. Neither the manifest file nor a
+    split column is written here.
     """
+    chosen = tuple(m for m in DEMO_MODALITIES if m in modalities)
+    if set(modalities) - set(DEMO_MODALITIES) or not chosen:
+        raise ValueError(f"demo modalities must be some of {list(DEMO_MODALITIES)}, got {list(modalities)}")
+    if "video" in chosen and video is None:
+        raise ValueError("the demo's video needs its knobs (params demo.video)")
     out_dir = Path(out_dir)
     snr_db = (float(audio_snr_db[0]), float(audio_snr_db[1]))
     _check_numbers(image_noise, snr_db, sample_rate)
     pixels, all_labels = _load_mnist()
-    chosen = _select_indices(all_labels, n_samples, _rng(seed, _SELECT))
-    labels = all_labels[chosen]
-    missing = _missing_mask(n_samples, missing_rate, _rng(seed, _MISSING))
-    images = _degrade_images(pixels[chosen], image_components, image_noise, _rng(seed, _IMAGE))
+    chosen_rows = _select_indices(all_labels, n_samples, _rng(seed, _SELECT))
+    labels = all_labels[chosen_rows]
+    missing = _chosen_mask(_missing_mask(n_samples, missing_rate, _rng(seed, _MISSING)), chosen, missing_rate,
+                           _rng(seed, _VIDEO_MISSING))
+    gone = {m: missing[:, i] for i, m in enumerate(chosen)}
+    images = _degrade_images(pixels[chosen_rows], image_components, image_noise, _rng(seed, _IMAGE))
     text_rng = _rng(seed, _TEXT)
-    hints = [_hint(int(label), text_rng) for label in labels]  # drawn for all, so the mask cannot shift them
+    hints = [hint(int(label), text_rng) for label in labels]  # drawn for all, so the mask cannot shift them
     voices = make_speakers(speakers, _rng(seed, _SPEAKERS), sample_rate)
     speaker_of = deal_speakers(labels, speakers, _rng(seed, _DEAL))
-    frame = _manifest(labels, [voices[k].name for k in speaker_of], missing, hints)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
+    frame = _manifest(labels, [voices[k].name for k in speaker_of], missing, hints, chosen)
+    for folder in {"image": "images", "audio": "audio", "video": "video"}.items():
+        if folder[0] in chosen:
+            (out_dir / folder[1]).mkdir(parents=True, exist_ok=True)
     logger.info("Building %d demo samples by %d speakers in %s (seed %d)", n_samples, speakers, out_dir, seed)
 
-    with tqdm(total=int((~missing[:, :2]).sum()), desc="demo dataset", unit="file") as progress:
-        for rel, image in zip(frame["image"], images):
-            if rel:
-                _write_png(out_dir / rel, image)
+    files = sum(int((~gone[m]).sum()) for m in ("image", "audio", "video") if m in chosen)
+    with tqdm(total=files, desc="demo dataset", unit="file") as progress:
+        if "image" in chosen:
+            for rel, image in zip(frame["image"], images):
+                if rel:
+                    _write_png(out_dir / rel, image)
+                    progress.update()
+        if "audio" in chosen:
+            plans = [_plan_clip(i, int(labels[i]), seed, voices[speaker_of[i]], voices)
+                     for i in np.flatnonzero(~gone["audio"])]
+            clip_len = int(round(CLIP_SECONDS * sample_rate))
+            for plan, target, babble in _spoken_clips(plans, sample_rate):
+                wave = _mix_clip(plan, target, babble, clip_len, snr_db)
+                _write_wav(out_dir / frame["audio"].iat[plan.index], wave, sample_rate)
                 progress.update()
-        plans = [_plan_clip(i, int(labels[i]), seed, voices[speaker_of[i]], voices)
-                 for i in np.flatnonzero(~missing[:, 1])]
-        clip_len = int(round(CLIP_SECONDS * sample_rate))
-        for plan, target, babble in _spoken_clips(plans, sample_rate):
-            wave = _mix_clip(plan, target, babble, clip_len, snr_db)
-            _write_wav(out_dir / frame["audio"].iat[plan.index], wave, sample_rate)
-            progress.update()
+        if "video" in chosen:
+            video_rng = _rng(seed, _VIDEO)
+            for i in np.flatnonzero(~gone["video"]):
+                digit = other_writer_digit(pixels, all_labels, int(chosen_rows[i]), video_rng)
+                write_moving_digit_clip(out_dir / frame["video"].iat[i], digit, video_rng, **video)
+                progress.update()
 
     logger.info("Demo dataset: %d samples, missing per modality %s", n_samples,
-                dict(zip(MODALITIES, missing.sum(axis=0).tolist())))
+                {m: int(gone[m].sum()) for m in chosen})
     return frame

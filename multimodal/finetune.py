@@ -1,4 +1,8 @@
-"""Supervised fine-tuning on top of the aligned embedder: fused models and unimodal baselines, one code path."""
+"""Supervised fine-tuning on top of the aligned embedder: fused models and unimodal baselines, one code path.
+
+Step two of the tune story (`multimodal.train` has it whole): builds the model a strategy trains from what `align`
+saved, then hands it to `train.fit`; `tune` calls this once per trial.
+"""
 
 from __future__ import annotations
 

@@ -72,8 +72,9 @@ def _modality_names() -> list[str]:
 
 
 def modality_columns(frame: pd.DataFrame) -> list[str]:
-    """The manifest's modality columns, in the registry's order."""
-    return [m for m in _modality_names() if m in frame.columns]
+    """The manifest's modality columns, in the manifest's order."""
+    known = set(_modality_names())
+    return [str(c) for c in frame.columns if c in known]
 
 
 def file_columns(frame: pd.DataFrame) -> list[str]:

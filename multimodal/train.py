@@ -1,5 +1,9 @@
 """One supervised training loop, used by the tune trials, the unimodal baselines, tests and benchmarks.
 
+The story of the tune stage, bottom up: `train` fits one model (this module); `finetune` builds that model on the
+aligned embedder for a fine-tuning strategy and calls `fit`; `tune` runs `finetune` as Ray Tune trials;
+`tune_results` turns what the study left into tables and the chosen trial.
+
 AdamW with linear warm-up then cosine decay, dropout, modality dropout, seeded per-modality augmentation of the
 training batches (`multimodal.augment`), gradient accumulation and clipping, early stopping on validation accuracy,
 bf16 autocast on CUDA. The complete training state can be saved after

@@ -1,5 +1,7 @@
 """Ray Tune over the fine-tuning space in params.yaml: ASHA, random or Optuna search, retries from checkpoints.
 
+Step three of the tune story (`multimodal.train` has it whole): each trial is `finetune` with sampled knobs.
+
 Trials wrap the same training loop as everything else (`multimodal.train.fit`); each epoch a trial reports its
 metrics with a checkpoint holding the model and the full training state, so a retried trial (`tune.max_failures`)
 continues from its last epoch instead of starting over.

@@ -1,4 +1,7 @@
-"""What a Ray Tune study leaves behind, as deterministic tables and plots (trial numbers, not Ray's random ids)."""
+"""What a Ray Tune study leaves behind, as deterministic tables and plots (trial numbers, not Ray's random ids).
+
+The last step of the tune story (`multimodal.train` has it whole): `tune` ran the trials, this reads them.
+"""
 
 from __future__ import annotations
 

@@ -26,6 +26,8 @@ def build_demo(cfg: Demo, out_dir: Path, seed: int) -> pd.DataFrame:
     with atomic_dir(out_dir) as tmp:
         knobs = cfg.model_dump()
         knobs["audio_snr_db"] = tuple(knobs["audio_snr_db"])
+        knobs["modalities"] = tuple(knobs["modalities"])
+        knobs["video"] = knobs.pop("clip")
         frame = build_demo_dataset(tmp, seed=seed, **knobs).astype(str)
         write_manifest(frame, tmp / MANIFEST_NAME)
     logger.info("demo dataset: %d samples in %s", len(frame), out_dir)

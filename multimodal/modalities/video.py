@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -27,7 +27,7 @@ from multimodal.augment import gaussian_noise, random_affine, random_cutout
 from multimodal.checks import Check, between
 from multimodal.config import ModalitySpec, Strict
 from multimodal.manifest import resolve_inside
-from multimodal.modalities.base import PooledEncoder, config_built, load_pretrained
+from multimodal.modalities.base import Modality, PooledEncoder, config_built, load_pretrained
 
 OPTIONS = ("image_size", "num_frames", "encoder")
 ENCODERS = ("video", "per_frame")
@@ -74,19 +74,19 @@ class VideoAugment(Strict):
 
 
 @contextmanager
-def _named(path: Path) -> Iterator[None]:
+def _named(name: str) -> Iterator[None]:
     """FFmpeg errors as ValueError naming the file (its decode errors do not say which; its open errors give the
     whole path)."""
     try:
         yield
     except av.FFmpegError as err:
-        raise ValueError(f"{path.name}: FFmpeg cannot read it: {err.strerror or type(err).__name__}") from err
+        raise ValueError(f"{name}: FFmpeg cannot read it: {err.strerror or type(err).__name__}") from err
 
 
-def _video_stream(container: Any, path: Path) -> Any:
+def _video_stream(container: Any, name: str) -> Any:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
-        raise ValueError(f"{path.name}: no video stream (streams: {', '.join(kinds)}; format {container.format.name})")
+        raise ValueError(f"{name}: no video stream (streams: {', '.join(kinds)}; format {container.format.name})")
     return container.streams.video[0]
 
 
@@ -111,15 +111,15 @@ def _too_big(width: int, height: int, frames: int, duration: float | None, optio
     return None
 
 
-def probe(path: Path, options: VideoChecks) -> dict[str, Any]:
+def probe(source: Path | BinaryIO, options: VideoChecks) -> dict[str, Any]:
     """The profile facts of one clip (`PROFILE_FIELDS`); raises ValueError on a refused header, a truncated clip or
     one that does not decode. Frames are decoded one at a time and dropped: memory does not grow with the clip."""
-    path = Path(path)
-    with _named(path), av.open(str(path)) as container:
-        stream = _video_stream(container, path)
+    name = Path(getattr(source, "name", None) or str(source)).name
+    with _named(name), av.open(source if hasattr(source, "read") else str(source)) as container:
+        stream = _video_stream(container, name)
         header = _header(container, stream)
         if problem := _too_big(header["width"], header["height"], header["frames"], header["duration_s"], options):
-            raise ValueError(f"{path.name}: header refused before decoding: {problem}")
+            raise ValueError(f"{name}: header refused before decoding: {problem}")
         facts = {"has_audio": bool(container.streams.audio), "codec": stream.codec_context.name}
         fmt, decoded = container.format.name, 0
         for frame in container.decode(stream):
@@ -128,31 +128,34 @@ def probe(path: Path, options: VideoChecks) -> dict[str, Any]:
                 header["width"], header["height"] = frame.width, frame.height
             # The header may understate: keep the bound while decoding too.
             if problem := _too_big(frame.width, frame.height, decoded, None, options):
-                raise ValueError(f"{path.name}: refused while decoding frame {decoded}: {problem}")
-    _check_whole(path, fmt, header, decoded)
+                raise ValueError(f"{name}: refused while decoding frame {decoded}: {problem}")
+    _check_whole(source, name, fmt, header, decoded)
     fps = header["fps"]
     duration = header["duration_s"] if header["duration_s"] is not None else (decoded / fps if fps else None)
     return {"width": header["width"], "height": header["height"], "fps": fps, "duration_s": duration,
             "frames": decoded, **facts}
 
 
-def _check_whole(path: Path, fmt: str, header: dict[str, Any], decoded: int) -> None:
+def _check_whole(source: Path | BinaryIO, name: str, fmt: str, header: dict[str, Any], decoded: int) -> None:
     """Raise if fewer frames decode than the header promises: FFmpeg decodes what a cut-off file still holds
     without complaint. Matroska/WebM headers hold a duration, not a frame count (one frame of slack there)."""
     if decoded == 0:
-        raise ValueError(f"{path.name}: no frame decodes")
+        raise ValueError(f"{name}: no frame decodes")
     expected, slack = header["frames"], 0
     if not expected and header["duration_s"] and header["fps"]:
         expected, slack = round(header["duration_s"] * header["fps"]), 1
     if decoded < expected - slack:
-        raise ValueError(f"{path.name}: truncated or damaged: the header promises {expected} frames, "
+        raise ValueError(f"{name}: truncated or damaged: the header promises {expected} frames, "
                          f"only {decoded} decode")
-    if fmt == "gif" and not _ends_with(path, GIF_TRAILER):
-        raise ValueError(f"{path.name}: truncated GIF: its trailer byte is missing")
+    if fmt == "gif" and not _ends_with(source, GIF_TRAILER):
+        raise ValueError(f"{name}: truncated GIF: its trailer byte is missing")
 
 
-def _ends_with(path: Path, tail: bytes) -> bool:
-    with path.open("rb") as handle:
+def _ends_with(source: Path | BinaryIO, tail: bytes) -> bool:
+    if hasattr(source, "read"):
+        source.seek(-len(tail), 2)
+        return source.read() == tail
+    with Path(source).open("rb") as handle:
         handle.seek(-len(tail), 2)
         return handle.read() == tail
 
@@ -327,3 +330,13 @@ def row_checks(ex: Any, options: VideoChecks) -> list[Check]:
             between(ex, "video", "frames", o.min_frames, o.max_frames,
                     f"video has {o.min_frames}..{o.max_frames} frames",
                     f"{{video_frames}} frames; allowed {o.min_frames}..{o.max_frames}")]
+
+
+def _baseline(tensors: dict[str, torch.Tensor], fit_rows: np.ndarray, cfg: Any) -> np.ndarray:
+    return baseline_features(tensors, cfg.image_size)  # `baseline.image_size`: the same pooled side as images
+
+
+MODALITY = Modality(
+    name="video", reads_file=True, probe=probe, profile_fields=PROFILE_FIELDS, checks=VideoChecks,
+    row_checks=row_checks, load=load, build_processor=build_processor, process=process, build_encoder=build_encoder,
+    options=OPTIONS, augment=augment, augment_knobs=VideoAugment, baseline_features=_baseline)

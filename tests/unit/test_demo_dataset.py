@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from multimodal import demo_dataset as dd
+from multimodal import demo_text
 from multimodal.demo_dataset import DIGIT_NAMES, MANIFEST_COLUMNS, build_demo_dataset
 from multimodal.demo_speakers import PITCH_JITTER, make_speakers
 from multimodal.speech import Utterance, synthesize, synthesize_fresh
@@ -116,8 +116,8 @@ def test_text_never_names_a_digit(built: tuple[Path, pd.DataFrame]) -> None:
 
 def test_every_wording_is_free_of_digit_names() -> None:
     """Check the whole phrase bank, not only what one small build happened to draw."""
-    words = [*dd._SINGLE_TEMPLATES, *dd._PAIR_TEMPLATES]
-    words += [w for _, yes, no in dd._ATTRIBUTES.values() for w in (*yes, *no)]
+    words = [*demo_text._SINGLE_TEMPLATES, *demo_text._PAIR_TEMPLATES]
+    words += [w for _, yes, no in demo_text._ATTRIBUTES.values() for w in (*yes, *no)]
     for wording in words:
         assert not _FORBIDDEN.search(wording.replace("{a}", "").replace("{b}", "")), wording
 
@@ -126,10 +126,11 @@ def test_hints_never_single_out_one_digit() -> None:
     rng = np.random.default_rng(0)
     for label in range(10):
         for _ in range(50):
-            dd._hint(label, rng)  # would raise if no valid pair existed
-        pairs = [(a, b) for a in dd._ATTRIBUTES for b in dd._ATTRIBUTES if a < b]
-        assert any(dd._candidates(label, p) >= 2 for p in pairs)
-        assert all(dd._candidates(label, (a,)) >= 2 for a in dd._ATTRIBUTES)
+            demo_text.hint(label, rng)  # would raise if no valid pair existed
+        attributes = demo_text._ATTRIBUTES
+        pairs = [(a, b) for a in attributes for b in attributes if a < b]
+        assert any(demo_text._candidates(label, p) >= 2 for p in pairs)
+        assert all(demo_text._candidates(label, (a,)) >= 2 for a in attributes)
 
 
 def test_missing_rate_and_never_all_missing(built: tuple[Path, pd.DataFrame]) -> None:
