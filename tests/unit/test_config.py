@@ -51,7 +51,7 @@ def test_every_problem_reported_together(tmp_path, raw_params):
     raw = copy.deepcopy(raw_params)
     raw["base"]["sed"] = 1                                            # unknown key (typo)
     raw["ingest"]["split"] = {"train": 0.7, "val": 0.2, "test": 0.2}  # sums to 1.1
-    raw["preprocess"]["modalities"] = ["image", "video"]             # unknown modality
+    raw["preprocess"]["modalities"] = ["image", "smell"]             # unknown modality
     raw["tune"]["space"]["lr"] = {"normal": [0.0, 1.0]}               # not a search kind
     with pytest.raises(ParamsError) as info:
         load_params(write(tmp_path, raw))
@@ -59,7 +59,7 @@ def test_every_problem_reported_together(tmp_path, raw_params):
     assert "4 problem(s)" in message
     assert "base.sed" in message
     assert "ingest.split" in message and "sum to 1" in message
-    assert "preprocess.modalities" in message and "video" in message
+    assert "preprocess.modalities" in message and "smell" in message
     assert "tune.space" in message and "tune.space.lr" in message
     # One problem per line, each naming its key.
     assert len([line for line in message.splitlines() if line.startswith("  ")]) == 4

@@ -371,8 +371,8 @@ def _make_dir(manifest: Path) -> None:
 BAD_USER_DATA = {
     "missing-column": (lambda m: write_manifest(read_manifest(m).drop(columns=["label"]), m),
                        r"lacks required column\(s\) \['label'\]"),
-    "unknown-modality": (lambda m: write_manifest(read_manifest(m).assign(video="v.mp4"), m),
-                         r"unknown column\(s\) \['video'\]"),
+    "unknown-modality": (lambda m: write_manifest(read_manifest(m).assign(depth="d.exr"), m),
+                         r"unknown column\(s\) \['depth'\]"),
     "absolute": (lambda m: _with_cell(m, "image", "/etc/hostname"), r"manifest row 3, column 'image': .*is absolute"),
     "dotdot": (lambda m: _with_cell(m, "image", "img/../../secret.png"), r"manifest row 3, .*escapes the dataset"),
     "re-entry": (lambda m: _with_cell(m, "image", "img/../../user/img/b.png"), r"row 3, .*escapes the dataset"),
