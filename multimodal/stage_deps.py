@@ -18,6 +18,9 @@ from pathlib import Path
 from multimodal.stage_params import read_stages
 
 PACKAGES = ("multimodal", "stages", "flows")
+# Packages that import every module inside them at run time (the modality registry finds its modules with pkgutil):
+# importing one of them may run any of its modules, which no import statement names.
+DISCOVERING = ("multimodal.modalities",)
 
 
 def module_file(root: Path, module: str) -> Path | None:
@@ -69,6 +72,8 @@ def import_closure(root: Path, module: str) -> set[Path]:
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # importing a.b runs a/__init__.py first
         todo.extend(_imported_modules(path, name))
+        if name in DISCOVERING:
+            todo.extend(f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.name != "__init__.py")
     return files
 
 
