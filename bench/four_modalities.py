@@ -50,7 +50,8 @@ def main() -> None:
         total = time.perf_counter() - start
         metrics = json.loads((project / "metrics/evaluate.json").read_text())
         tune = json.loads((project / "metrics/tune.json").read_text())
-    print(f"dvc repro with {MODALITIES}: {total:.0f} s; stages run: {re.findall(r'Running stage .([^\']+).', out)}")
+    stages = re.findall(r"Running stage '([^']+)'", out)
+    print(f"dvc repro with {MODALITIES}: {total:.0f} s; stages run: {stages}")
     print(f"fusion {metrics['fusion']}, best trial val {tune.get('best_val_accuracy')}, "
           f"best unimodal (on val) {metrics['best_unimodal']}")
     print("\n".join(table(metrics)))

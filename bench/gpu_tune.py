@@ -227,21 +227,7 @@ def tune_run(project: Path, out: Path, args: argparse.Namespace, gpus: float, n_
             "gpu_during_search": gpu_summary(samples, *window), "gpu_whole_stage": gpu_summary(samples)}
 
 
-# --- 4. the training loop alone: bf16 autocast (the product on CUDA) vs fp32 --------------------------------------
-
-@contextlib.contextmanager
-def precision(name: str):
-    """`bf16`: the loop as shipped (bf16 autocast on CUDA, none on CPU). `fp32`: its one autocast switch turned off."""
-    if name == "bf16":
-        yield
-        return
-    shipped = train_module.autocast
-    train_module.autocast = lambda device: torch.autocast(device_type=device.type, enabled=False)
-    try:
-        yield
-    finally:
-        train_module.autocast = shipped
-
+# --- 4. the training loop alone: tune.fixed.precision bf16 (autocast on CUDA) vs fp32 --------------------------------------
 
 def loop_throughput(project: Path, device: torch.device, epochs: int, batch_sizes: list[int]) -> list[dict]:
     from multimodal.config import load_params
@@ -257,16 +243,15 @@ def loop_throughput(project: Path, device: torch.device, epochs: int, batch_size
     for name in ("bf16", "fp32"):
         for batch_size in batch_sizes:
             cfg = replace(trial_train_config(params, LOOP_KNOBS), batch_size=batch_size, max_epochs=epochs,
-                          patience=epochs)
+                          patience=epochs, precision=name)  # tune.fixed.precision
             model, _ = initial_model(Path(params.base.paths.aligned), labels, data["train"].modalities, cfg)
             marks: list[float] = []
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             # on_epoch runs after the validation pass, whose `.cpu()` has already waited for the GPU.
-            with precision(name):
-                result = train_module.fit(model, data["train"], data["val"], cfg, device,
-                                          on_epoch=lambda metrics, model, save: marks.append(time.perf_counter()))
+            result = train_module.fit(model, data["train"], data["val"], cfg, device,
+                                      on_epoch=lambda metrics, model, save: marks.append(time.perf_counter()))
             seconds = np.diff([start, *marks])
             steady = seconds[1:] if len(seconds) > 1 else seconds
             rows.append({"precision": name, "autocast_bf16": name == "bf16" and device.type == "cuda",

@@ -6,7 +6,7 @@ aligned embedder for a fine-tuning strategy and calls `fit`; `tune` runs `finetu
 
 AdamW with linear warm-up then cosine decay, dropout, modality dropout, seeded per-modality augmentation of the
 training batches (`multimodal.augment`), gradient accumulation and clipping, early stopping on validation accuracy,
-bf16 autocast on CUDA. The complete training state can be saved after
+bf16 autocast on CUDA when asked (`precision`). The complete training state can be saved after
 any epoch (safetensors + JSON, no pickle) and a run resumed from it ends exactly as an uninterrupted one on CPU.
 """
 
@@ -46,6 +46,7 @@ class TrainConfig:
     grad_accum_steps: int
     grad_clip: float
     modality_dropout: float
+    precision: str  # fp32 | bf16 (autocast of the training steps on CUDA; evaluation stays fp32)
     max_epochs: int  # the LR schedule is laid out over this many epochs
     epoch_limit: int | None  # stop after this epoch, schedule unchanged (re-running an ASHA-stopped trial)
     seed: int
@@ -112,9 +113,11 @@ def drop_modalities(masks: dict[str, torch.Tensor], rate: float, generator: torc
     return {m: dropped[:, i] for i, m in enumerate(names)}
 
 
-def autocast(device: torch.device):
-    # bf16 autocast where it pays (CUDA); on CPU it is slower for these small models, so it stays off.
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, precision: str = "fp32"):
+    """bf16 autocast on CUDA when `precision` (tune.fixed.precision) asks for it. Off on CPU, where it is slower; and
+    on an H200 the default small ResNets train 0.67-0.82x as fast under it as in fp32 (bench/BENCHMARKS.md, GPU)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=device.type == "cuda" and precision == "bf16")
 
 
 @torch.no_grad()
@@ -124,8 +127,7 @@ def predict(model: nn.Module, data: SplitData, batch_size: int, device: torch.de
     out = []
     for batch in data.batches(batch_size):
         batch = batch.to(device)
-        with autocast(device):
-            out.append(torch.softmax(model(batch.inputs, batch.masks).float(), dim=-1).cpu())
+        out.append(torch.softmax(model(batch.inputs, batch.masks).float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -188,7 +190,7 @@ def fit(
         for step, batch in enumerate(train.batches(cfg.batch_size, generator)):
             batch = augment(batch.to(device), generator)  # training batches only; a fresh draw every epoch
             masks = drop_modalities(batch.masks, cfg.modality_dropout, generator)
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 loss = loss_fn(model(batch.inputs, masks).float(), batch.labels)
             # The last group of an epoch may be short: weight by its real size so every batch counts the same.
             group_start = step - step % cfg.grad_accum_steps

@@ -43,6 +43,7 @@ class TrainFixed(Strict):
     grad_accum_steps: int = Field(ge=1)
     grad_clip: float = Field(gt=0)
     modality_dropout: float = Field(ge=0, lt=1)
+    precision: Literal["fp32", "bf16"]  # bf16: autocast of the training steps on CUDA (never on CPU)
     # Fine-tuning strategy of the encoders (multimodal.strategies); searchable too, e.g. {choice: [frozen, lora]}.
     strategy: Literal[STRATEGIES]
     last_k: int = Field(ge=1)  # last_k: blocks trained per encoder

@@ -21,7 +21,7 @@ def test_fit_on_cuda_with_bf16_autocast(make_split):
     model = MultimodalModel(Embedder({m: FeatureInput(v["features"].shape[1]) for m, v in train.inputs.items()}, 16),
                             "attention", n_classes=int(train.labels.max()) + 1, dropout=0.0,
                             fusion_knobs=knobs("attention"))
-    result = fit(model, train, val, train_config(lr=5e-3, max_epochs=5, batch_size=32, patience=5), device)
+    result = fit(model, train, val, train_config(lr=5e-3, max_epochs=5, batch_size=32, patience=5, precision="bf16"), device)
     assert next(model.parameters()).device.type == "cuda"
     assert result.history[-1].train_loss < result.history[0].train_loss
     assert predict(model, val, 64, device).shape == (len(val), int(train.labels.max()) + 1)
