@@ -80,6 +80,7 @@ class Ingest(Strict):
     # file changed, added or removed there re-runs it. The demo's is `base.paths.demo`.
     dataset: Path
     manifest: str = Field(min_length=1)  # CSV or Parquet, a path inside `dataset`
+    max_rows: int = Field(ge=1)  # a longer manifest is refused, having read no more than this many rows
     split: Split
     # With a given `split` column: the share of train rows (whole groups) moved to val; None keeps the split.
     carve_val_groups: float | None = Field(gt=0, lt=1)

@@ -24,8 +24,11 @@ class ManifestError(ValueError):
     """A manifest that breaks the contract; the message names the file, column or row."""
 
 
-def read_manifest(path: str | Path, *, errors: str = "strict") -> pd.DataFrame:
+def read_manifest(path: str | Path, *, errors: str = "strict", max_rows: int | None = None) -> pd.DataFrame:
     """Read a manifest as strings (empty cells -> ""), checking columns. Never guesses dtypes of ids.
+
+    With `max_rows`, a manifest of more rows is refused having read at most `max_rows + 1` of them (a CSV) or only
+    its footer (Parquet): memory stays bounded whatever the file holds.
 
     `errors="surrogateescape"` keeps bytes that are not UTF-8 (a latin-1 cell) as lone surrogates instead of
     refusing the whole file, so `validate` can name the rows that hold them; `write_manifest` writes them back.
@@ -33,10 +36,21 @@ def read_manifest(path: str | Path, *, errors: str = "strict") -> pd.DataFrame:
     path = Path(path)
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
+            if max_rows is not None:
+                import pyarrow.parquet as pq
+
+                if (rows := pq.ParquetFile(path).metadata.num_rows) > max_rows:
+                    raise TooLong(rows)
             frame = pd.read_parquet(path).astype("string").fillna("")
         else:
             # dtype=object, then str below: read as dtype=str, a kept surrogate would fail inside pandas' reader.
-            frame = pd.read_csv(path, dtype=object, keep_default_na=False, encoding="utf-8", encoding_errors=errors)
+            frame = pd.read_csv(path, dtype=object, keep_default_na=False, encoding="utf-8", encoding_errors=errors,
+                                nrows=None if max_rows is None else max_rows + 1)
+            if max_rows is not None and len(frame) > max_rows:
+                raise TooLong(len(frame))
+    except TooLong:
+        raise ManifestError(f"manifest {path} has more than {max_rows} rows (ingest.max_rows); raise the cap or "
+                            "split the dataset") from None
     except UnicodeDecodeError as err:
         raise ManifestError(f"cannot read manifest {path}: it is not UTF-8 ({err}); save it as UTF-8") from err
     except (OSError, ValueError) as err:
@@ -58,6 +72,10 @@ def read_manifest(path: str | Path, *, errors: str = "strict") -> pd.DataFrame:
     if not any(m in frame.columns for m in modalities):
         raise ManifestError(f"manifest {path} has no modality column; expected one of {modalities}")
     return frame
+
+
+class TooLong(Exception):
+    """Internal: the manifest holds more rows than allowed (reported as a ManifestError)."""
 
 
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:

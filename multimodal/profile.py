@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from multimodal.config import Validate
 from multimodal.manifest import ManifestError, modality_columns, resolve_inside
 from multimodal.modalities import Modality, get_modality
 
+_IN_MEMORY = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 PRESENT_COUNT = "modalities_present"  # profile column: how many modality cells of the row are filled
 _ROW_COLUMNS = {"sample_id": "object", "label": "object", "split": "object", "group": "object", "utf8": "boolean",
                 "utf8_column": "object", "utf8_error": "object"}
@@ -113,7 +115,9 @@ def profile_cell(modality: Modality, cell: str, root: Path, options: Validate) -
                 out.update({field: facts[field] for field in modality.profile_fields})
                 out["decodes"] = True
             except Exception as err:  # noqa: BLE001 - any decoder failure is a finding on this row, not a crash
-                out["error"] = f"cannot decode {modality.name}: {error_text(err)}"
+                # Decoders name the in-memory copy they read (`<_io.BytesIO object at 0x...>`): name the cell.
+                text = _IN_MEMORY.sub(repr(display(cell)), error_text(err)) if modality.reads_file else error_text(err)
+                out["error"] = f"cannot decode {modality.name}: {text}"
     return {f"{modality.name}_{key}": value for key, value in out.items()}
 
 

@@ -89,7 +89,7 @@ def ingest(cfg: Ingest, out_dir: Path, seed: int) -> pd.DataFrame:
     manifest = resolve_inside(dataset, cfg.manifest)
     with atomic_dir(out_dir) as tmp:
         # Cells that are not UTF-8 are kept (byte for byte) for `validate` to report with their rows.
-        frame = read_manifest(manifest, errors="surrogateescape")
+        frame = read_manifest(manifest, errors="surrogateescape", max_rows=cfg.max_rows)
         copy_user_files(frame, manifest.parent, tmp)
         frame = with_splits(frame, cfg, seed)
         write_manifest(frame, tmp / MANIFEST_NAME)

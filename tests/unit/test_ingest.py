@@ -228,3 +228,15 @@ def test_demo_split_holds_out_whole_speakers(tmp_path):
     assert (frame.groupby("group")["split"].nunique() == 1).all()  # val and test speakers are never heard in train
     assert (pd.crosstab(frame["label"], frame["split"]) > 0).all().all() and set(frame["split"]) == {"train", "val",
                                                                                                        "test"}
+
+
+def test_a_manifest_over_max_rows_is_refused_having_read_only_the_cap(tmp_path):
+    manifest = user_dataset(tmp_path / "user")
+    with pytest.raises(ManifestError, match=r"has more than 20 rows \(ingest.max_rows\)"):
+        ingest(cfg_for(manifest, max_rows=20), tmp_path / "raw", seed=0)
+    assert not (tmp_path / "raw").exists()
+    assert len(ingest(cfg_for(manifest, max_rows=N), tmp_path / "raw", seed=0)) == N
+    frame = read_manifest(manifest)
+    frame.to_parquet(tmp_path / "user" / "manifest.parquet")
+    with pytest.raises(ManifestError, match="more than 5 rows"):
+        read_manifest(tmp_path / "user" / "manifest.parquet", max_rows=5)
