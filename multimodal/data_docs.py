@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from multimodal.escape import markdown_literal
 from multimodal.offline_html import external_references, is_external
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,6 @@ class ExternalReference(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- escaping
-
-
-def markdown_literal(text: str) -> str:
-    """`text` as markdown that renders as exactly these characters: every ASCII punctuation mark backslashed.
-
-    No image, link, autolink, raw HTML or emphasis can survive: CommonMark treats `\\x` as a literal `x` for
-    every ASCII punctuation character.
-    """
-    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
 
 
 def _html_strings(value: Any) -> Any:

@@ -10,7 +10,8 @@ from pathlib import Path
 import mistune
 import pytest
 
-from multimodal.data_docs import ASSETS, VENDOR, markdown_literal, offline_page
+from multimodal.data_docs import ASSETS, VENDOR, offline_page
+from multimodal.escape import markdown_literal
 from multimodal.offline_html import css_urls, external_references, html_urls, is_external
 from multimodal.validation import validate_dataset
 from tests.unit.hostile import HOSTILE, assert_defused
