@@ -46,16 +46,17 @@ class Asset:
 
 _CDN = r"https://(?:cdnjs\.cloudflare\.com/ajax/libs|cdn\.jsdelivr\.net/npm|unpkg\.com|code\.jquery\.com|" \
        r"(?:maxcdn|stackpath)\.bootstrapcdn\.com)/"
+_TABLE = _CDN + r"bootstrap-table@1\.19\.[01]/dist/"
 ASSETS = (
     Asset(_CDN + r"jquery-3\.7\.1\.min\.js", ("jquery/jquery.min.js",)),
     Asset(_CDN + r"popper\.js/1\.12\.9/umd/popper\.min\.js", ("popper.js/popper.min.js",)),
     Asset(_CDN + r"bootstrap/4\.3\.1/css/bootstrap\.min\.css", ("bootstrap/bootstrap.min.css",)),
     Asset(_CDN + r"bootstrap/4\.3\.1/js/bootstrap\.min\.js", ("bootstrap/bootstrap.min.js",)),
-    Asset(_CDN + r"bootstrap-table@1\.19\.[01]/dist/bootstrap-table\.min\.css", ("bootstrap-table/bootstrap-table.min.css",)),
-    Asset(_CDN + r"bootstrap-table@1\.19\.[01]/dist/bootstrap-table\.min\.js", ("bootstrap-table/bootstrap-table.min.js",)),
-    Asset(_CDN + r"bootstrap-table@1\.19\.[01]/dist/extensions/filter-control/bootstrap-table-filter-control(?:\.min)?\.css",
+    Asset(_TABLE + r"bootstrap-table\.min\.css", ("bootstrap-table/bootstrap-table.min.css",)),
+    Asset(_TABLE + r"bootstrap-table\.min\.js", ("bootstrap-table/bootstrap-table.min.js",)),
+    Asset(_TABLE + r"extensions/filter-control/bootstrap-table-filter-control(?:\.min)?\.css",
           ("bootstrap-table/bootstrap-table-filter-control.min.css",)),
-    Asset(_CDN + r"bootstrap-table@1\.19\.[01]/dist/extensions/filter-control/bootstrap-table-filter-control\.min\.js",
+    Asset(_TABLE + r"extensions/filter-control/bootstrap-table-filter-control\.min\.js",
           ("bootstrap-table/bootstrap-table-filter-control.min.js",)),
     Asset(_CDN + r"bootstrap-datepicker/1\.9\.0/css/bootstrap-datepicker\.min\.css",
           ("bootstrap-datepicker/bootstrap-datepicker.min.css",)),

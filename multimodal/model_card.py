@@ -138,21 +138,24 @@ def measured_limits(frame: pd.DataFrame, evaluate: Mapping[str, Any], resamples:
     return out
 
 
+def _flat(evaluate: Mapping[str, Any], prefix: str, unit=pct) -> str:
+    """A headline figure of evaluate.json with its interval: `92.4% [90.0%, 94.7%]`."""
+    low, high = evaluate.get(f"{prefix}_ci95_lo"), evaluate.get(f"{prefix}_ci95_hi")
+    return f"{unit(evaluate[prefix])} {interval(low, high, unit)}"
+
+
 def headline(evaluate: Mapping[str, Any]) -> list:
     """The verdict in two sentences, and the loud line when the classical baseline is not beaten."""
     if "fused_accuracy" not in evaluate:
         return [Text("No evaluation found: run the evaluate stage.", "warning")]
-    parts = [f"Fused model: test accuracy {pct(evaluate['fused_accuracy'])} "
-             f"{interval(evaluate.get('fused_accuracy_ci95_lo'), evaluate.get('fused_accuracy_ci95_hi'))} "
-             f"on {evaluate.get('fused_accuracy_n')} rows."]
+    rows = evaluate.get("fused_accuracy_n")
+    parts = [f"Fused model: test accuracy {_flat(evaluate, 'fused_accuracy')} on {rows} rows."]
     if evaluate.get("fused_minus_best_unimodal") is not None:
         parts.append(f"Against the best single modality ({evaluate.get('best_unimodal')}, chosen on validation): "
-                     f"{pts(evaluate['fused_minus_best_unimodal'])} "
-                     f"{interval(evaluate.get('fused_minus_best_unimodal_ci95_lo'), evaluate.get('fused_minus_best_unimodal_ci95_hi'), pts)}.")
+                     f"{_flat(evaluate, 'fused_minus_best_unimodal', pts)}.")
     if evaluate.get("fused_minus_baseline") is not None:
         parts.append(f"Against the classical baseline ({pct(evaluate.get('baseline_accuracy'))}): "
-                     f"{pts(evaluate['fused_minus_baseline'])} "
-                     f"{interval(evaluate.get('fused_minus_baseline_ci95_lo'), evaluate.get('fused_minus_baseline_ci95_hi'), pts)}.")
+                     f"{_flat(evaluate, 'fused_minus_baseline', pts)}.")
     blocks = [Text(" ".join(parts), "good" if evaluate.get("fused_beats_baseline", True) else "plain")]
     if evaluate.get("fused_beats_baseline") is False:
         blocks.append(Text("The fused deep model does NOT beat the classical baseline (logistic regression on "

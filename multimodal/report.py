@@ -102,7 +102,8 @@ def _scalar(value: Any) -> bool:
 def records_table(records: Sequence[Mapping[str, Any]], caption: str, max_rows: int,
                   first: Sequence[str] = ()) -> Table:
     """One row per record; the `first` columns lead, the others follow in the order they appear."""
-    columns = list(dict.fromkeys([*(c for c in first if any(c in r for r in records)), *(k for r in records for k in r)]))
+    present = [c for c in first if any(c in r for r in records)]
+    columns = list(dict.fromkeys([*present, *(k for r in records for k in r)]))
     rows = [[r.get(c) for c in columns] for r in records[:max_rows]]
     return Table(columns, rows, caption, more=max(0, len(records) - max_rows))
 
@@ -117,7 +118,7 @@ def json_tables(obj: Any, caption: str, max_rows: int) -> list[Table]:
         return [Table(["value"], [[obj]], caption)]
     scalars = [[k, v] for k, v in obj.items() if _scalar(v)]
     nested = {k: v for k, v in obj.items() if not _scalar(v)}
-    out = [Table(["key", "value"], scalars[:max_rows], caption, more=max(0, len(scalars) - max_rows))] if scalars else []
+    out = [Table(["key", "value"], scalars[:max_rows], caption, more=max(0, len(scalars) - max_rows))] * bool(scalars)
     if nested and all(isinstance(v, Mapping) and all(_scalar(x) for x in v.values()) for v in nested.values()):
         out.append(records_table([{"name": k, **v} for k, v in nested.items()], caption, max_rows))
     else:
@@ -150,39 +151,45 @@ def card(files: RunFiles, run: ReportInputs) -> Section | None:
                       intended_use=run.intended_use, limitations=run.limitations, resamples=run.resamples)
 
 
+def _ci(entry: Mapping[str, Any], key: str = "ci95") -> tuple[float | None, float | None]:
+    return tuple(entry.get(key) or (None, None))
+
+
+def _paired_rows(paired: Mapping[str, Any], with_fused: bool) -> list[list]:
+    return [[n, p.get("n"), pct(p.get("accuracy")), *([pct(p.get(f"{FUSED}_accuracy"))] if with_fused else []),
+             pts(p.get(f"{FUSED}_minus")), interval(*_ci(p, f"{FUSED}_minus_ci95"), pts)] for n, p in paired.items()]
+
+
 def metrics(files: RunFiles, run: ReportInputs) -> Section | None:
     evaluate = files.json(run.metrics / "evaluate.json")
     if not evaluate:
         return None
     models, paired = evaluate.get("models", {}), evaluate.get("paired", {})
     names = list(models)
-    rows = [[n, model_kind(n), pct(s.get("accuracy")), interval(*(s.get("ci95") or (None, None))),
-             s.get("macro_f1"), s.get("n")] for n, s in models.items()]
+    rows = [[n, model_kind(n), pct(s.get("accuracy")), interval(*_ci(s)), s.get("macro_f1"), s.get("n")]
+            for n, s in models.items()]
     blocks: list = [Table(["model", "kind", "accuracy", "95% interval", "macro-F1", "n"], rows,
                           caption="Test accuracy, each model on the rows where its inputs exist")]
     if names:
-        blocks.append(Figure(interval_chart(
-            names, [models[n]["accuracy"] for n in names], *zip(*[models[n].get("ci95") or (None, None) for n in names]),
-            xlabel="test accuracy (dot) and 95% bootstrap interval (bar)", highlight=FUSED),
-            "test accuracy per model with 95% intervals", "Accuracy per model; the fused model in orange."))
+        lows, highs = zip(*[_ci(models[n]) for n in names])
+        chart = interval_chart(names, [models[n]["accuracy"] for n in names], lows, highs, highlight=FUSED,
+                               xlabel="test accuracy (dot) and 95% bootstrap interval (bar)")
+        blocks.append(Figure(chart, "test accuracy per model with 95% intervals",
+                             "Accuracy per model; the fused model in orange."))
     if paired:
-        others = list(paired)
-        diffs = [paired[n][f"{FUSED}_minus"] for n in others]
-        bounds = [paired[n].get(f"{FUSED}_minus_ci95") or (None, None) for n in others]
-        blocks.append(Figure(interval_chart(
-            [f"fused − {n}" for n in others], diffs, *zip(*bounds), reference=0.0, reference_label="no difference",
-            xlabel="paired accuracy difference (fused minus model) and 95% interval"),
-            "paired accuracy differences with 95% intervals",
-            "Right of the dashed line: the fused model is better on the rows both models see."))
-        blocks.append(Table(["model", "n paired", "model accuracy", "fused accuracy", "fused minus model", "95% interval"],
-                            [[n, p.get("n"), pct(p.get("accuracy")), pct(p.get(f"{FUSED}_accuracy")),
-                              pts(p.get(f"{FUSED}_minus")), interval(*(p.get(f"{FUSED}_minus_ci95") or (None, None)), pts)]
-                             for n, p in paired.items()], caption="Paired comparisons on the rows both models see"))
+        lows, highs = zip(*[_ci(p, f"{FUSED}_minus_ci95") for p in paired.values()])
+        chart = interval_chart([f"fused − {n}" for n in paired], [p[f"{FUSED}_minus"] for p in paired.values()],
+                               lows, highs, reference=0.0, reference_label="no difference",
+                               xlabel="paired accuracy difference (fused minus model) and 95% interval")
+        blocks.append(Figure(chart, "paired accuracy differences with 95% intervals",
+                             "Right of the dashed line: the fused model is better on the rows both models see."))
+        blocks.append(Table(["model", "n paired", "model accuracy", "fused accuracy", "fused minus model",
+                             "95% interval"], _paired_rows(paired, with_fused=True),
+                            caption="Paired comparisons on the rows both models see"))
     strict = evaluate.get("all_rows_abstain_wrong")
     if strict:
         blocks.append(Table(["model", "n", "accuracy", "fused minus model", "95% interval"],
-                            [[n, p.get("n"), pct(p.get("accuracy")), pts(p.get(f"{FUSED}_minus")),
-                              interval(*(p.get(f"{FUSED}_minus_ci95") or (None, None)), pts)] for n, p in strict.items()],
+                            _paired_rows(strict, with_fused=False),
                             caption="Stricter: every test row counted, a row a model cannot see counted as wrong"))
     extra = {k: v for k, v in evaluate.items() if k not in _EVALUATE_SHOWN and not _scalar(v)}
     for key, value in extra.items():
@@ -217,8 +224,8 @@ def validation(files: RunFiles, run: ReportInputs) -> Section | None:
         return None
     files.json(run.metrics / "validate.json")  # the same counts, shown here
     facts = [(k.replace("_", " "), v) for k, v in report.items() if not isinstance(v, (list, dict))]
-    blocks: list = [Text("passed" if report.get("success") else "FAILED", "good" if report.get("success") else "warning"),
-                    Facts(facts)]
+    verdict = Text("passed", "good") if report.get("success") else Text("FAILED", "warning")
+    blocks: list = [verdict, Facts(facts)]
     checks = report.get("checks") or []
     if checks:
         blocks.append(records_table(checks, "Checks (Great Expectations); count: rows that fail it", len(checks),

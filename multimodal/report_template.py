@@ -179,12 +179,20 @@ TEMPLATE = """<!DOCTYPE html>
 </html>
 """
 
-BLOCK = """{% if b.kind == "table" %}<table>{% if b.caption %}<caption>{{ b.caption }}</caption>{% endif %}
+BLOCK = """
+{% if b.kind == "table" %}
+<table>{% if b.caption %}<caption>{{ b.caption }}</caption>{% endif %}
 <thead><tr>{% for c in b.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
-<tbody>{% set classes = b.classes %}{% for row in b.cells %}<tr>{% for cell in row %}<td{% if classes[loop.index0] %} class="{{ classes[loop.index0] }}"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table>{% if b.more %}<p class="more">... and {{ b.more }} more row(s), in the file this table comes from</p>{% endif %}
+<tbody>{% set classes = b.classes %}
+{% for row in b.cells %}<tr>{% for cell in row %}
+<td{% if classes[loop.index0] %} class="{{ classes[loop.index0] }}"{% endif %}>{{ cell }}</td>
+{% endfor %}</tr>
+{% endfor %}</tbody></table>
+{% if b.more %}<p class="more">... and {{ b.more }} more row(s), in the file this table comes from</p>{% endif %}
 {% elif b.kind == "facts" %}<dl>{% for k, v in b.cells %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>
-{% elif b.kind == "figure" %}<figure><img src="{{ b.data_uri }}" alt="{{ b.alt }}">{% if b.caption %}<figcaption>{{ b.caption }}</figcaption>{% endif %}</figure>
+{% elif b.kind == "figure" %}
+<figure><img src="{{ b.data_uri }}" alt="{{ b.alt }}">
+{% if b.caption %}<figcaption>{{ b.caption }}</figcaption>{% endif %}</figure>
 {% elif b.kind == "heading" %}<h3>{{ b.text }}</h3>
 {% elif b.kind == "text" %}<p class="tone-{{ b.tone }}">{{ b.text }}</p>
 {% elif b.kind == "bullets" %}<ul>{% for item in b.items %}<li>{{ item }}</li>{% endfor %}</ul>

@@ -48,8 +48,8 @@ def build_run(base: Path) -> dict[str, Path]:
     metrics, plots = base / "metrics", base / "plots"
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 40)
-    preds = {"fused": np.where(rng.random(40) < 0.9, y, 1 - y), "unimodal_audio": np.where(rng.random(40) < 0.7, y, 1 - y),
-             "baseline_early_fusion": np.where(rng.random(40) < 0.6, y, 1 - y)}
+    preds = {name: np.where(rng.random(40) < hit, y, 1 - y)
+             for name, hit in (("fused", 0.9), ("unimodal_audio", 0.7), ("baseline_early_fusion", 0.6))}
     preds["unimodal_audio"][:5] = -1  # rows that model cannot see
     report = {"fusion": "gated", **fair_report(y, preds, {"audio": 0.7}, resamples=200, seed=0)}
     report["calibration"] = {"fused": {"ece": 0.05, "bins": 10}, HOSTILE: {"ece": 0.1, "bins": 10}}  # a new block

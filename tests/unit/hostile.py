@@ -8,7 +8,8 @@ from pathlib import Path
 from multimodal.offline_html import external_references
 
 # A script, a markdown image and raw HTML with an event handler, all pointing at a host that must never be asked.
-HOSTILE = '<script>alert(1)</script>![x](http://evil.example/p.png)<img src="http://evil.example/i.png" onerror="alert(2)">'
+HOSTILE = ('<script>alert(1)</script>![x](http://evil.example/p.png)'
+           '<img src="http://evil.example/i.png" onerror="alert(2)">')
 
 
 class _Live(HTMLParser):
