@@ -2,12 +2,15 @@
 
 Nothing here talks to Prefect, so each builder is testable on its own; `flows.pipeline` publishes the results.
 The readers are lenient on purpose: a report field that a stage adds or drops later should change the artifact,
-not fail the flow run after the whole pipeline has succeeded.
+not fail the flow run after the whole pipeline has succeeded. Every value that can come from a manifest (sample
+ids, labels, reasons) goes through `markdown_literal`: the UI renders markdown, where a label
+`![x](http://host/p.png)` would otherwise make every viewer's browser fetch that URL.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.dvc_tools import Experiment, Plot, flatten
+from multimodal.escape import markdown_literal
 
 MAX_ROWS = 50  # markdown is for reading: not the whole failing-row list of a big dataset
 
@@ -27,14 +31,17 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def _md(value: Any) -> str:
+    return markdown_literal(str(_cell(value)))
+
+
 def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "_none_"
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(map(_md, columns)) + " |", "|" + "---|" * len(columns)]
     for row in rows[:MAX_ROWS]:
-        cells = (str(_cell(row.get(c, ""))).replace("|", "\\|").replace("\n", " ") for c in columns)
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_md(row.get(c, "")) for c in columns) + " |")
     if len(rows) > MAX_ROWS:
         lines.append(f"\n_... {len(rows) - MAX_ROWS} more rows_")
     return "\n".join(lines)
@@ -46,17 +53,17 @@ def validation_markdown(report: Mapping[str, Any], docs_index: Path | None) -> s
     scalars = {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
     parts = [f"# Data validation {verdict}", "", _md_table([{"field": k, "value": v} for k, v in scalars.items()])]
     if report.get("labels"):
-        parts += ["", f"**Labels ({len(report['labels'])}):** " + ", ".join(map(str, report["labels"]))]
+        parts += ["", f"**Labels ({len(report['labels'])}):** " + ", ".join(map(_md, report["labels"]))]
     for key, value in report.items():
         if not isinstance(value, list) or key == "labels":
             continue
-        title = key.replace("_", " ")
+        title = _md(key.replace("_", " "))
         if not value:
             parts += ["", f"## {title}: none"]
         elif all(isinstance(v, Mapping) for v in value):
             parts += ["", f"## {title} ({len(value)})", "", _md_table(value)]
         else:
-            parts += ["", f"## {title} ({len(value)})", ""] + [f"- {v}" for v in value[:MAX_ROWS]]
+            parts += ["", f"## {title} ({len(value)})", ""] + [f"- {_md(v)}" for v in value[:MAX_ROWS]]
     if docs_index is not None:
         parts += ["", f"Great Expectations Data Docs: [`{docs_index}`]({docs_index.as_uri()}) "
                       "(open the file in a browser on the machine that ran the flow)"]
@@ -87,7 +94,9 @@ def confusion_records(path: Path) -> list[dict[str, Any]]:
 
 
 def best_config_markdown(text: str, path: str) -> str:
-    return f"# Best configuration\n\n`{path}`\n\n```yaml\n{text.rstrip()}\n```"
+    # A fence longer than any run of backticks in the text: nothing inside can close it early.
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    return f"# Best configuration\n\n{_md(path)}\n\n{fence}yaml\n{text.rstrip()}\n{fence}"
 
 
 @dataclass(frozen=True)

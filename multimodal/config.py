@@ -30,6 +30,7 @@ class Paths(Strict):
     baseline: Path
     metrics: Path
     plots: Path
+    report: Path  # the report stage's one self-contained HTML file
 
 
 class Base(Strict):
@@ -181,6 +182,15 @@ class Evaluate(Strict):
     bootstrap: int = Field(ge=100)  # resamples behind every 95% interval (seeded from base.seed)
 
 
+class Report(Strict):
+    """The offline report and its model card (multimodal.report): what only a person can say about the model."""
+
+    title: str = Field(min_length=1)
+    intended_use: str = Field(min_length=1)
+    limitations: list[str]  # known limits the figures cannot show; the report adds the measured ones
+    max_rows: int = Field(ge=1)  # rows of a long table (failing rows, trials) shown before "... and N more"
+
+
 class Params(Strict):
     base: Base
     demo: Demo
@@ -192,6 +202,7 @@ class Params(Strict):
     tune: Tune
     baseline: Baseline
     evaluate: Evaluate
+    report: Report
 
     @model_validator(mode="before")
     @classmethod

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -172,21 +170,11 @@ def run_checkpoint(context: Any, name: str, table: pd.DataFrame, suite: Any, doc
     return next(iter(run.run_results.values()))
 
 
-_BEACON = re.compile(r"https://great-expectations-web-assets\.s3\.[a-z0-9-]+\.amazonaws\.com/logo-long\.png[^\"']*")
-
-
 def copy_docs(workdir: Path, docs_dir: Path) -> None:
-    """Copy the rendered Data Docs site out of the GX project, pointing the navbar logo at the local copy.
+    """Copy the rendered Data Docs site out of the GX project: manifest content escaped, nothing loaded from the web."""
+    from multimodal.data_docs import publish  # late: only runs that write Data Docs need it
 
-    The stock logo URL carries a timestamp and the context id: a tracking pixel whenever the page is opened.
-    """
-    site = workdir / "gx" / "uncommitted" / "data_docs" / "local_site"
-    shutil.copytree(site, docs_dir, dirs_exist_ok=True)
-    local_logo = docs_dir / "static" / "images" / "logo-long.png"
-    for page in docs_dir.rglob("*.html"):
-        text = page.read_text(encoding="utf-8")
-        relative = os.path.relpath(local_logo, page.parent).replace(os.sep, "/")
-        page.write_text(_BEACON.sub(relative, text), encoding="utf-8")
+    publish(workdir, docs_dir)
 
 
 def gx_json(gx_result: Any) -> str:

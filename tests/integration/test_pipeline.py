@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from multimodal.data_docs import external_in_site
+from multimodal.offline_html import external_references
 from multimodal.workspace import run
 
 pytestmark = pytest.mark.integration
 
 STAGES = {"demo", "ingest", "validate", "preprocess@image", "preprocess@audio", "preprocess@text", "baseline", "align", "tune",
-          "evaluate"}
+          "evaluate", "report"}
 
 
 def stages_run(output: str) -> set[str]:
@@ -64,18 +66,22 @@ def test_pipeline_end_to_end_then_noop_then_experiment(project: Path) -> None:
     confusion = json.loads((project / "plots/evaluate/plots/sklearn/confusion_matrix.json").read_text())
     rows = next(iter(confusion.values())) if isinstance(confusion, dict) else confusion
     assert len(rows) == sum(1 for line in manifest[1:] if line.endswith(",test"))
+    page = (project / "reports/index.html").read_text()
+    assert "Model card" in page and "unimodal_audio" in page and "data:image/png;base64," in page
+    assert external_references(page) == []
+    assert external_in_site(project / "data/validation_docs") == {}
 
     # 2. Nothing changed: nothing runs.
     second = run(["dvc", "repro"], project)
     assert stages_run(second.stdout) == set()
     assert "Data and pipelines are up to date" in second.stdout
 
-    # 3. A tune knob changed as an experiment: only tune and evaluate re-run (not the classical baseline); both
-    # runs are comparable.
+    # 3. A tune knob changed as an experiment: only tune, evaluate and the report re-run (not the classical
+    # baseline); both runs are comparable.
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
     exp = run(["dvc", "exp", "run", "-S", "tune.fixed.patience=1", "-n", "patience-1"], project)
-    assert stages_run(exp.stdout) == {"tune", "evaluate"}
+    assert stages_run(exp.stdout) == {"tune", "evaluate", "report"}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = {e["name"]: e for rev in shown for e in (rev.get("experiments") or [])}
     assert "patience-1" in experiments

@@ -117,12 +117,14 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(committed: Pat
                                               for d, how in deps.items()), changed
 
 
+# The report shows the params sections it declares, so it re-renders whenever one of them changes.
 @pytest.mark.parametrize(("keys", "value", "readers"), [
-    (("align", "lr"), 0.01, {"align"}),
-    (("evaluate", "batch_size"), 100, {"evaluate"}),
-    (("tune", "num_samples"), 3, {"tune"}),
+    (("align", "lr"), 0.01, {"align", "report"}),
+    (("evaluate", "batch_size"), 100, {"evaluate", "report"}),
+    (("tune", "num_samples"), 3, {"tune", "report"}),
     (("base", "device"), "cpu", {"align", "tune", "evaluate"}),
-    (("modalities", "audio", "num_mel_bins"), 32, {"preprocess@audio", "align"}),
+    (("modalities", "audio", "num_mel_bins"), 32, {"preprocess@audio", "align", "report"}),
+    (("report", "max_rows"), 10, {"report"}),
 ])
 def test_changing_a_params_key_marks_exactly_its_readers(committed: Path, keys: tuple[str, ...], value,
                                                          readers: set[str]) -> None:

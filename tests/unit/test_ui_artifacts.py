@@ -40,3 +40,39 @@ def test_min_mode_ranks_the_lowest_first_and_this_run_is_always_listed():
     rows = experiments_rows(losses, [], limit=2, ranking=loss_rank, current="a")
     assert [r["experiment"] for r in rows] == ["b", "c", "a (this run)"]
     assert rows[-1]["rank"] == 3
+
+
+# ------------------------------------------------------------------------------ manifest content in markdown
+
+
+def _render(markdown: str) -> str:
+    """Markdown as a permissive UI renders it: raw HTML passed through, GFM tables, bare URLs autolinked."""
+    import mistune  # a GX dependency: the same CommonMark rules as the Prefect UI's renderer
+
+    return mistune.create_markdown(plugins=["table", "url", "strikethrough"], escape=False)(markdown)
+
+
+def test_manifest_content_in_the_validation_artifact_renders_as_text():
+    from flows.ui_artifacts import validation_markdown
+    from tests.unit.hostile import HOSTILE, assert_defused
+
+    report = {
+        "success": False, "rows": 3, "labels": ["cat", HOSTILE],
+        "failing_rows": [{"row": 2, "sample_id": HOSTILE, "column": "label", "reason": f"label {HOSTILE!r} | x",
+                          "file": HOSTILE}],
+        "dataset_failures": [f"split 'test' has no valid row of 1 class(es): [{HOSTILE!r}]"],
+    }
+    html = _render(validation_markdown(report, None))
+    text = assert_defused(html, "validation-summary")
+    assert "<img" not in html and "<a " not in html  # no image, no link, not even an autolink
+    assert text.count(HOSTILE) == 5  # label, sample id, reason, file, dataset failure: each shown verbatim
+    assert html.count("<tr>") == 1 + 2 + 1 + 1  # the reason's `|` did not split its cell into a new column
+
+
+def test_best_config_fence_cannot_be_closed_from_inside():
+    from flows.ui_artifacts import best_config_markdown
+
+    # A YAML block scalar whose line is a fence: with a ``` fence around it, it would end the code block.
+    text = "note: |\n  ```\n  <script>alert(1)</script>\n"
+    html = _render(best_config_markdown(text, "models/best/best_config.yaml"))
+    assert "<script>" not in html and "&lt;script&gt;" in html
