@@ -77,7 +77,7 @@ def tune(params: Params, project_dir: Path) -> dict:
     epochs.to_csv(Path(paths.metrics) / "tune_epochs.csv", index=False)
     with atomic_dir(Path(paths.plots) / "tune") as tmp:
         write_plots(table, epochs, cfg.space, cfg.metric, tmp)
-    write_json(Path(paths.metrics) / "tune.json", metrics)
+    write_json(Path(paths.metrics) / "tune.json", metrics, sort_keys=False)  # the selecting metric first
     logger.info("best trial %s -> %s", best_row["trial"], metrics)
     return metrics
 
