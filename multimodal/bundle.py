@@ -59,9 +59,9 @@ def bundle_inputs(aligned_dir: Path, model_dir: Path) -> None:
     if missing:
         raise ValueError(f"{aligned_dir / INPUTS} holds no encoder of {missing}, which {model_dir} reads as cached "
                          "features; re-run `align`")
-    (model_dir / ENCODERS).mkdir(exist_ok=True)
     for modality in spec.feature_modalities:
         name = f"{modality}.safetensors"
+        (model_dir / ENCODERS).mkdir(exist_ok=True)
         shutil.copyfile(aligned_dir / ENCODERS / name, model_dir / ENCODERS / name)
     write_json(model_dir / INPUTS, {"processing": {m: aligned["processing"][m] for m in spec.modalities},
                                     "encoders": {m: aligned["encoders"][m] for m in spec.feature_modalities}})

@@ -175,3 +175,19 @@ def test_a_model_saved_without_its_inputs_names_the_fix(saved, tmp_path):
     save_model(model, spec, tmp_path / "old")
     with pytest.raises(FileNotFoundError, match=r"inputs\.json is missing.*re-run `dvc repro`"):
         load_for_raw_inputs(tmp_path / "old")
+
+
+def test_a_frozen_strategy_model_gets_every_aligned_encoder_back(saved, tmp_path):
+    dataset, _, aligned = saved
+    model, spec = initial_model(aligned, LABELS, MODALITIES, train_config(strategy="frozen", input_norm=NORM))
+    torch.nn.init.normal_(model.head.weight)
+    save_model(model, spec, tmp_path / "models" / "best")
+    bundle_inputs(aligned, tmp_path / "models" / "best")
+    assert sorted(p.name for p in (tmp_path / "models" / "best" / "encoders").iterdir()) == [
+        "audio.safetensors", "image.safetensors", "text.safetensors"]
+    predict_manifest(tmp_path / "models" / "best", dataset / "manifest.csv", tmp_path / "p.csv", 5, CPU)
+    frame = read_manifest(dataset / "manifest.csv").assign(split="test")
+    test = load_split(frame, "test", LABELS, dataset.parent / "pre", MODALITIES)
+    expected = predict(model, inputs_for(spec, test, aligned), 4, CPU)
+    probs = torch.tensor([[float(r[f"p_{c}"]) for c in LABELS] for r in read_rows(tmp_path / "p.csv")])
+    assert torch.allclose(probs, expected, atol=1e-5)
