@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multimodal.experiments import Experiment, parse_exp_show
 from multimodal.workspace import project_env
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ class Pipeline:
     metrics: tuple[str, ...]  # declared `metrics:` files, in stage order
     plots: tuple[Plot, ...]
     git_outputs: tuple[str, ...]  # `cache: false` outputs: git keeps them, so experiments must too
-    last_metrics: tuple[str, ...]  # metrics of the last stage that has any: the headline for comparisons
 
 
 def read_pipeline(workspace: Path) -> Pipeline:
@@ -78,22 +78,19 @@ def read_pipeline(workspace: Path) -> Pipeline:
             return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
 
         ordered = list(nx.lexicographical_topological_sort(graph.reverse(copy=False), key=order.__getitem__))
-        nodes, metrics, plots, git_outputs, last_metrics = [], [], [], [], ()
+        nodes, metrics, plots, git_outputs = [], [], [], []
         for stage in ordered:
             upstream = sorted(graph.successors(stage), key=order.__getitem__)
             nodes.append(Stage(address(stage), tuple(address(u) for u in upstream)))
-            stage_metrics = []
             for out in stage.outs:
                 path = os.path.relpath(out.fs_path, repo.root_dir)
                 if out.metric:
-                    stage_metrics.append(path)
+                    metrics.append(path)
                 if out.plot:
                     plots.append(Plot(path, dict(out.plot) if isinstance(out.plot, dict) else {}))
                 if not out.use_cache:
                     git_outputs.append(path)
-            metrics += stage_metrics
-            last_metrics = tuple(stage_metrics) or last_metrics
-    return Pipeline(tuple(nodes), tuple(metrics), tuple(plots), tuple(git_outputs), last_metrics)
+    return Pipeline(tuple(nodes), tuple(metrics), tuple(plots), tuple(git_outputs))
 
 
 # ------------------------------------------------------------------------------------------- running commands
@@ -317,45 +314,9 @@ def save_experiment(workspace: Path, name: str, message: str, include: Sequence[
     raise RuntimeError(f"dvc exp save -n {name} exited {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    rev: str
-    timestamp: str
-    baseline: bool
-    params: dict[str, Any]  # flattened `params.yaml` keys
-    metrics: dict[str, dict[str, Any]]  # metrics file -> flattened keys
-
-
 def list_experiments(workspace: Path) -> list[Experiment]:
     """`dvc exp show --json`: the HEAD baseline and every experiment on it (the workspace row left out)."""
     done = run_dvc(workspace, "exp", "show", "--json")
     if done.returncode != 0:
         raise RuntimeError(f"dvc exp show exited {done.returncode}: {done.stderr[-2000:]}")
-    found = []
-
-    def record(entry: dict, name: str, baseline: bool) -> None:
-        data = entry.get("data") or {}
-        params = {}
-        for values in (data.get("params") or {}).values():
-            params.update(flatten(values.get("data") or {}))
-        metrics = {path: flatten(values.get("data") or {}) for path, values in (data.get("metrics") or {}).items()}
-        found.append(Experiment(name, entry["rev"][:7], data.get("timestamp") or "", baseline, params, metrics))
-
-    for base in json.loads(done.stdout):
-        if base.get("rev") == "workspace":
-            continue
-        record(base, base.get("name") or base["rev"][:7], True)
-        for exp in base.get("experiments") or []:
-            for rev in exp.get("revs") or []:
-                record(rev, exp.get("name") or rev.get("name") or rev["rev"][:7], False)
-    return found
+    return parse_exp_show(json.loads(done.stdout))

@@ -32,6 +32,7 @@ from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import dvc_tools, ui_artifacts
+from multimodal.experiments import headline_metrics, ranking_for
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW_NAME = "dvc-pipeline"
@@ -102,10 +103,14 @@ def publish_artifacts(workspace: str, pipeline: dvc_tools.Pipeline, experiment: 
         create_markdown_artifact(markdown, key="validation-summary", description=str(report.relative_to(ws)))
         published.append("validation-summary")
 
-    metrics = {m: _read(ws / m) for m in pipeline.metrics if Path(m).suffix in (".json", ".yaml") and (ws / m).exists()}
+    # The DVC metrics (headline figures) and the git-kept JSON reports beside them (per-model details, checks).
+    reports = [p for p in pipeline.git_outputs if Path(p).parent == Path(paths.metrics)]
+    files = dict.fromkeys([*pipeline.metrics, *reports])
+    metrics = {m: _read(ws / m) for m in files if Path(m).suffix in (".json", ".yaml") and (ws / m).is_file()}
     if metrics:
         rows = ui_artifacts.metrics_rows(metrics)
-        create_table_artifact(rows, key="metrics", description="the metrics files declared in dvc.yaml")
+        create_table_artifact(rows, key="metrics",
+                              description="the metrics files declared in dvc.yaml and the JSON reports beside them")
         published.append("metrics")
 
     best = ws / paths.models / "best" / "best_config.yaml"
@@ -123,10 +128,9 @@ def publish_artifacts(workspace: str, pipeline: dvc_tools.Pipeline, experiment: 
 
     if recent > 0:
         # Runs are ranked by the metric tune selects on (validation), never by a test metric.
-        ranking = ui_artifacts.Ranking(str(paths.metrics / "tune.json"), f"best_{params.tune.metric}",
-                                       params.tune.mode)
-        rows = ui_artifacts.experiments_rows(dvc_tools.list_experiments(ws), pipeline.last_metrics, recent,
-                                             ranking, current=experiment)
+        ranking = ranking_for(paths.metrics, params.tune.metric, params.tune.mode)
+        rows = ui_artifacts.experiments_rows(dvc_tools.list_experiments(ws), headline_metrics(paths.metrics),
+                                             recent, ranking, current=experiment)
         create_table_artifact(rows, key="experiments",
                               description=f"`dvc exp show`: the {recent} best runs on this baseline by "
                                           f"{ranking.column} ({params.tune.mode})")

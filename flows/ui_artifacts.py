@@ -13,12 +13,12 @@ import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flows.dvc_tools import Experiment, Plot, flatten
+from flows.dvc_tools import Plot
 from multimodal.escape import markdown_literal
+from multimodal.experiments import Experiment, Metric, Ranking, comparison, flatten, ranked
 
 MAX_ROWS = 50  # markdown is for reading: not the whole failing-row list of a big dataset
 
@@ -99,62 +99,16 @@ def best_config_markdown(text: str, path: str) -> str:
     return f"# Best configuration\n\n{_md(path)}\n\n{fence}yaml\n{text.rstrip()}\n{fence}"
 
 
-@dataclass(frozen=True)
-class Ranking:
-    """What orders the runs: a validation metric (`best_val_accuracy` of tune.json) and its direction.
-
-    Never a test metric: test figures are reported beside each run, but choosing by them would overfit the test set.
-    """
-
-    path: str  # metrics file, as DVC names it: metrics/tune.json
-    key: str
-    mode: str  # max | min
-
-    @property
-    def column(self) -> str:
-        return f"{Path(self.path).stem}.{self.key}"
-
-    def value(self, exp: Experiment) -> float | None:
-        value = (exp.metrics.get(self.path) or {}).get(self.key)
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def ranked(experiments: Sequence[Experiment], ranking: Ranking) -> list[Experiment]:
-    """Best validation value first (newest first among equals); runs without the metric last, newest first."""
-    newest_first = sorted(experiments, key=lambda e: e.timestamp, reverse=True)
-    sign = -1.0 if ranking.mode == "max" else 1.0
-    scored = [e for e in newest_first if ranking.value(e) is not None]
-    return sorted(scored, key=lambda e: sign * ranking.value(e)) + [e for e in newest_first if e not in scored]
-
-
-def experiments_rows(experiments: Sequence[Experiment], headline_metrics: Sequence[str], limit: int,
+def experiments_rows(experiments: Sequence[Experiment], metrics: Sequence[Metric], limit: int,
                      ranking: Ranking, current: str | None = None) -> list[dict[str, Any]]:
-    """The `limit` best runs by `ranking` (this run added if it ranks lower): rank, name, rev, created, the params
-    that differ among them, the validation metric, then the top-level (headline) keys of `headline_metrics`.
-
-    Only params that differ are shown: with ~100 params per run the table is otherwise unreadable, and the
-    differences are what a comparison is about. Nested metrics (per-model details) stay in the metrics artifact.
-    """
+    """The `limit` best runs by `ranking` (this run added if it ranks lower) as `python -m stages.compare` shows
+    them (`multimodal.experiments.comparison`): rank, name, rev, created, kind, the params that differ among them
+    (full keys), the validation metric, then `metrics`."""
     order = ranked(experiments, ranking)
     chosen = order[:limit] + [e for e in order[limit:] if e.name == current]
-    keys = list(dict.fromkeys(k for e in chosen for k in e.params))
-    varying = [k for k in keys if len({json.dumps(e.params.get(k), sort_keys=True) for e in chosen}) > 1]
+    table = comparison(chosen, ranking, metrics)
     rows = []
-    for exp in chosen:
-        row: dict[str, Any] = {
-            "rank": order.index(exp) + 1,
-            "experiment": exp.name + (" (this run)" if exp.name == current else ""),
-            "rev": exp.rev,
-            "created": exp.timestamp,
-            "kind": "baseline" if exp.baseline else "experiment",
-        }
-        row.update({k: _cell(exp.params.get(k)) for k in varying})
-        row[ranking.column] = _cell(ranking.value(exp))
-        for path in headline_metrics:
-            stem = Path(path).stem
-            for key, value in (exp.metrics.get(path) or {}).items():
-                if "." not in key and isinstance(value, (int, float)):  # bool too: fused_beats_baseline
-                    row[f"{stem}.{key}"] = _cell(value)
-        rows.append(row)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    return [{c: row.get(c, "") for c in columns} for row in rows]  # one shape: the UI table needs every cell
+    for exp, row in zip(table.runs, table.rows()):
+        row["experiment"] += " (this run)" if exp.name == current else ""
+        rows.append({"rank": order.index(exp) + 1, **{k: _cell(v) for k, v in row.items()}})
+    return rows

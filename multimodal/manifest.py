@@ -24,11 +24,13 @@ class ManifestError(ValueError):
     """A manifest that breaks the contract; the message names the file, column or row."""
 
 
-def read_manifest(path: str | Path, *, errors: str = "strict", max_rows: int | None = None) -> pd.DataFrame:
+def read_manifest(path: str | Path, *, errors: str = "strict", max_rows: int | None = None,
+                  required: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
     """Read a manifest as strings (empty cells -> ""), checking columns. Never guesses dtypes of ids.
 
     With `max_rows`, a manifest of more rows is refused having read at most `max_rows + 1` of them (a CSV) or only
-    its footer (Parquet): memory stays bounded whatever the file holds.
+    its footer (Parquet): memory stays bounded whatever the file holds. `required`: the columns that must be there
+    (`predict` reads manifests without a `label`).
 
     `errors="surrogateescape"` keeps bytes that are not UTF-8 (a latin-1 cell) as lone surrogates instead of
     refusing the whole file, so `validate` can name the rows that hold them; `write_manifest` writes them back.
@@ -60,7 +62,7 @@ def read_manifest(path: str | Path, *, errors: str = "strict", max_rows: int | N
     except UnicodeEncodeError:
         # Arrow-backed strings (pandas 3) cannot hold the surrogates `surrogateescape` made: keep Python strings.
         frame = frame.astype(object)
-    missing = [c for c in REQUIRED if c not in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ManifestError(f"manifest {path} lacks required column(s) {missing}; it has {list(frame.columns)}")
     modalities = _modality_names()

@@ -3,4 +3,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dvc repro "$@"
-dvc metrics show metrics/evaluate.json   # all metrics: `dvc metrics show`; compare runs: `dvc exp show`
+dvc metrics show   # tune.json (validation) and headline.json (test); details: metrics/evaluate.json; runs: python -m stages.compare

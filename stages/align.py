@@ -7,6 +7,7 @@ from pathlib import Path
 
 from multimodal.align import (AlignConfig, build_encoders, encode_present, encode_trainable, frozen_as_features,
                               retrieval_recall, save_aligned, train_alignment, use_cached_features)
+from multimodal.bundle import save_inputs
 from multimodal.config import Params, load_params
 from multimodal.dataset import load_split
 from multimodal.io import atomic_dir, write_json
@@ -45,6 +46,9 @@ def align(params: Params) -> dict[str, float]:
         features[split].update(values)
     with atomic_dir(Path(paths.aligned)) as tmp:
         save_aligned(tmp, embedder.cpu(), features, {s: raw[s].sample_ids for s in SPLITS}, align_cfg)
+        # Every encoder behind those features (frozen and aligned alike) and the processing that fed it: a model
+        # that reads cached features can then still run on new data (`multimodal.bundle`, `predict`).
+        save_inputs(tmp, encoders, {m: params.modalities[m] for m in modalities})
     write_json(Path(paths.metrics) / "align.json", metrics)
     logger.info("alignment metrics: %s", metrics)
     return metrics

@@ -12,6 +12,7 @@ from multimodal.baseline import PREDICTIONS, read_predictions
 from multimodal.config import Params, load_params
 from multimodal.evaluate import FUSED, deep_predictions, fair_report, warn_if_baseline_wins
 from multimodal.io import read_json, write_json
+from multimodal.metrics_files import HEADLINE, headline_of
 from multimodal.runtime import go_offline, pick_device, setup_logging
 from multimodal.scoring import ABSTAIN
 from multimodal.splits import load_splits
@@ -38,6 +39,7 @@ def evaluate(params: Params) -> dict:
     report = {"fusion": spec.fusion, **fair_report(y, preds, val_accuracy, params.evaluate.bootstrap,
                                                      params.base.seed)}
     write_json(Path(paths.metrics) / "evaluate.json", report, sort_keys=False)
+    write_json(Path(paths.metrics) / HEADLINE, headline_of(report), sort_keys=False)  # the DVC metric
     # dvcyaml=False: DVCLive must not rewrite our dvc.yaml; the plot is declared there instead.
     seen = preds[FUSED] != ABSTAIN
     with Live(dir=str(Path(paths.plots) / "evaluate"), dvcyaml=False, save_dvc_exp=False, report=None) as live:

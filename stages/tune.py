@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from multimodal.bundle import bundle_inputs
 from multimodal.config import Params, load_params
 from multimodal.finetune import finetune
 from multimodal.io import atomic_dir, write_json, write_text_atomic
@@ -63,10 +64,12 @@ def tune(params: Params, project_dir: Path) -> dict:
     device = pick_device(params.base.device)
     with atomic_dir(Path(paths.models)) as tmp:
         write_best(best, best_row, params, tmp / "best")
+        bundle_inputs(Path(paths.aligned), tmp / "best")
         for modality in data["train"].modalities:
             model, spec, fit_result = finetune(Path(paths.aligned), labels, data["train"], data["val"],
                                                baseline_cfg, device, [modality])
             save_model(model, spec, tmp / "unimodal" / modality)
+            bundle_inputs(Path(paths.aligned), tmp / "unimodal" / modality)
             metrics[f"unimodal/{modality}/val_accuracy"] = fit_result.best.val_accuracy
     # 3. Tables, plots and metrics DVC declares.
     Path(paths.metrics).mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,7 @@ def tune(params: Params, project_dir: Path) -> dict:
     epochs.to_csv(Path(paths.metrics) / "tune_epochs.csv", index=False)
     with atomic_dir(Path(paths.plots) / "tune") as tmp:
         write_plots(table, epochs, cfg.space, cfg.metric, tmp)
-    write_json(Path(paths.metrics) / "tune.json", metrics)
+    write_json(Path(paths.metrics) / "tune.json", metrics, sort_keys=False)  # the selecting metric first
     logger.info("best trial %s -> %s", best_row["trial"], metrics)
     return metrics
 

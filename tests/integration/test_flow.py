@@ -297,7 +297,7 @@ def test_first_run_runs_every_stage_and_publishes_artifacts(
 
     assert first_run.state.result()["experiment"] == first_run.name
     saved = experiments(workspace)[first_run.name]
-    assert "metrics/evaluate.json" in saved["metrics"]  # untracked on the first run, included with `-I`
+    assert "metrics/headline.json" in saved["metrics"]  # untracked on the first run, included with `-I`
     assert run(["git", "status", "--porcelain", "params.yaml"], workspace).stdout == ""
 
 

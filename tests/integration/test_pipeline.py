@@ -85,7 +85,7 @@ def test_pipeline_end_to_end_then_noop_then_experiment(project: Path) -> None:
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = {e["name"]: e for rev in shown for e in (rev.get("experiments") or [])}
     assert "patience-1" in experiments
-    exp_metrics = experiments["patience-1"]["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]
+    exp_metrics = experiments["patience-1"]["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]
     assert 0.0 <= exp_metrics["fused_accuracy"] <= 1.0
 
 

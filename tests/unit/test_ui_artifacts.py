@@ -1,18 +1,20 @@
-"""The Prefect "experiments" table ranks runs by the validation metric tune selects on, never by test or time."""
+"""The Prefect "experiments" table ranks runs by the validation metric tune selects on, never by test or time,
+with the rows `python -m stages.compare` prints (`multimodal.experiments.comparison`)."""
 
 from __future__ import annotations
 
-from flows.dvc_tools import Experiment
-from flows.ui_artifacts import Ranking, experiments_rows
+from flows.ui_artifacts import experiments_rows
+from multimodal.experiments import Experiment, Ranking, headline_metrics
 
 RANK = Ranking("metrics/tune.json", "best_val_accuracy", "max")
+METRICS = headline_metrics("metrics")
 
 
 def exp(name: str, created: str, val: float | None, test: float, lr: float = 0.001) -> Experiment:
     tune = {} if val is None else {"best_val_accuracy": val}
-    evaluate = {"fused_accuracy": test, "fused_beats_baseline": True, "models.fused.accuracy": test}
+    headline = {"fused_accuracy": test, "fused_beats_baseline": True, "baseline_accuracy": 0.7}
     return Experiment(name, name[:7], created, False, {"tune.space.lr": lr, "base.seed": 42},
-                      {"metrics/tune.json": tune, "metrics/evaluate.json": evaluate})
+                      {"metrics/tune.json": tune, "metrics/headline.json": headline})
 
 
 RUNS = [
@@ -24,13 +26,13 @@ RUNS = [
 
 
 def test_runs_are_ranked_by_validation_not_by_test_or_time():
-    rows = experiments_rows(RUNS, ["metrics/evaluate.json"], limit=10, ranking=RANK)
+    rows = experiments_rows(RUNS, METRICS, limit=10, ranking=RANK)
     assert [r["experiment"] for r in rows] == ["old-best-val", "middle", "newest-worst-val", "no-tune-metrics"]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
-    assert rows[0]["tune.best_val_accuracy"] == 0.95 and rows[3]["tune.best_val_accuracy"] is None
-    # Headline (top-level) evaluate keys only; nested details stay in the metrics artifact.
-    assert rows[0]["evaluate.fused_accuracy"] == 0.90 and rows[0]["evaluate.fused_beats_baseline"] is True
-    assert "evaluate.models.fused.accuracy" not in rows[0]
+    assert rows[0]["val_accuracy"] == 0.95 and rows[3]["val_accuracy"] is None
+    # The chosen test figures, as compare shows them; a missing one is an empty cell.
+    assert rows[0]["test_fused"] == 0.90 and rows[0]["baseline"] == 0.7 and rows[0]["fused-unimodal"] is None
+    assert "fused_beats_baseline" not in rows[0]
     assert "tune.space.lr" in rows[0] and "base.seed" not in rows[0]  # only params that differ
 
 

@@ -1,0 +1,50 @@
+"""Predict with a saved model on a new manifest (the dataset contract; `label` optional, `split` ignored).
+
+    python -m stages.predict --model models/best --manifest new/manifest.csv --out predictions.csv
+
+Writes one row per manifest row, in order: sample_id, predicted, p_<label> per class, modalities_used, error.
+A cell that cannot be read drops its modality for that row and is named in `error`; a row with no modality left
+gets no prediction. With a `label` column, accuracy on the labelled rows is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from multimodal.manifest import ManifestError
+from multimodal.predict import predict_manifest
+from multimodal.runtime import go_offline, pick_device, setup_logging
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True,
+                        help="a model folder written by tune (models/best, models/unimodal/<m>)")
+    parser.add_argument("--manifest", type=Path, required=True,
+                        help="CSV or Parquet manifest; its paths are relative to its folder and may not leave it")
+    parser.add_argument("--out", type=Path, required=True, help="the predictions CSV to write")
+    parser.add_argument("--batch-size", type=int, default=64, help="rows read and predicted at once (default 64)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto takes CUDA when present (default auto)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    setup_logging()
+    # Offline: the saved model and its processing settings name local checkpoints only (`minilm`, folders); a
+    # model trained with a `hub:` checkpoint finds it in the local Hugging Face cache, pinned by revision.
+    go_offline()
+    try:
+        summary = predict_manifest(args.model, args.manifest, args.out, args.batch_size, pick_device(args.device))
+    except (ManifestError, FileNotFoundError, ValueError) as err:
+        sys.exit(f"predict: {err}")
+    print(f"{summary.rows} rows -> {args.out}: {summary.predicted} predicted, {summary.with_errors} with an error")
+    if summary.accuracy is not None or summary.labelled_unpredicted:
+        accuracy = "n/a" if summary.accuracy is None else f"{summary.accuracy:.4f}"
+        print(f"accuracy on the {summary.labelled} labelled rows with a prediction: {accuracy}"
+              f" ({summary.labelled_unpredicted} labelled rows had no readable modality)")
+
+
+if __name__ == "__main__":
+    main()

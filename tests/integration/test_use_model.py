@@ -1,0 +1,83 @@
+"""Using the results of a tiny pipeline: `stages.predict` on its manifest agrees with evaluate, and
+`stages.compare` reads two real experiments (`dvc exp run` with a different param)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from multimodal.workspace import copy_project, run
+from tests.integration.conftest import TINY_PARAMS
+
+pytestmark = pytest.mark.integration
+
+STRENGTHS = {"augment-0": 0.0, "augment-0.5": 0.5}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A tiny project after `dvc repro` (committed), with predictions of models/best on its own manifest
+    (`predict.csv`, `predict.out`), then two experiments that differ in `tune.fixed.augment_strength`."""
+    project = copy_project(tmp_path_factory.mktemp("use") / "project", TINY_PARAMS)
+    run(["dvc", "repro"], project)
+    done = run([sys.executable, "-m", "stages.predict", "--model", "models/best", "--manifest",
+                "data/raw/manifest.csv", "--out", "predict.csv", "--batch-size", "16"], project)
+    (project / "predict.out").write_text(done.stdout)
+    (project / "evaluated.json").write_text((project / "metrics/evaluate.json").read_text())
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline run"], project)
+    for name, strength in STRENGTHS.items():
+        run(["dvc", "exp", "run", "-S", f"tune.fixed.augment_strength={strength}", "-n", name], project)
+    return project
+
+
+def test_predict_on_the_test_rows_scores_what_evaluate_scored(project: Path) -> None:
+    with (project / "data/raw/manifest.csv").open() as handle:
+        manifest = list(csv.DictReader(handle))
+    with (project / "predict.csv").open() as handle:
+        predicted = list(csv.DictReader(handle))
+    assert [r["sample_id"] for r in predicted] == [r["sample_id"] for r in manifest]
+    assert all(r["error"] == "" and r["predicted"] for r in predicted)
+    test = [(row, p) for row, p in zip(manifest, predicted) if row["split"] == "test"]
+    accuracy = sum(row["label"] == p["predicted"] for row, p in test) / len(test)
+    report = json.loads((project / "evaluated.json").read_text())
+    assert accuracy == pytest.approx(report["fused_accuracy"], abs=1e-12)
+    for row, p in test:
+        used = set(p["modalities_used"].split("+"))
+        assert used == {m for m in ("image", "audio", "text") if row[m]}
+    assert "accuracy on the 120 labelled rows with a prediction" in (project / "predict.out").read_text()
+
+
+def test_compare_prints_both_experiments_ranked_by_validation_in_100_columns(project: Path) -> None:
+    out = run([sys.executable, "-m", "stages.compare", "--width", "100"], project).stdout
+    lines = out.splitlines()
+    assert all(len(line) <= 100 for line in lines), out
+    header = lines[0].split()
+    assert header[:2] == ["experiment", "augment_strength"], out
+    assert header[-4:] == ["val_accuracy", "test_fused", "fused-unimodal", "baseline"], out
+    rows = [line.split() for line in lines[2:5]]
+    assert {r[0] for r in rows} >= set(STRENGTHS), out
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    val = {e["name"]: e["revs"][0]["data"]["metrics"]["metrics/tune.json"]["data"]["best_val_accuracy"]
+           for rev in shown for e in (rev.get("experiments") or [])}
+    listed = [r[0] for r in rows if r[0] in val]
+    assert [val[n] for n in listed] == sorted(val.values(), reverse=True)
+    for r in rows:
+        if r[0] in val:
+            assert float(r[-4]) == pytest.approx(val[r[0]], abs=5e-5)
+            assert float(r[1]) == STRENGTHS[r[0]]
+
+
+def test_dvc_exp_show_opens_with_the_selecting_metric_then_the_test_figures(project: Path) -> None:
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    files = {path for rev in shown if rev.get("data") for path in rev["data"].get("metrics") or {}}
+    assert files == {"metrics/tune.json", "metrics/headline.json"}
+    columns = run(["dvc", "exp", "show", "--csv"], project).stdout.splitlines()[0].split(",")
+    metrics = [c for c in columns[columns.index("Created") + 1:] if c not in ("parent", "State", "Executor")]
+    assert metrics[0] == "best_val_accuracy"
+    assert metrics.index("fused_accuracy") < 20 and "models.fused.accuracy" not in columns
+    assert not [c for c in columns if c.startswith(("checks.", "present.", "test/", "val/"))]
