@@ -79,7 +79,7 @@ def load_for_raw_inputs(model_dir: str | Path, device: torch.device | str = "cpu
         if entry is None:
             raise ValueError(f"{model_dir / INPUTS} holds no encoder of {modality!r}, which the model reads as "
                              "cached features; re-run `tune`")
-        encoder = build_encoder_from_entry({"hf_config": entry["hf_config"]})
+        encoder = build_encoder_from_entry(modality, {"hf_config": entry["hf_config"]})
         set_input_norm(encoder, modality, entry["input_norm"])
         encoder.load_state_dict(load_file(str(model_dir / ENCODERS / f"{modality}.safetensors")))
         if encoder.out_dim != model.embedder.encoders[modality].out_dim:

@@ -90,7 +90,7 @@ class Heading:
 class Text:
     text: str
     tone: str = "plain"  # plain | good | warning | muted
-    kind: str = "text"
+    kind: str = "paragraph"
 
 
 @dataclass
@@ -194,7 +194,7 @@ BLOCK = """
 <figure><img src="{{ b.data_uri }}" alt="{{ b.alt }}">
 {% if b.caption %}<figcaption>{{ b.caption }}</figcaption>{% endif %}</figure>
 {% elif b.kind == "heading" %}<h3>{{ b.text }}</h3>
-{% elif b.kind == "text" %}<p class="tone-{{ b.tone }}">{{ b.text }}</p>
+{% elif b.kind == "paragraph" %}<p class="tone-{{ b.tone }}">{{ b.text }}</p>
 {% elif b.kind == "bullets" %}<ul>{% for item in b.items %}<li>{{ item }}</li>{% endfor %}</ul>
 {% elif b.kind == "code" %}{% if b.caption %}<p class="tone-muted">{{ b.caption }}</p>{% endif %}<pre>{{ b.text }}</pre>
 {% endif %}"""

@@ -64,7 +64,7 @@ class TrainFixed(Strict):
     @field_validator("augment", mode="wrap")
     @classmethod
     def _augment_by_modality(cls, value: Any, handler: Any) -> dict[str, Any]:
-        return {m: knobs.model_dump() for m, knobs in keyed(value, "augment_knobs").items()}
+        return {m: dict(k) if isinstance(k, dict) else k.model_dump() for m, k in keyed(value, "augment_knobs").items()}
 
     @field_validator("input_norm", mode="wrap")
     @classmethod

@@ -23,13 +23,21 @@ from multimodal.modalities.base import InputNorm, Modality, PooledEncoder, load_
 
 _BUILT_IN: dict[str, Modality] = {}
 _PLUGINS: dict[str, Modality] = {}
+# Built-in modules whose third-party package is not installed (video without PyAV): unavailable, not fatal.
+_MISSING: dict[str, ModuleNotFoundError] = {}
 
 
 def _built_in() -> dict[str, Modality]:
     """The modules of this package that define `MODALITY`, imported once, in name order."""
     if not _BUILT_IN:
         for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-            module = importlib.import_module(f"{__name__}.{info.name}")
+            try:
+                module = importlib.import_module(f"{__name__}.{info.name}")
+            except ModuleNotFoundError as err:
+                if (err.name or "").split(".")[0] in ("multimodal", "stages", "flows"):
+                    raise  # our own code is broken: never hide that
+                _MISSING[info.name] = err
+                continue
             modality = getattr(module, "MODALITY", None)
             if isinstance(modality, Modality):
                 _BUILT_IN[modality.name] = modality
@@ -61,6 +69,9 @@ def get_modality(name: str) -> Modality:
     try:
         return known[name]
     except KeyError:
+        if name in _MISSING:
+            raise KeyError(f"modality {name!r} needs the package {_MISSING[name].name!r}, which is not installed "
+                           f"({_MISSING[name]}); install requirements.lock") from None
         raise KeyError(f"unknown modality {name!r}; known: {sorted(known)}") from None
 
 
@@ -87,6 +98,8 @@ def section_errors(name: str, options: dict[str, Any], spec: ModalitySpec | None
     config/module); given the validated `spec` also a checkpoint name that is no local folder (under `root`),
     `minilm` or `hub:` id, and a `revision` missing beside a hub id or given without one."""
     known = registry()
+    if name in _MISSING:
+        return []  # its package is not installed here: its sections cannot be checked, and nothing may use it
     if name not in known:
         return [params_error((name,), f"unknown modality{did_you_mean(name, list(known))}", name)]
     modality = known[name]
@@ -112,6 +125,9 @@ def keyed_sections(value: Any, model_of: str) -> tuple[dict[str, BaseModel], lis
         return {}, [params_error((), f"expected a mapping of modality names to sections, got {value!r}", value)]
     known, out, errors = registry(), {}, []
     for name, section in value.items():
+        if name in _MISSING:  # not installed here (see `section_errors`)
+            out[name] = section
+            continue
         model = getattr(known[name], model_of) if name in known else None
         if model is None:
             having = [m for m, mod in known.items() if getattr(mod, model_of) is not None]
@@ -131,6 +147,8 @@ def norm_errors(value: Any) -> list[InitErrorDetails]:
         return [params_error((), f"expected {{modality: normalisation}}, got {value!r}", value)]
     known, errors = registry(), []
     for name, kind in value.items():
+        if name in _MISSING:
+            continue
         if name not in known:
             errors.append(params_error((str(name),), f"unknown modality{did_you_mean(str(name), list(known))}", kind))
         elif kind not in ("none", *known[name].normalizations):

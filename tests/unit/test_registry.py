@@ -116,3 +116,30 @@ def test_a_manifest_column_without_its_checks_section_is_named() -> None:
     trimmed = options.model_copy(update={"modalities": {k: v for k, v in options.modalities.items() if k != "video"}})
     with pytest.raises(ValueError, match=r"add validate.modalities.video"):
         profile_samples(frame, Path("."), trimmed)
+
+
+def test_a_modality_whose_package_is_missing_is_unavailable_not_fatal() -> None:
+    """Without PyAV the other modalities and the repo's params still load; asking for video names the package."""
+    import subprocess
+    import sys
+
+    code = """
+import builtins
+real = builtins.__import__
+def without_av(name, *args, **kwargs):
+    if name == "av" or name.startswith("av."):
+        raise ModuleNotFoundError("No module named 'av'", name="av")
+    return real(name, *args, **kwargs)
+builtins.__import__ = without_av
+from multimodal.config import load_params
+from multimodal.modalities import get_modality, names
+load_params()
+print(sorted(names()))
+try:
+    get_modality("video")
+except KeyError as err:
+    print(err)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == "['audio', 'image', 'text']"
+    assert "modality 'video' needs the package 'av', which is not installed" in out
