@@ -118,3 +118,21 @@ def utterance_bins(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 AUDIO = Modality("audio", load, build_processor, process, build_encoder,
                  options=("sampling_rate", "num_mel_bins", "max_length"), checkpoints=(), augment=augment,
                  normalizations={"utterance": utterance, "utterance_bins": utterance_bins})
+
+
+# --- test-time corruptions: evaluate's noise robustness curves (multimodal.robustness) --------------------------
+
+
+def corrupt_noise(inputs: dict[str, torch.Tensor], level: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Gaussian noise on the log-mel sound frames, of std `level` x the clip's feature std (over its sound
+    frames and mel bins): a feature-domain signal-to-noise ratio of -20 log10(level) dB (0.1: 20 dB, 1: 0 dB),
+    not a waveform SNR, since evaluate reads the cached features. Padding frames stay as they are."""
+    if level <= 0:
+        return inputs
+    x = log_mel(inputs, "evaluate.corruptions.audio")
+    # A fixed SNR of 0 dB scaled by `level`: the same noise draw at every level of a curve.
+    return {**inputs, "input_values": noise_at_snr(x, (0.0, 0.0), level, (1, 2), generator, where=signal_frames(x))}
+
+
+# Kind -> function; the levels of each curve are params `evaluate.corruptions.audio.<kind>`.
+CORRUPTIONS = {"noise": corrupt_noise}
