@@ -141,7 +141,8 @@ def efficiency_report(models: Mapping[str, tuple[MultimodalModel, ModelSpec]], e
     the encoder behind a modality read as cached features (`align.feature_encoder`), `raw` the processor outputs."""
     out = {}
     for name, (model, spec) in models.items():
-        behind = {m: encoders[m] for m in spec.feature_modalities}
+        # A cached modality without its encoder here is timed from its features.
+        behind = {m: encoders[m] for m in spec.feature_modalities if m in encoders}
         rows = []
         for device in devices:
             runner = copy.deepcopy(EndToEnd(model, behind)).to(device)  # the caller's model stays where it is
