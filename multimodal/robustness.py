@@ -133,12 +133,37 @@ def corrupted(inputs: dict[str, torch.Tensor], present: torch.Tensor, corrupt: C
     return {k: torch.where(present.view(-1, *[1] * (v.dim() - 1)), changed[k], v) for k, v in inputs.items()}
 
 
+@torch.no_grad()
+def reencode(encoder: nn.Module, modality: str, inputs: dict[str, torch.Tensor], present: torch.Tensor,
+             batch_size: int, device: torch.device) -> torch.Tensor:
+    """`align.encode_present` of `inputs` (one modality, every row): pooled outputs on the `present` rows, zeros
+    elsewhere. Token sequences (integer tensors as wide as their `attention_mask`) go in batches of similar length
+    with the columns no row of the batch attends cut off: the same outputs up to float rounding, at a fraction
+    of the cost when texts are much shorter than the tokenizer's max_length."""
+    mask = inputs.get("attention_mask")
+    if mask is None or any(v.is_floating_point() or v.shape != mask.shape for v in inputs.values()):
+        data = SplitData([""] * len(present), torch.zeros(len(present), dtype=torch.long), {modality: inputs},
+                         {modality: present})
+        return encode_present(encoder, data, modality, batch_size, device)
+    encoder.eval().to(device)
+    rows = present.nonzero().flatten()
+    rows = rows[torch.argsort(mask[rows].sum(dim=1), stable=True)]
+    out = torch.zeros(len(present), encoder.out_dim)
+    for start in range(0, len(rows), batch_size):
+        index = rows[start : start + batch_size]
+        attended = mask[index].any(dim=0).nonzero()
+        width = int(attended.max()) + 1 if len(attended) else 1
+        out[index] = encoder(**{k: v[index, :width].to(device) for k, v in inputs.items()}).float().cpu()
+    return out
+
+
 def _reencodes(encoder: nn.Module, raw: SplitData, modality: str, cached: torch.Tensor, batch_size: int,
                device: torch.device) -> str | None:
     """None when `encoder` gives the cached features back on clean inputs (the first `CHECK_ROWS` rows having the
     modality: enough to catch another encoder, at a fraction of the cost); else why not."""
     rows = raw.masks[modality].nonzero().flatten()[:CHECK_ROWS]
-    again = encode_present(encoder, raw.take(rows), modality, batch_size, device)
+    subset = raw.take(rows)
+    again = reencode(encoder, modality, subset.inputs[modality], subset.masks[modality], batch_size, device)
     if again.shape == cached[rows].shape and torch.allclose(again, cached[rows], rtol=1e-3, atol=1e-4):
         return None
     gap = f"max difference {float((again - cached[rows]).abs().max()):.3g}" if again.shape == cached[rows].shape \
@@ -177,9 +202,8 @@ def corruption_curves(models: Mapping[str, Pooled], raw: SplitData, y: np.ndarra
                 if level > 0:
                     new = {"raw": corrupted(raw.inputs[modality], present, corrupt, level, draw)}
                     if cached:
-                        again = SplitData(raw.sample_ids, raw.labels, {modality: new["raw"]}, {modality: present})
-                        new["features"] = {"features": encode_present(encoders[modality], again, modality,
-                                                                      batch_size, device)}
+                        new["features"] = {"features": reencode(encoders[modality], modality, new["raw"], present,
+                                                                batch_size, device)}
                 for role, pooled in involved.items():
                     if level == 0:  # the clean input: the model's predictions `evaluate` scores
                         pred = pooled.clean

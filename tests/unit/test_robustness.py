@@ -17,7 +17,7 @@ from multimodal.evaluate import FUSED, deep_predictions, fair_report, load_reade
 from multimodal.model import Embedder, ModelSpec, build_model, encoder_entry, save_model
 from multimodal.modalities import REGISTRY, PooledEncoder, get_modality
 from multimodal.robustness import (Pooled, check_corruptions, corrupted, corruption_curves, corruptions_of,
-                                   missing_modality, removal_sets)
+                                   missing_modality, reencode, removal_sets)
 from multimodal.scoring import ABSTAIN, top_label
 from multimodal.train import predict
 from tests.unit.conftest import TINY_SPECS, align_config, knobs, params_section, repo_params, synthetic_split
@@ -161,8 +161,8 @@ def image_text(tmp_path_factory):
     pixels = (y[:, None, None, None] - 1).float() + 0.5 * torch.randn(n, 3, 8, 8, generator=gen)
     text = get_modality("text")
     words = ["red", "green", "blue"]
-    tokens = text.process(text.build_processor(specs["text"]), [f"a {words[k]} one, no {i}" for i, k in
-                                                                enumerate(y.tolist())], specs["text"])
+    texts = [" ".join([words[k], *["one"] * (i % 5)]) for i, k in enumerate(y.tolist())]  # 3 to 7 of 8 tokens
+    tokens = text.process(text.build_processor(specs["text"]), texts, specs["text"])
     masks = {"image": torch.arange(n) >= 4, "text": (torch.arange(n) < 4) | (torch.arange(n) >= 7)}
     inputs = {"image": {"pixel_values": pixels * masks["image"][:, None, None, None]},
               "text": {k: v * masks["text"][:, None] for k, v in tokens.items()}}
@@ -215,6 +215,20 @@ def test_curves_start_at_the_clean_accuracy_and_reencode_cached_modalities(image
     # text ones encoded again by MiniLM) change what the models get right (fixed seeds: a deterministic check).
     assert curve[("image", "noise", 20.0)]["unimodal"] != curve[("image", "noise", 0)]["unimodal"]
     assert curve[("text", "tokens", 1.0)]["unimodal"] != curve[("text", "tokens", 0)]["unimodal"]
+
+
+def test_reencoding_trims_padding_of_token_inputs_only_and_gives_the_same_features(image_text):
+    root, specs, raw = image_text
+    text = feature_encoder(root / "aligned", "text", specs)
+    lengths = raw.inputs["text"]["attention_mask"][raw.masks["text"]].sum(1)
+    assert lengths.min() < lengths.max() < 8  # padded, to different lengths
+    full = encode_present(text, raw, "text", 5, CPU)
+    trimmed = reencode(text, "text", raw.inputs["text"], raw.masks["text"], 5, CPU)
+    assert torch.allclose(trimmed, full, atol=1e-5) and (trimmed[~raw.masks["text"]] == 0).all()
+    # Pixel values are no token sequence: encoded whole, as align encodes them.
+    vit = load_readers(root / "models", raw, root / "aligned", CPU)["unimodal_image"].model.embedder.encoders["image"]
+    assert torch.equal(reencode(vit, "image", raw.inputs["image"], raw.masks["image"], 5, CPU),
+                       encode_present(vit, raw, "image", 5, CPU))
 
 
 def test_a_cached_modality_whose_encoder_cannot_be_rebuilt_is_skipped_with_the_reason(image_text):
