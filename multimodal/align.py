@@ -175,6 +175,22 @@ def load_embedder(aligned_dir: Path) -> tuple[Embedder, dict]:
     return embedder, meta
 
 
+def feature_encoder(aligned_dir: Path, modality: str, specs: dict[str, ModalitySpec]) -> PooledEncoder:
+    """The encoder whose pooled outputs `align` cached for `modality`, to encode new inputs the same way.
+
+    A trainable encoder comes with its aligned weights from the embedder; a frozen one (`align.freeze`) was
+    never saved and is built again from its params section `specs[modality]` with align's input normalisation.
+    A config-built frozen encoder has random weights that this cannot rebuild: compare with the cached features
+    before relying on it.
+    """
+    embedder, meta = load_embedder(aligned_dir)
+    encoder = embedder.encoders[modality]
+    if isinstance(encoder, PooledEncoder):
+        return encoder.eval()
+    norm = {m: k for m, k in meta["align"].get("input_norm", {}).items() if m == modality}
+    return build_encoders(specs, [modality], [modality], norm)[modality].eval()
+
+
 def load_cached_features(aligned_dir: Path, data: SplitData, split: str, modalities: list[str]) -> SplitData:
     """Replace the raw inputs of `modalities` by their cached features of `split`, checking the samples line up."""
     path = aligned_dir / "features" / f"{split}.safetensors"

@@ -4,8 +4,8 @@ Features come from the preprocessed shards, chosen by the processor's output key
 modality brought by a user gets a baseline as soon as its processor emits a key listed in `FEATURES`. One model per
 modality (fitted and scored on the rows that have it) and one early-fused model (every modality's features side by
 side, zeros where a modality is missing plus one missing-indicator column each). Each is fitted on train, its
-regularisation `C` chosen on val; test predictions are written for `evaluate`, which scores them beside the deep
-models on the same rows.
+regularisation `C` chosen on val; test predictions and class probabilities are written for `evaluate`, which
+scores them beside the deep models on the same rows.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 EARLY_FUSION = "early_fusion"
 PREDICTIONS = "test_predictions.csv"  # under base.paths.baseline
+PROBABILITIES = "test_probabilities.csv"  # beside it: one row per (model, test row it sees)
 PREFIX = "baseline_"  # evaluate's name for a baseline model: baseline_early_fusion, baseline_<modality>
 
 # A feature function: (the modality's tensors on every row, rows it may fit statistics on, params) -> (N, d).
@@ -159,28 +160,30 @@ def fit_selected(x_train, y_train, x_val, y_val, cfg: Baseline, seed: int) -> tu
     return best
 
 
-def fit_baselines(splits: Mapping[str, SplitData], cfg: Baseline, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """Metrics per model and its test predictions (a class per test row, ABSTAIN where it has no input)."""
+def fit_baselines(splits: Mapping[str, SplitData], cfg: Baseline, seed: int,
+                  n_classes: int) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Metrics per model, its test predictions (a class per test row, ABSTAIN where it has no input) and its
+    test class probabilities ((rows, n_classes), NaN rows where it has no input)."""
     which, y, tensors, masks = joined(splits)
     features = {}
     for modality in tensors:
         x = modality_features(modality, tensors[modality], (which == "train") & masks[modality], cfg)
         if x is not None:
             features[modality] = x
-    metrics, predictions = {}, {}
+    metrics, predictions, probabilities = {}, {}, {}
     # One BLAS thread: on these small problems threads only add contention (200x slower on a busy 2-core
     # machine), and single-threaded reductions make the fitted weights bit-reproducible.
     with threadpool_limits(limits=1):
         for name, (x, rows) in designs(features, masks).items():
-            fitted = _fit_one(name, x, rows, which, y, cfg, seed)
+            fitted = _fit_one(name, x, rows, which, y, cfg, seed, n_classes)
             if fitted:
-                metrics[name], predictions[name] = fitted
-    return metrics, predictions
+                metrics[name], predictions[name], probabilities[name] = fitted
+    return metrics, predictions, probabilities
 
 
 def _fit_one(name: str, x: np.ndarray, rows: np.ndarray, which: np.ndarray, y: np.ndarray, cfg: Baseline,
-             seed: int) -> tuple[dict, np.ndarray] | None:
-    """One model on `rows`: fitted on train, C chosen on val; its metrics and test predictions."""
+             seed: int, n_classes: int) -> tuple[dict, np.ndarray, np.ndarray] | None:
+    """One model on `rows`: fitted on train, C chosen on val; its metrics, test predictions and probabilities."""
     test = which == "test"
     train, val = rows & (which == "train"), rows & (which == "val")
     if len(np.unique(y[train])) < 2:
@@ -188,14 +191,17 @@ def _fit_one(name: str, x: np.ndarray, rows: np.ndarray, which: np.ndarray, y: n
         return None
     model, c, val_accuracy = fit_selected(x[train], y[train], x[val], y[val], cfg, seed)
     pred = np.full(test.sum(), ABSTAIN, dtype=np.int64)
+    proba = np.full((test.sum(), n_classes), np.nan)
     seen = rows[test]
     if seen.any():
         pred[seen] = model.predict(x[test][seen])
+        proba[seen] = 0.0  # a class without a train row of this model: probability 0
+        proba[np.ix_(np.flatnonzero(seen), model.classes_)] = model.predict_proba(x[test][seen])
     metrics = {"C": c, "val_accuracy": val_accuracy, "n_val": int(val.sum()), "features": x.shape[1],
                "test_accuracy": float((pred[seen] == y[test][seen]).mean()) if seen.any() else None,
                "n_test": int(seen.sum())}
     logger.info("baseline %s: %s", name, metrics)
-    return metrics, pred
+    return metrics, pred, proba
 
 
 def write_predictions(path: Path, sample_ids: list[str], y: np.ndarray, predictions: Mapping[str, np.ndarray],
@@ -206,6 +212,44 @@ def write_predictions(path: Path, sample_ids: list[str], y: np.ndarray, predicti
         frame[name] = ["" if p == ABSTAIN else labels[p] for p in pred]
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
+
+
+def write_probabilities(path: Path, sample_ids: list[str], probabilities: Mapping[str, np.ndarray],
+                        labels: list[str]) -> None:
+    """CSV: model, sample_id, then one column per class label holding its probability; a row per model and test
+    row it sees (floats written exactly: `read_probabilities` gives the same numbers back)."""
+    clash = {"model", "sample_id"} & set(labels)
+    if clash:
+        raise ValueError(f"{path}: class label(s) {sorted(clash)} collide with the file's own columns")
+    frames = []
+    for name, proba in probabilities.items():
+        seen = ~np.isnan(proba).any(axis=1)
+        frame = pd.DataFrame(proba[seen], columns=labels)
+        frame.insert(0, "sample_id", np.asarray(sample_ids, dtype=object)[seen])
+        frame.insert(0, "model", name)
+        frames.append(frame)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames, ignore_index=True).to_csv(path, index=False)
+
+
+def read_probabilities(path: Path, sample_ids: list[str], labels: list[str]) -> dict[str, np.ndarray]:
+    """`write_probabilities`' file as `{baseline_<model>: (rows of sample_ids, classes)}`, NaN rows where a model
+    has no input; an error names a missing file or class column."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing (written by an older `baseline`): re-run `dvc repro baseline`")
+    frame = pd.read_csv(path, dtype={"model": str, "sample_id": str})
+    missing = [label for label in labels if label not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} has no probability column for class(es) {missing[:5]}: re-run `dvc repro baseline`")
+    position = {sid: i for i, sid in enumerate(sample_ids)}
+    out = {}
+    for name, rows in frame.groupby("model", sort=False):
+        proba = np.full((len(sample_ids), len(labels)), np.nan)
+        at = rows["sample_id"].map(position)
+        known = at.notna().to_numpy()
+        proba[at[known].astype(int).to_numpy()] = rows.loc[known, labels].to_numpy(dtype=np.float64)
+        out[PREFIX + name] = proba
+    return out
 
 
 def read_predictions(path: Path, sample_ids: list[str], labels: list[str]) -> dict[str, np.ndarray]:

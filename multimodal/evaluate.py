@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from multimodal.align import load_cached_features
 from multimodal.dataset import SplitData
 from multimodal.model import ModelSpec, load_model
-from multimodal.scoring import ABSTAIN, best_by_validation, compare, model_scores
+from multimodal.scoring import best_by_validation, compare, model_scores, top_label
 from multimodal.train import predict
 
 logger = logging.getLogger(__name__)
 
 FUSED = "fused"
 BASELINE = "baseline_early_fusion"  # the classical model the fused one must beat (multimodal.baseline)
+NOTHING = "none"  # name of the empty set of removed modalities (multimodal.robustness.missing_modality)
 
 
 def inputs_for(spec: ModelSpec, test: SplitData, aligned_dir: Path) -> SplitData:
@@ -31,37 +34,79 @@ def inputs_for(spec: ModelSpec, test: SplitData, aligned_dir: Path) -> SplitData
     return load_cached_features(aligned_dir, test.only(spec.modalities), "test", spec.feature_modalities)
 
 
-def _predict_seen(model, data: SplitData, seen: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
-    """Class per row, ABSTAIN where `seen` is false: there the model's output is a constant, not a prediction."""
-    pred = np.full(len(data), ABSTAIN, dtype=np.int64)
-    rows = torch.nonzero(seen).flatten()
-    if len(rows):
-        pred[rows.numpy()] = predict(model, data.take(rows), batch_size, device).argmax(1).numpy()
-    return pred
+@dataclass
+class Reader:
+    """A saved model and the test split in the form it reads (cached features where its spec says so)."""
+
+    model: nn.Module
+    spec: ModelSpec
+    data: SplitData
+
+    @classmethod
+    def load(cls, model_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device) -> "Reader":
+        model, spec = load_model(model_dir, device)
+        return cls(model, spec, inputs_for(spec, test, aligned_dir))
+
+    def probabilities(self, data: SplitData, batch_size: int, device: torch.device) -> np.ndarray:
+        """(N, C) class probabilities of `data` (this model's form), NaN on the rows holding none of its
+        modalities: there the model's output is a constant, not a prediction (`top_label` makes them ABSTAIN)."""
+        rows = torch.nonzero(data.any_present()).flatten()
+        probs = np.full((len(data), len(self.spec.labels)), np.nan)
+        if len(rows):
+            probs[rows.numpy()] = predict(self.model, data.take(rows), batch_size, device).numpy()
+        return probs
+
+    def predict(self, data: SplitData, batch_size: int, device: torch.device) -> np.ndarray:
+        """Class per row of `data`, ABSTAIN where the model sees nothing."""
+        return top_label(self.probabilities(data, batch_size, device))
 
 
-def deep_predictions(models_dir: Path, test: SplitData, batch_size: int, device: torch.device,
-                     aligned_dir: Path) -> tuple[dict[str, np.ndarray], ModelSpec]:
-    """Predictions of the fused model, its ablations (`fused_only_<m>`) and the unimodal models (`unimodal_<m>`).
+def load_readers(models_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device) -> dict[str, Reader]:
+    """The fused model (`FUSED`, `models_dir/best`) and every saved unimodal model (`unimodal_<m>`)."""
+    readers = {FUSED: Reader.load(models_dir / "best", test, aligned_dir, device)}
+    for modality in readers[FUSED].spec.modalities:
+        if (models_dir / "unimodal" / modality).exists():
+            readers[f"unimodal_{modality}"] = Reader.load(models_dir / "unimodal" / modality, test, aligned_dir,
+                                                          device)
+    return readers
+
+
+def reader_probabilities(readers: Mapping[str, Reader], batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+    """Class probabilities of the fused model, its ablations (`fused_only_<m>`: only modality m shown, the others
+    masked as missing) and the unimodal models, each NaN on the rows it does not see."""
+    fused = readers[FUSED]
+    probs = {FUSED: fused.probabilities(fused.data, batch_size, device)}
+    for modality in fused.spec.modalities:
+        others = [m for m in fused.spec.modalities if m != modality]
+        probs[f"fused_only_{modality}"] = fused.probabilities(with_masked(fused.data, others), batch_size, device)
+        if f"unimodal_{modality}" in readers:
+            reader = readers[f"unimodal_{modality}"]
+            probs[f"unimodal_{modality}"] = reader.probabilities(reader.data, batch_size, device)
+    return probs
+
+
+def deep_probabilities(models_dir: Path, test: SplitData, batch_size: int, device: torch.device,
+                       aligned_dir: Path) -> tuple[dict[str, np.ndarray], ModelSpec]:
+    """`reader_probabilities` of the models saved under `models_dir`.
 
     Each saved model reads the test split in its own form: a model trained with the `frozen` strategy reads every
     modality from `align`'s cached features (`aligned_dir`), others only the `align.freeze` ones.
     """
-    model, spec = load_model(models_dir / "best", device)
-    fused_test = inputs_for(spec, test, aligned_dir)
-    preds = {FUSED: _predict_seen(model, fused_test, fused_test.any_present(), batch_size, device)}
-    for modality in spec.modalities:
-        present = test.masks[modality]
-        # Ablation: the fused model shown only this modality (the others masked as missing).
-        masked = SplitData(test.sample_ids, test.labels, fused_test.inputs,
-                           {m: v if m == modality else torch.zeros_like(v) for m, v in fused_test.masks.items()})
-        preds[f"fused_only_{modality}"] = _predict_seen(model, masked, present, batch_size, device)
-        baseline_dir = models_dir / "unimodal" / modality
-        if baseline_dir.exists():
-            unimodal, unimodal_spec = load_model(baseline_dir, device)
-            preds[f"unimodal_{modality}"] = _predict_seen(
-                unimodal, inputs_for(unimodal_spec, test, aligned_dir), present, batch_size, device)
-    return preds, spec
+    readers = load_readers(models_dir, test, aligned_dir, device)
+    return reader_probabilities(readers, batch_size, device), readers[FUSED].spec
+
+
+def deep_predictions(models_dir: Path, test: SplitData, batch_size: int, device: torch.device,
+                     aligned_dir: Path) -> tuple[dict[str, np.ndarray], ModelSpec]:
+    """`deep_probabilities` as a class per row (ABSTAIN where a model does not see the row)."""
+    probs, spec = deep_probabilities(models_dir, test, batch_size, device, aligned_dir)
+    return {name: top_label(p) for name, p in probs.items()}, spec
+
+
+def with_masked(data: SplitData, removed: list[str]) -> SplitData:
+    """`data` with the modalities `removed` marked missing on every row (their inputs stay; the model skips them)."""
+    return SplitData(data.sample_ids, data.labels, data.inputs,
+                     {m: torch.zeros_like(v) if m in removed else v for m, v in data.masks.items()})
 
 
 def _flat(prefix: str, value: float | None, interval: list[float] | None, n: int) -> dict:
@@ -98,6 +143,23 @@ def fair_report(y: np.ndarray, preds: Mapping[str, np.ndarray], unimodal_val_acc
         headline.update(_difference(comparisons, BASELINE, "fused_minus_baseline"))
         headline["fused_beats_baseline"] = bool((headline["fused_minus_baseline"] or 0) > 0)
     return {**headline, "models": models, **comparisons}
+
+
+def with_details(report: Mapping, reliability: Mapping[str, dict], missing: list[dict],
+                 skipped: Mapping[str, str]) -> dict:
+    """`fair_report`'s dict plus each model's ECE (`models.<name>.ece`; `fused_ece` closes the headline keys), the
+    fused accuracy with each set of modalities removed (`fused_accuracy_without`) and, if any, the modalities
+    whose corruption curves were skipped, with why (`corruption_skipped`)."""
+    keys = list(report)
+    cut = keys.index("models")
+    out = {**{k: report[k] for k in keys[:cut]}, "fused_ece": reliability[FUSED]["ece"],
+           **{k: report[k] for k in keys[cut:]}}
+    out["models"] = {name: {**scores, "ece": reliability[name]["ece"]} if name in reliability else scores
+                     for name, scores in report["models"].items()}
+    out["fused_accuracy_without"] = {row["removed"]: row["accuracy"] for row in missing if row["removed"] != NOTHING}
+    if skipped:
+        out["corruption_skipped"] = dict(skipped)
+    return out
 
 
 def warn_if_baseline_wins(report: Mapping) -> None:

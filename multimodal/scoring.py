@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Mapping
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 ABSTAIN = -1  # a model's prediction on a row it has no input for
 LEVEL = 0.95
@@ -21,6 +21,24 @@ LEVEL = 0.95
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(y_true, y_pred)),
             "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+
+
+def top_label(probs: np.ndarray) -> np.ndarray:
+    """Class of highest probability per row of (N, C) `probs`; ABSTAIN on rows without probabilities (NaN)."""
+    seen = ~np.isnan(probs).any(axis=1)
+    return np.where(seen, np.nan_to_num(probs, nan=0.0).argmax(axis=1), ABSTAIN).astype(np.int64)
+
+
+def per_class_scores(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support of every class, on the rows the model saw (pred != ABSTAIN).
+
+    A class the model never predicts has precision 0 (not undefined), one absent from these rows recall 0.
+    """
+    seen = pred != ABSTAIN
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y[seen], pred[seen], labels=list(range(len(labels))), zero_division=0)
+    return [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(labels, precision, recall, f1, support)]
 
 
 def rng_for(seed: int, name: str) -> np.random.Generator:

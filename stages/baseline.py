@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from multimodal.baseline import PREDICTIONS, fit_baselines, write_predictions
+from multimodal.baseline import PREDICTIONS, PROBABILITIES, fit_baselines, write_predictions, write_probabilities
 from multimodal.config import Params, load_params
 from multimodal.dataset import load_split
 from multimodal.io import atomic_dir, write_json
@@ -23,10 +23,11 @@ def baseline(params: Params) -> dict:
     # Raw processor outputs of every modality (no align features): the baseline is independent of every model.
     splits = {split: load_split(frame, split, labels, Path(paths.preprocessed), params.preprocess.modalities)
               for split in SPLITS}
-    metrics, predictions = fit_baselines(splits, params.baseline, params.base.seed)
+    metrics, predictions, probabilities = fit_baselines(splits, params.baseline, params.base.seed, len(labels))
+    test = splits["test"]
     with atomic_dir(Path(paths.baseline)) as tmp:
-        write_predictions(tmp / PREDICTIONS, splits["test"].sample_ids, splits["test"].labels.numpy(), predictions,
-                          labels)
+        write_predictions(tmp / PREDICTIONS, test.sample_ids, test.labels.numpy(), predictions, labels)
+        write_probabilities(tmp / PROBABILITIES, test.sample_ids, probabilities, labels)
     write_json(Path(paths.metrics) / "baseline.json", metrics)
     return metrics
 

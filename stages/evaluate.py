@@ -1,6 +1,8 @@
-"""Stage `evaluate`: test metrics of the fused model vs unimodal and classical baselines, each on the rows it sees.
+"""Stage `evaluate`: test metrics of the fused model vs unimodal and classical baselines, each on the rows it sees;
+per-class scores, calibration, robustness to missing and corrupted modalities, and an efficiency report.
 
-The confusion matrix goes through DVCLive.
+`metrics/evaluate.json` holds what is deterministic and compared across runs; the tables and plots go under
+`<base.paths.plots>/evaluate/` (`multimodal.evaluate_plots`), the confusion matrix through DVCLive.
 """
 
 from __future__ import annotations
@@ -8,14 +10,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from multimodal.baseline import PREDICTIONS, read_predictions
+import torch
+
+from multimodal.align import feature_encoder
+from multimodal.baseline import PREDICTIONS, PROBABILITIES, read_predictions, read_probabilities
+from multimodal.calibration import reliability
 from multimodal.config import Params, load_params
-from multimodal.evaluate import FUSED, deep_predictions, fair_report, warn_if_baseline_wins
+from multimodal.dataset import SplitData, load_split
+from multimodal.efficiency import efficiency_report
+from multimodal.evaluate import (FUSED, fair_report, load_readers, reader_probabilities, warn_if_baseline_wins,
+                                 with_details)
+from multimodal.evaluate_plots import write_efficiency, write_tables
 from multimodal.io import read_json, write_json
 from multimodal.metrics_files import HEADLINE, headline_of
+from multimodal.manifest import read_manifest
+from multimodal.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
 from multimodal.runtime import go_offline, pick_device, setup_logging
-from multimodal.scoring import ABSTAIN
-from multimodal.splits import load_splits
+from multimodal.scoring import ABSTAIN, per_class_scores, top_label
+from multimodal.splits import load_labels
 
 logger = logging.getLogger(__name__)
 
@@ -26,30 +38,61 @@ def unimodal_val_accuracy(tune_metrics: dict) -> dict[str, float]:
             if key.startswith("unimodal/") and key.endswith("/val_accuracy")}
 
 
+def load_test(params: Params) -> SplitData:
+    """The test split as the processors wrote it, every modality: each model swaps in the cached features it
+    reads, and corruptions need the processor outputs of those too."""
+    paths = params.base.paths
+    frame = read_manifest(Path(paths.validated) / "manifest.csv")
+    return load_split(frame, "test", load_labels(params), Path(paths.preprocessed), params.preprocess.modalities)
+
+
 def evaluate(params: Params) -> dict:
     from dvclive import Live
 
-    paths = params.base.paths
-    test = load_splits(params, ("test",))["test"]  # each model then swaps in the cached features it reads
-    preds, spec = deep_predictions(Path(paths.models), test, params.evaluate.batch_size,
-                                   pick_device(params.base.device), Path(paths.aligned))
+    paths, cfg, seed = params.base.paths, params.evaluate, params.base.seed
+    device, aligned, out_dir = pick_device(params.base.device), Path(paths.aligned), Path(paths.plots) / "evaluate"
+    # 1. The saved models, each with the test split in the form it reads.
+    test = load_test(params)
+    readers = load_readers(Path(paths.models), test, aligned, device)
+    spec = readers[FUSED].spec
+    check_corruptions(cfg.corruptions, spec.modalities)
+    # 2. Class probabilities of every model; the baseline's decisions are LogisticRegression.predict's own.
+    probs = reader_probabilities(readers, cfg.batch_size, device)
+    probs.update(read_probabilities(Path(paths.baseline) / PROBABILITIES, test.sample_ids, spec.labels))
+    preds = {name: top_label(p) for name, p in probs.items()}
     preds.update(read_predictions(Path(paths.baseline) / PREDICTIONS, test.sample_ids, spec.labels))
     y = test.labels.numpy()
+    # 3. Scores on the rows each model sees: accuracy with intervals, calibration, per class.
     val_accuracy = unimodal_val_accuracy(read_json(Path(paths.metrics) / "tune.json"))
-    report = {"fusion": spec.fusion, **fair_report(y, preds, val_accuracy, params.evaluate.bootstrap,
-                                                     params.base.seed)}
+    report = {"fusion": spec.fusion, **fair_report(y, preds, val_accuracy, cfg.bootstrap, seed)}
+    calibration = {name: reliability(y, preds[name], probs[name], cfg.calibration_bins) for name in preds
+                   if name in probs}
+    per_class = {name: per_class_scores(y, pred, spec.labels) for name, pred in preds.items()}
+    # 4. Robustness: modalities removed; inputs corrupted (re-encoded where a model reads cached features).
+    pooled = {name: Pooled(reader, preds[name], cfg.batch_size, device) for name, reader in readers.items()}
+    missing = missing_modality(pooled[FUSED], y, cfg.batch_size, device, cfg.bootstrap, seed)
+    cached = {m for reader in readers.values() for m in reader.spec.feature_modalities}
+    encoders = {m: feature_encoder(aligned, m, params.modalities) for m in sorted(cached)}
+    curves, skipped = corruption_curves(pooled, test, y, cfg.corruptions, encoders, cfg.batch_size, device, seed)
+    report = with_details(report, calibration, missing, skipped)
     write_json(Path(paths.metrics) / "evaluate.json", report, sort_keys=False)
     write_json(Path(paths.metrics) / HEADLINE, headline_of(report), sort_keys=False)  # the DVC metric
-    # dvcyaml=False: DVCLive must not rewrite our dvc.yaml; the plot is declared there instead.
+    write_tables(out_dir, per_class, calibration, missing, curves)
+    # 5. Efficiency, a report (timings vary run to run): CPU always, CUDA too when present.
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    write_efficiency(out_dir, efficiency_report({name: (r.model, r.spec) for name, r in readers.items()}, encoders,
+                                                test, cfg.efficiency, devices))
+    # 6. The confusion matrix. dvcyaml=False: DVCLive must not rewrite our dvc.yaml; the plot is declared there.
     seen = preds[FUSED] != ABSTAIN
-    with Live(dir=str(Path(paths.plots) / "evaluate"), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    with Live(dir=str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         live.log_sklearn_plot("confusion_matrix", [spec.labels[i] for i in y[seen]],
                               [spec.labels[i] for i in preds[FUSED][seen]], name="confusion_matrix.json")
-    logger.info("fused test accuracy %.4f [%.4f, %.4f] on %d rows; fused minus best unimodal (%s, chosen on val): "
-                "%s [%s, %s]", report["fused_accuracy"], report["fused_accuracy_ci95_lo"],
-                report["fused_accuracy_ci95_hi"], report["fused_accuracy_n"], report["best_unimodal"],
-                report.get("fused_minus_best_unimodal"), report.get("fused_minus_best_unimodal_ci95_lo"),
-                report.get("fused_minus_best_unimodal_ci95_hi"))
+    logger.info("fused test accuracy %.4f [%.4f, %.4f] on %d rows, ECE %.4f; fused minus best unimodal (%s, chosen "
+                "on val): %s [%s, %s]; without %s", report["fused_accuracy"], report["fused_accuracy_ci95_lo"],
+                report["fused_accuracy_ci95_hi"], report["fused_accuracy_n"], report["fused_ece"],
+                report["best_unimodal"], report.get("fused_minus_best_unimodal"),
+                report.get("fused_minus_best_unimodal_ci95_lo"), report.get("fused_minus_best_unimodal_ci95_hi"),
+                report["fused_accuracy_without"])
     warn_if_baseline_wins(report)
     return report
 
@@ -57,7 +100,7 @@ def evaluate(params: Params) -> dict:
 def main() -> None:
     setup_logging()
     params = load_params(stage="evaluate")
-    go_offline()  # models are rebuilt from their saved configs: no hub access
+    go_offline()  # models are rebuilt from their saved configs, a frozen encoder from the local copy align used
     evaluate(params)
 
 

@@ -228,8 +228,27 @@ def utterance_bins(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**inputs, "input_values": standardize(x, (1,), signal_frames(x))}
 
 
+# --- test-time corruptions: evaluate's noise robustness curves (multimodal.robustness) --------------------------
+
+
+def corrupt_noise(inputs: dict[str, torch.Tensor], level: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Gaussian noise on the log-mel sound frames, of std `level` x the clip's feature std (over its sound
+    frames and mel bins): a feature-domain signal-to-noise ratio of -20 log10(level) dB (0.1: 20 dB, 1: 0 dB),
+    not a waveform SNR, since evaluate reads the cached features. Padding frames stay as they are."""
+    if level <= 0:
+        return inputs
+    x = log_mel(inputs, "evaluate.corruptions.audio")
+    # A fixed SNR of 0 dB scaled by `level`: the same noise draw at every level of a curve.
+    return {**inputs, "input_values": noise_at_snr(x, (0.0, 0.0), level, (1, 2), generator, where=signal_frames(x))}
+
+
+# Kind -> function; the levels of each curve are params `evaluate.corruptions.audio.<kind>`.
+CORRUPTIONS = {"noise": corrupt_noise}
+
+
 MODALITY = Modality(
     name="audio", reads_file=True, probe=probe, profile_fields=PROFILE_FIELDS, checks=AudioChecks,
     row_checks=row_checks, load=load, build_processor=build_processor, process=process, build_encoder=build_encoder,
     options=("sampling_rate", "num_mel_bins", "max_length"), adapt_inputs=as_image, augment=augment,
-    augment_knobs=AudioAugment, normalizations={"utterance": utterance, "utterance_bins": utterance_bins})
+    augment_knobs=AudioAugment, normalizations={"utterance": utterance, "utterance_bins": utterance_bins},
+    corruptions=CORRUPTIONS)

@@ -61,7 +61,8 @@ class Modality:
       wrapper at train, validation and prediction time alike; `none` is always there.
     - `baseline_features(tensors, fit_rows, cfg)`: optional classical features for `multimodal.baseline`
       (default: chosen by the processor's output key there).
-    - `corruptions`: optional {kind: (corrupt(inputs, level, generator), levels)} for evaluate's robustness curves.
+    - `corruptions`: optional {kind: corrupt(inputs, level, generator)} for evaluate's noise robustness curves
+      (`multimodal.robustness`; the levels are params `evaluate.corruptions.<name>.<kind>`, level 0 = unchanged).
     """
 
     name: str
@@ -83,8 +84,8 @@ class Modality:
     normalizations: Mapping[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = field(
         default_factory=dict)
     baseline_features: Callable[..., Any] | None = None
-    corruptions: Mapping[str, tuple[Callable[..., dict[str, torch.Tensor]], Sequence[float]]] = field(
-        default_factory=dict)
+    corruptions: Mapping[str, Callable[[dict[str, torch.Tensor], float, torch.Generator], dict[str, torch.Tensor]]] = (
+        field(default_factory=dict))
 
 
 def config_built(spec: ModalitySpec, default_type: str, **defaults: Any) -> nn.Module:

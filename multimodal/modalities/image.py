@@ -4,11 +4,13 @@ or a pretrained checkpoint."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from transformers import AutoImageProcessor, AutoModel, ViTImageProcessorPil
@@ -117,7 +119,53 @@ def per_image(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**inputs, "pixel_values": standardize(inputs["pixel_values"], (1, 2, 3))}
 
 
+# --- test-time corruptions: evaluate's noise robustness curves (multimodal.robustness) --------------------------
+# Each takes the processor outputs of a batch, a level (0: the inputs unchanged; larger: stronger) and a seeded
+# generator. With the same generator state a larger level corrupts more of the same draw, so a curve is smooth.
+
+
+def corrupt_noise(inputs: dict[str, torch.Tensor], level: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Gaussian pixel noise of standard deviation `level`, in the processor's normalised units."""
+    if level <= 0:
+        return inputs
+    return {**inputs, "pixel_values": gaussian_noise(inputs["pixel_values"], level, generator)}
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, C, H, W) images blurred by a Gaussian of std `sigma` pixels (separable, kernel +-3 sigma, edges
+    reflected)."""
+    radius = min(math.ceil(3 * sigma), min(x.shape[-2:]) - 1)  # reflection padding needs radius < side
+    if sigma <= 0 or radius < 1:
+        return x
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-offsets**2 / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def corrupt_blur(inputs: dict[str, torch.Tensor], level: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Gaussian blur of std `level` pixels at the processed resolution (no randomness)."""
+    return inputs if level <= 0 else {**inputs, "pixel_values": gaussian_blur(inputs["pixel_values"], level)}
+
+
+def corrupt_occlusion(inputs: dict[str, torch.Tensor], level: float,
+                      generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One square per image set to 0 (mid-grey for a mean-0.5 processor), of side `level` x the shorter side,
+    centred anywhere (clipped at the border)."""
+    if level <= 0:
+        return inputs
+    return {**inputs, "pixel_values": random_cutout(inputs["pixel_values"], min(level, 1.0), generator)}
+
+
+# Kind -> function; the levels of each curve are params `evaluate.corruptions.image.<kind>`.
+CORRUPTIONS = {"noise": corrupt_noise, "blur": corrupt_blur, "occlusion": corrupt_occlusion}
+
+
 MODALITY = Modality(
     name="image", reads_file=True, probe=probe, profile_fields=PROFILE_FIELDS, checks=ImageChecks,
     row_checks=row_checks, load=load, build_processor=build_processor, process=process, build_encoder=build_encoder,
-    options=("image_size",), augment=augment, augment_knobs=ImageAugment, normalizations={"per_image": per_image})
+    options=("image_size",), augment=augment, augment_knobs=ImageAugment, normalizations={"per_image": per_image},
+    corruptions=CORRUPTIONS)

@@ -75,11 +75,21 @@ def build_encoder(spec: ModalitySpec):
     return config_built(spec, "bert", vocab_size=build_processor(spec).vocab_size)
 
 
+def inner_tokens(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: the attended tokens but each row's first and last ([CLS] and [SEP] of BERT-style
+    tokenizers): the ones augmentation and corruption may touch."""
+    length = mask.shape[1]
+    position = torch.arange(length, device=mask.device).expand_as(mask)
+    first = torch.where(mask, position, length).amin(dim=1, keepdim=True)
+    last = torch.where(mask, position, -1).amax(dim=1, keepdim=True)
+    return mask & (position > first) & (position < last)
+
+
 class TextAugment(BaseModel):
     """params `tune.fixed.augment.text`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    token_dropout: float = Field(ge=0, le=1)  # share of tokens deleted ([CLS]/[SEP] and padding never)
+    token_dropout: float = Field(ge=0, le=1)  # share of tokens deleted ([CLS]/[SEP] and padding never, corruptions=CORRUPTIONS)
 
 
 def augment(inputs: dict[str, torch.Tensor], generator: torch.Generator, strength: float, *,
@@ -93,9 +103,7 @@ def augment(inputs: dict[str, torch.Tensor], generator: torch.Generator, strengt
         return inputs
     length = ids.shape[1]
     position = torch.arange(length, device=ids.device).expand_as(ids)
-    first = torch.where(mask, position, length).amin(dim=1, keepdim=True)
-    last = torch.where(mask, position, -1).amax(dim=1, keepdim=True)
-    inner = mask & (position > first) & (position < last)
+    inner = inner_tokens(mask)
     drop = inner & (torch.rand(ids.shape, generator=generator, device=generator.device).to(ids.device) < rate)
     keep = mask & ~drop
     # Kept tokens first, in their order (a stable sort); the dropped ones and the old padding after them.
@@ -111,7 +119,35 @@ def augment(inputs: dict[str, torch.Tensor], generator: torch.Generator, strengt
 
 
 # tokenizer: the vocabulary of a config-built encoder (pretrained: null); a checkpoint name like `pretrained`.
+# --- test-time corruptions: evaluate's noise robustness curves (multimodal.robustness) --------------------------
+
+
+def corrupt_tokens(inputs: dict[str, torch.Tensor], level: float,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Token noise, the token-id stand-in for character noise (the texts reach evaluate as token ids): in each
+    row, round(`level` x its inner tokens) of them (`inner_tokens`: [CLS], [SEP] and padding never) are replaced
+    by random ids drawn from the inner tokens of the whole batch, i.e. from the vocabulary these texts use (a
+    draw may by chance give the same id back). The attention mask is unchanged."""
+    ids = inputs["input_ids"]
+    inner = inner_tokens(inputs["attention_mask"].bool())
+    pool = ids[inner].unique()
+    if level <= 0 or len(pool) == 0:
+        return inputs
+    score = torch.rand(ids.shape, generator=generator, device=generator.device).to(ids.device)
+    pick = torch.randint(0, len(pool), ids.shape, generator=generator, device=generator.device).to(ids.device)
+    # The `count` inner tokens of lowest score per row: one draw for every level, so a higher level replaces a
+    # superset of the tokens a lower one does.
+    rank = score.masked_fill(~inner, 2.0).argsort(dim=1).argsort(dim=1)
+    count = (inner.sum(dim=1, keepdim=True) * min(level, 1.0)).round()
+    return {**inputs, "input_ids": torch.where(inner & (rank < count), pool[pick], ids)}
+
+
+# Kind -> function; the levels of each curve are params `evaluate.corruptions.text.<kind>`.
+CORRUPTIONS = {"tokens": corrupt_tokens}
+
+
 MODALITY = Modality(
     name="text", reads_file=False, probe=probe, profile_fields=PROFILE_FIELDS, checks=TextChecks,
     row_checks=row_checks, load=load, build_processor=build_processor, process=process, build_encoder=build_encoder,
-    options=("max_length", "tokenizer"), checkpoints=("tokenizer",), augment=augment, augment_knobs=TextAugment)
+    options=("max_length", "tokenizer"), checkpoints=("tokenizer",), augment=augment, augment_knobs=TextAugment,
+    corruptions=CORRUPTIONS)

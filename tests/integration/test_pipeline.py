@@ -71,6 +71,26 @@ def test_pipeline_end_to_end_then_noop_then_experiment(project: Path) -> None:
     assert external_references(page) == []
     assert external_in_site(project / "data/validation_docs") == {}
 
+    # Calibration, robustness and efficiency beside the scores; the tables drawn by `dvc plots show`.
+    assert all(0.0 <= model["ece"] <= 1.0 for model in metrics["models"].values())
+    assert "corruption_skipped" not in metrics  # MiniLM, frozen, encodes the corrupted texts again
+    assert set(metrics["fused_accuracy_without"]) == {"image", "audio", "text", "image+audio", "image+text",
+                                                      "audio+text"}
+    evaluate_dir = project / "plots/evaluate"
+    curves = {p.stem: list(csv.DictReader(p.read_text().splitlines())) for p in (evaluate_dir / "corruption").iterdir()}
+    assert set(curves) == {"image_noise", "image_blur", "image_occlusion", "audio_noise", "text_tokens"}
+    for name, rows in curves.items():
+        modality = name.split("_")[0]
+        clean = metrics["paired"][f"unimodal_{modality}"]  # level 0: exactly the clean figures, on the same rows
+        assert float(rows[0]["level"]) == 0.0 and int(rows[0]["n"]) == clean["n"]
+        assert float(rows[0]["fused"]) == clean["fused_accuracy"] and float(rows[0]["unimodal"]) == clean["accuracy"]
+    efficiency = json.loads((evaluate_dir / "efficiency.json").read_text())
+    assert {r["batch_size"] for r in efficiency["models"]["fused"]["timing"]} == {1, 64}
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)
+    drawn = {"plots/evaluate/corruption/audio_noise.csv", "plots/evaluate/reliability/fused.csv",
+             "plots/evaluate/missing_modality.csv", "plots/evaluate/per_class/fused.csv"}
+    assert not plots.get("errors") and drawn <= set(plots["data"])
+
     # 2. Nothing changed: nothing runs.
     second = run(["dvc", "repro"], project)
     assert stages_run(second.stdout) == set()

@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from multimodal.baseline import PREDICTIONS, fit_baselines, read_predictions
+from multimodal.baseline import PREDICTIONS, PROBABILITIES, fit_baselines, read_predictions, read_probabilities
 from multimodal.config import Baseline, Params
 from multimodal.dataset import SplitData, load_split
 from multimodal.evaluate import fair_report
@@ -129,6 +129,23 @@ def test_evaluate_scores_the_baseline_on_the_rows_the_deep_models_see(project):
     assert report["fused_minus_baseline_n"] == len(y)
 
 
+def test_probabilities_are_written_for_the_rows_each_model_sees(project):
+    params, frame = project
+    baseline(params)
+    paths = params.base.paths
+    ids = frame.loc[frame["split"] == "test", "sample_id"].tolist()[::-1]  # any row order
+    preds = read_predictions(Path(paths.baseline) / PREDICTIONS, ids, LABELS)
+    probs = read_probabilities(Path(paths.baseline) / PROBABILITIES, ids, LABELS)
+    assert set(probs) == set(preds) == {"baseline_image", "baseline_audio", "baseline_text", "baseline_early_fusion"}
+    for name, proba in probs.items():
+        seen = preds[name] != ABSTAIN
+        assert (~np.isnan(proba).any(axis=1) == seen).all(), name
+        assert np.allclose(proba[seen].sum(axis=1), 1.0)
+        assert (proba[seen].argmax(axis=1) == preds[name][seen]).all(), name  # predict is the most probable class
+    with pytest.raises(ValueError, match="no probability column for class.*'extra'"):
+        read_probabilities(Path(paths.baseline) / PROBABILITIES, ids, [*LABELS, "extra"])
+
+
 def test_predictions_of_other_samples_are_refused(project):
     params, _ = project
     baseline(params)
@@ -149,8 +166,12 @@ def test_a_split_without_a_modality_gets_no_predictions_for_it():
         return SplitData([f"{name}{i}" for i in range(n)], y, inputs, masks)
 
     cfg = Baseline(c_grid=[1.0], max_iter=200, image_size=8, n_mfcc=4, max_tokens=10)
-    metrics, preds = fit_baselines({"train": split("t", 20, True), "val": split("v", 10, True),
-                                    "test": split("s", 10, False)}, cfg, seed=0)
+    metrics, preds, probs = fit_baselines({"train": split("t", 20, True), "val": split("v", 10, True),
+                                           "test": split("s", 10, False)}, cfg, seed=0, n_classes=3)
     assert (preds["audio"] == ABSTAIN).all() and metrics["audio"]["n_test"] == 0
+    assert np.isnan(probs["audio"]).all() and probs["image"].shape == (10, 3)
+    # Class 2 has no train row: probability 0; the others sum to 1 and their argmax is the prediction.
+    assert (probs["image"][:, 2] == 0).all() and np.allclose(probs["image"].sum(1), 1.0)
+    assert (probs["image"].argmax(1) == preds["image"]).all()
     assert metrics["audio"]["test_accuracy"] is None and metrics["audio"]["val_accuracy"] == 1.0
     assert metrics["image"]["test_accuracy"] == 1.0 and metrics["early_fusion"]["n_test"] == 10

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from multimodal.evaluate import deep_predictions, fair_report, warn_if_baseline_wins
+from multimodal.evaluate import deep_predictions, fair_report, warn_if_baseline_wins, with_details
 from multimodal.model import ModelSpec, build_model, save_model
 from multimodal.scoring import ABSTAIN
 from multimodal.train import predict
@@ -90,3 +90,17 @@ def test_deep_models_abstain_on_rows_lacking_their_modality(tmp_path):
     shown_a.masks["b"] = torch.zeros_like(shown_a.masks["b"])
     expected = predict(fused, shown_a, 16, torch.device("cpu")).argmax(1).numpy()
     assert np.array_equal(preds["fused_only_a"][has_a], expected)
+
+
+def test_details_add_calibration_and_missing_modality_figures_after_the_headline():
+    report = fair_report(Y, PREDS, VAL, 300, seed=0)
+    calibration = {"fused": {"ece": 0.05}, "unimodal_image": {"ece": 0.2}}
+    missing = [{"removed": "none", "accuracy": 0.9}, {"removed": "audio", "accuracy": 0.6}]
+    out = with_details(report, calibration, missing, {"text": "why"})
+    keys = list(out)
+    assert keys.index("fused_ece") == keys.index("models") - 1  # the last headline key
+    assert out["fused_ece"] == 0.05 and out["models"]["unimodal_image"]["ece"] == 0.2
+    assert "ece" not in out["models"]["unimodal_audio"]  # no probabilities, no ECE
+    assert out["fused_accuracy_without"] == {"audio": 0.6} and out["corruption_skipped"] == {"text": "why"}
+    assert "ece" not in report["models"]["fused"]  # the input is left as it was
+    assert "corruption_skipped" not in with_details(report, calibration, missing, {})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from multimodal.scoring import (ABSTAIN, accuracy_interval, best_by_validation, compare, model_scores,
-                                paired_difference, rng_for)
+                                paired_difference, per_class_scores, rng_for, top_label)
 
 A = ABSTAIN
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
@@ -77,3 +77,19 @@ def test_best_is_chosen_by_validation_and_ties_go_to_the_first():
     assert best_by_validation({"image": 0.7, "audio": 0.9, "text": 0.3}) == "audio"
     assert best_by_validation({"image": 0.9, "audio": 0.9}) == "image"
     assert best_by_validation({}) is None
+
+
+def test_per_class_precision_recall_f1_by_hand():
+    y = np.array([0, 0, 1, 1, 2])
+    pred = np.array([0, 0, 0, 1, A])  # row 4 unseen: class c has no row the model saw
+    got = {row["class"]: row for row in per_class_scores(y, pred, ["a", "b", "c"])}
+    # a: predicted 3 times, right twice, 2 true -> P 2/3, R 1, F1 .8; b: predicted once, right, 2 true -> P 1, R .5.
+    assert got["a"] == {"class": "a", "precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8),
+                        "support": 2}
+    assert got["b"] == {"class": "b", "precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert got["c"] == {"class": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_top_label_abstains_where_a_model_has_no_probabilities():
+    probs = np.array([[0.2, 0.8], [np.nan, np.nan], [0.5, 0.5]])
+    assert top_label(probs).tolist() == [1, A, 0]  # a tie goes to the first class, as argmax does
