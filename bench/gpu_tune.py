@@ -1,13 +1,15 @@
-"""The tune stage on CUDA: bf16 autocast, one GPU or a fraction per trial; samples/s, trials/minute, GPU utilisation.
+"""The tune stage on CUDA: fp32 or bf16, one GPU or a fraction per trial; samples/s, trials/minute, GPU utilisation.
 
 A scratch project gets a synthetic, learnable image + audio dataset written straight into the shard format
 `preprocess` writes (class patterns plus noise: 3x28x28 pixel values, 128x64 log-mel frames), so no demo is built
 (its speech needs espeak-ng). Then `python -m stages.align` once and `python -m stages.tune` once per
-`--gpus-per-trial` value (`tune.max_concurrent_trials` = 1 / that fraction), each timed while `nvidia-smi` samples
-utilisation and memory every 500 ms. Last, the same training loop (`multimodal.train.fit`, a fused model, the
-`full` strategy) is timed outside Ray with the product's bf16 autocast and with autocast off (fp32).
+`--gpus-per-trial` value (`tune.max_concurrent_trials` = 1 / that fraction) and, within it, per `--precision`
+(`tune.fixed.precision`), each timed while `nvidia-smi` samples utilisation and memory every 500 ms. Last, the
+same training loop (`multimodal.train.fit`, a fused model, the `full` strategy) is timed outside Ray with
+precision bf16 (autocast) and fp32.
 
-    python bench/gpu_tune.py --out /tmp/gpu_tune                         # CUDA: N=3000, 1, 0.5 and 0.25 GPU/trial
+    python bench/gpu_tune.py --out /tmp/gpu_tune              # CUDA: N=3000, 1, 0.5 and 0.25 GPU/trial, fp32
+    python bench/gpu_tune.py --out /tmp/g --gpus-per-trial 1 0.25 --precision fp32 bf16 --loop-epochs 0
     python bench/gpu_tune.py --device cpu --n 240 --num-samples 2 --max-epochs 2 --gpus-per-trial 1 --out /tmp/g
 
 Writes `<out>/gpu_tune.json` (after every step, so a cut-off run keeps what it measured), `<out>/stages.log` (the
@@ -213,16 +215,18 @@ def study_figures(project: Path, output: str, n_train: int) -> dict:
     }
 
 
-def tune_run(project: Path, out: Path, args: argparse.Namespace, gpus: float, n_train: int) -> dict:
+def tune_run(project: Path, out: Path, args: argparse.Namespace, gpus: float, precision: str, n_train: int) -> dict:
     concurrent = max(1, round(1 / gpus)) if args.device != "cpu" else 1
-    set_params(project, {("tune", "gpus_per_trial"): gpus, ("tune", "max_concurrent_trials"): concurrent})
-    label = f"tune gpus_per_trial={gpus:g}"
+    set_params(project, {("tune", "gpus_per_trial"): gpus, ("tune", "max_concurrent_trials"): concurrent,
+                         ("tune", "fixed", "precision"): precision})
+    label = f"tune gpus_per_trial={gpus:g} precision={precision}"
     with gpu_samples(out / "smi.csv", label) as samples:
         seconds, output = run_stage(project, "stages.tune", out / "stages.log", label)
     figures = study_figures(project, output, n_train)
     window = figures.pop("window")
     tune_json = json.loads((project / "metrics" / "tune.json").read_text())
-    return {"gpus_per_trial": gpus, "max_concurrent_trials": concurrent, "stage_s": round(seconds, 1), **figures,
+    return {"gpus_per_trial": gpus, "precision": precision, "max_concurrent_trials": concurrent,
+            "stage_s": round(seconds, 1), **figures,
             "best_trial_val_accuracy": tune_json.get("best_val_accuracy"),
             "gpu_during_search": gpu_summary(samples, *window), "gpu_whole_stage": gpu_summary(samples)}
 
@@ -288,21 +292,27 @@ def environment(device: str) -> dict:
     return info
 
 
+def expected_s(runs: list[dict], gpus: float) -> float:
+    """A tune run's likely stage seconds: the last one at the same GPU fraction, else the longest so far."""
+    same = [r["stage_s"] for r in runs if "stage_s" in r and r["gpus_per_trial"] == gpus]
+    return same[-1] if same else max((r["stage_s"] for r in runs if "stage_s" in r), default=0.0)
+
+
 def in_budget(budget_s: float | None, began: float, step_s: float) -> bool:
     """Whether a step as long as `step_s` (the last one of its kind) still ends within the budget."""
     return budget_s is None or time.time() - began + step_s <= budget_s
 
 
 def print_summary(report: dict) -> None:
-    print("\n| GPU per trial | at once | stage s | search s | trials | epochs | trials/min | samples/s per trial "
+    print("\n| GPU per trial | precision | at once | stage s | search s | trials | epochs | trials/min | samples/s per trial "
           "(median epoch) | samples/s all trials | GPU util mean / peak % | GPU memory peak MiB | best val acc |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in report["tune"]:
         if "error" in r:
-            print(f"| {r['gpus_per_trial']:g} | failed: {r['error'].splitlines()[0]} |")
+            print(f"| {r['gpus_per_trial']:g} | {r['precision']} | failed: {r['error'].splitlines()[0]} |")
             continue
         gpu = r["gpu_during_search"]
-        print(f"| {r['gpus_per_trial']:g} | {r['max_concurrent_trials']} | {r['stage_s']} | {r['search_s']} | "
+        print(f"| {r['gpus_per_trial']:g} | {r['precision']} | {r['max_concurrent_trials']} | {r['stage_s']} | {r['search_s']} | "
               f"{r['trials']} | {r['epochs']} | {r['trials_per_min']} | {r['trial_samples_per_s_median']} | "
               f"{r['aggregate_samples_per_s']} | {gpu.get('util_mean_pct', '-')} / {gpu.get('util_peak_pct', '-')} | "
               f"{gpu.get('memory_peak_mib', '-')} | {r['best_val_accuracy']:.4f} |")
@@ -323,6 +333,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-size", type=int, default=1024)
     parser.add_argument("--gpus-per-trial", type=float, nargs="+", default=[1.0, 0.5, 0.25])
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                        help="tune.fixed.precision of the tune runs, each at every --gpus-per-trial")
     parser.add_argument("--cpus-per-trial", type=int, default=2)
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--max-epochs", type=int, default=8)
@@ -346,19 +358,21 @@ def main() -> None:
     report["align"] = {"stage_s": round(seconds, 1), "gpu": gpu_summary(samples),
                        "metrics": json.loads((project / "metrics" / "align.json").read_text())}
     save()
-    # 2. The tune stage at each GPU fraction per trial.
+    # 2. The tune stage at each GPU fraction per trial, and at each precision within it.
     report["tune"] = []
     for gpus in args.gpus_per_trial:
-        last_s = report["tune"][-1].get("stage_s", 0) if report["tune"] else 0
-        if not in_budget(args.budget_s, began, last_s):
-            report["tune"].append({"gpus_per_trial": gpus, "error": "skipped: --budget-s would be exceeded"})
-        else:
-            try:
-                report["tune"].append(tune_run(project, args.out, args, gpus, report["splits"]["train"]))
-            except (SystemExit, Exception) as failed:  # recorded; the other settings and the loop still run
-                report["tune"].append({"gpus_per_trial": gpus, "error": f"{type(failed).__name__}: {failed}"[-3000:]})
-        print(f"tune {report['tune'][-1]}", flush=True)
-        save()
+        for precision in args.precision:
+            run = {"gpus_per_trial": gpus, "precision": precision}
+            if not in_budget(args.budget_s, began, expected_s(report["tune"], gpus)):
+                run["error"] = "skipped: --budget-s would be exceeded"
+            else:
+                try:
+                    run = tune_run(project, args.out, args, gpus, precision, report["splits"]["train"])
+                except (SystemExit, Exception) as failed:  # recorded; the other settings and the loop still run
+                    run["error"] = f"{type(failed).__name__}: {failed}"[-3000:]
+            report["tune"].append(run)
+            print(f"tune {run}", flush=True)
+            save()
     # 3. The loop alone, bf16 autocast vs fp32.
     if args.loop_epochs > 0 and in_budget(args.budget_s, began, 30):
         report["loop"] = loop_throughput(project, torch.device(args.device), args.loop_epochs, args.loop_batch_sizes)
