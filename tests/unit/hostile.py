@@ -47,3 +47,14 @@ def assert_defused(page: str, where: str | Path) -> str:
     assert not [h for h in parsed.handlers if "alert(" in h], f"{where}: an injected event handler is live"
     assert external_references(page) == [], f"{where}: external references {external_references(page)}"
     return "".join(parsed.text)
+
+
+class Tags(HTMLParser):
+    """Every start tag of a page with its attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 import mistune
@@ -14,7 +13,7 @@ from multimodal.data_docs import ASSETS, VENDOR, offline_page
 from multimodal.escape import markdown_literal
 from multimodal.offline_html import css_urls, external_references, html_urls, is_external
 from multimodal.validation import validate_dataset
-from tests.unit.hostile import HOSTILE, assert_defused
+from tests.unit.hostile import HOSTILE, Tags, assert_defused
 from tests.unit.test_validation import OPTIONS, clean_rows, row, write_dataset
 
 
@@ -85,15 +84,6 @@ def test_every_local_reference_resolves(docs):
     assert (site / "static" / "vendor" / "fontawesome" / "webfonts" / "fa-solid-900.woff2").is_file()
 
 
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict]] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-
 def test_cdn_tags_become_plain_local_tags():
     page = (
         '<link rel="stylesheet" href="https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css"/>\n'
@@ -106,7 +96,7 @@ def test_cdn_tags_become_plain_local_tags():
     unknown: list[str] = []
     site = Path("/site")
     out = offline_page(page, site / "validations" / "a" / "page.html", site, unknown)
-    parser = _Tags()
+    parser = Tags()
     parser.feed(out)
     tags = parser.tags
     assert ("link", {"rel": "stylesheet", "href": "../../static/vendor/bootstrap/bootstrap.min.css"}) in tags

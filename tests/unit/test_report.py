@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from multimodal.offline_html import external_references
 from multimodal.report import ReportInputs, build_report, json_tables
 from tests.report_run import LABELS, build_run
 from tests.unit.conftest import REPO, repo_params
-from tests.unit.hostile import HOSTILE, assert_defused
+from tests.unit.hostile import HOSTILE, Tags, assert_defused
 
 
 def inputs(files: dict[str, Path], **overrides) -> ReportInputs:
@@ -37,17 +36,8 @@ def page(run) -> str:
     return build_report(inputs(run))
 
 
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict]] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-
 def tags(page: str) -> list[tuple[str, dict]]:
-    parser = _Tags()
+    parser = Tags()
     parser.feed(page)
     return parser.tags
 
