@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: make `flows`, `multimodal`, `tests` importable
 
 from flows.local_server import OFFLINE_ENV, local_server  # noqa: E402
-from multimodal.workspace import copy_project, project_env  # noqa: E402
+from flows.workspace import copy_project, project_env  # noqa: E402
 from tests.integration.conftest import TINY_PARAMS  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: make `multimodal` importable
-from multimodal.workspace import copy_project, run  # noqa: E402
+from flows.workspace import copy_project, run  # noqa: E402
 
 MODALITIES = ["image", "audio", "text", "video"]
 

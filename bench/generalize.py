@@ -32,10 +32,10 @@ from multimodal.config import load_params
 from multimodal.finetune import finetune
 from multimodal.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from multimodal.scoring import model_scores
-from multimodal.splits import load_labels, load_splits
+from multimodal.load_data import load_labels, load_splits
 from multimodal.train import predict
 from multimodal.tune import trial_train_config
-from multimodal.workspace import copy_project, run, set_params
+from flows.workspace import copy_project, run, set_params
 
 # The harder setting: noisier speech, fewer training voices, fainter images.
 SETTINGS = {

@@ -43,7 +43,7 @@ import multimodal.train as train_module
 from multimodal.io import write_json
 from multimodal.manifest import SPLITS
 from multimodal.shards import ShardWriter
-from multimodal.workspace import project_env, set_params
+from flows.workspace import project_env, set_params
 
 CLASSES = 10
 SPLIT_SHARES = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -236,7 +236,7 @@ def tune_run(project: Path, out: Path, args: argparse.Namespace, gpus: float, pr
 def loop_throughput(project: Path, device: torch.device, epochs: int, batch_sizes: list[int]) -> list[dict]:
     from multimodal.config import load_params
     from multimodal.finetune import initial_model
-    from multimodal.splits import load_labels, load_splits
+    from multimodal.load_data import load_labels, load_splits
     from multimodal.tune import trial_train_config
 
     os.chdir(project)  # params paths are relative to the project

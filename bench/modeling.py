@@ -33,7 +33,7 @@ from multimodal.manifest import read_manifest
 from multimodal.modalities import PooledEncoder, build_pooled_encoder
 from multimodal.model import Embedder, MultimodalModel
 from multimodal.runtime import go_offline_for, pick_device
-from multimodal.splits import load_labels, load_splits
+from multimodal.load_data import load_labels, load_splits
 from multimodal.train import fit, predict
 from multimodal.tune import trial_train_config
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from multimodal.workspace import copy_project, project_env, run
+from flows.workspace import copy_project, project_env, run
 
 STAGES = ["ingest", "validate", "preprocess@image", "preprocess@audio", "preprocess@text", "baseline", "align", "tune",
           "evaluate"]

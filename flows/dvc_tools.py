@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.experiments import Experiment, parse_exp_show
-from multimodal.workspace import project_env
+from flows.workspace import project_env
 
 log = logging.getLogger(__name__)
 

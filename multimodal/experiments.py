@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.metrics_files import HEADLINE
-from multimodal.workspace import project_env
+from flows.workspace import project_env
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

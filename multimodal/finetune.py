@@ -81,7 +81,7 @@ def check_inputs(spec: ModelSpec, data: SplitData) -> None:
     wrong = [m for m in spec.modalities if data.inputs[m] and ("features" in data.inputs[m]) != (m in features)]
     if wrong:
         raise ValueError(f"the model reads {sorted(features)} as cached features but the data differs for {wrong}; "
-                         "load it with multimodal.splits.load_splits(..., strategy=<the config's strategy>)")
+                         "load it with multimodal.load_data.load_splits(..., strategy=<the config's strategy>)")
 
 
 def finetune(aligned_dir: Path, labels: list[str], train: SplitData, val: SplitData, cfg: TrainConfig,

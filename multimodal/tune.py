@@ -138,7 +138,7 @@ def trial_resources(cfg: Tune, device: str) -> dict[str, float]:
 def prepare_trial(params: Params, cfg):
     """Train/val data and the initial model of a trial config: (model, spec, train, val)."""
     from multimodal.finetune import initial_model
-    from multimodal.splits import load_labels, load_splits
+    from multimodal.load_data import load_labels, load_splits
 
     # The strategy decides which modalities are read as cached features (`frozen`: all of them).
     data = load_splits(params, ("train", "val"), strategy=cfg.strategy)

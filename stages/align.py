@@ -14,7 +14,7 @@ from multimodal.io import atomic_dir, write_json
 from multimodal.manifest import SPLITS, read_manifest
 from multimodal.model import Embedder
 from multimodal.runtime import go_offline_for, pick_device, seed_everything, setup_logging
-from multimodal.splits import load_labels
+from multimodal.load_data import load_labels
 
 logger = logging.getLogger(__name__)
 

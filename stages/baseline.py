@@ -11,7 +11,7 @@ from multimodal.dataset import load_split
 from multimodal.io import atomic_dir, write_json
 from multimodal.manifest import SPLITS, read_manifest
 from multimodal.runtime import setup_logging
-from multimodal.splits import load_labels
+from multimodal.load_data import load_labels
 
 logger = logging.getLogger(__name__)
 

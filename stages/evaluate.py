@@ -27,7 +27,7 @@ from multimodal.manifest import read_manifest
 from multimodal.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
 from multimodal.runtime import go_offline, pick_device, setup_logging
 from multimodal.scoring import ABSTAIN, per_class_scores, top_label
-from multimodal.splits import load_labels
+from multimodal.load_data import load_labels
 
 logger = logging.getLogger(__name__)
 

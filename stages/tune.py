@@ -16,7 +16,7 @@ from multimodal.finetune import finetune
 from multimodal.io import atomic_dir, write_json, write_text_atomic
 from multimodal.model import save_model
 from multimodal.runtime import go_offline, pick_device, seed_everything, setup_logging
-from multimodal.splits import load_labels, load_splits
+from multimodal.load_data import load_labels, load_splits
 from multimodal.tune import STUDY, run_search, trial_train_config
 from multimodal.tune_results import (best_checkpoint, best_trial, epochs_table, trial_number, trial_table,
                                      write_plots)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from multimodal.workspace import copy_project
+from flows.workspace import copy_project
 
 # Small enough for CI on two cores, big enough that every class lands in every split.
 TINY_PARAMS = {

@@ -24,7 +24,7 @@ import pytest
 from flows import dvc_tools
 from flows.pipeline import FLOW_NAME, REPO, dvc_pipeline
 from flows.serve import build_deployment
-from multimodal.workspace import copy_project, run
+from flows.workspace import copy_project, run
 from tests.integration.conftest import TINY_PARAMS
 
 pytest_plugins = ["tests.integration.conftest_prefect"]

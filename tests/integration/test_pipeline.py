@@ -11,7 +11,7 @@ import pytest
 
 from multimodal.data_docs import external_in_site
 from multimodal.offline_html import external_references
-from multimodal.workspace import run
+from flows.workspace import run
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import yaml
 from multimodal.config import load_params
 from multimodal.stage_deps import check, import_closure, suggested_deps
 from multimodal.stage_params import UndeclaredParam, read_stages
-from multimodal.workspace import REPO, copy_project, run
+from flows.workspace import REPO, copy_project, run
 
 pytestmark = pytest.mark.integration
 

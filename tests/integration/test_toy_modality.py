@@ -23,7 +23,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from multimodal.checks import Check, one_of
 from multimodal.modalities.base import Modality
-from multimodal.workspace import copy_project, run
+from flows.workspace import copy_project, run
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from multimodal.tune import ray_env
-from multimodal.workspace import copy_project, project_env, run, set_params
+from flows.workspace import copy_project, project_env, run, set_params
 from tests.integration.conftest import TINY_PARAMS
 
 pytestmark = pytest.mark.integration

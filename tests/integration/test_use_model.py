@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from multimodal.workspace import copy_project, run
+from flows.workspace import copy_project, run
 from tests.integration.conftest import TINY_PARAMS
 
 pytestmark = pytest.mark.integration

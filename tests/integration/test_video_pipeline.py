@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from multimodal.workspace import copy_project, run
+from flows.workspace import copy_project, run
 
 pytestmark = pytest.mark.integration
 

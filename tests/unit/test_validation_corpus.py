@@ -24,7 +24,7 @@ import yaml
 
 from multimodal.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
 from multimodal.validation import ValidationResult, validate_dataset
-from multimodal.workspace import project_env
+from flows.workspace import project_env
 from stages.ingest import ingest
 from stages.validate import QUARANTINE_NAME, ValidationFailed, apply_policy, validate_into
 from tests.unit.conftest import params_section
