@@ -11,7 +11,7 @@ from pathlib import Path
 from multimodal.baseline import PREDICTIONS, read_predictions
 from multimodal.config import Params, load_params
 from multimodal.evaluate import FUSED, deep_predictions, fair_report, warn_if_baseline_wins
-from multimodal.io import read_json, write_json
+from multimodal.io import atomic_dir, read_json, write_json
 from multimodal.runtime import go_offline, pick_device, setup_logging
 from multimodal.scoring import ABSTAIN
 from multimodal.splits import load_splits
@@ -40,7 +40,8 @@ def evaluate(params: Params) -> dict:
     write_json(Path(paths.metrics) / "evaluate.json", report, sort_keys=False)
     # dvcyaml=False: DVCLive must not rewrite our dvc.yaml; the plot is declared there instead.
     seen = preds[FUSED] != ABSTAIN
-    with Live(dir=str(Path(paths.plots) / "evaluate"), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    with (atomic_dir(Path(paths.plots) / "evaluate") as tmp,
+          Live(dir=str(tmp), dvcyaml=False, save_dvc_exp=False, report=None) as live):
         live.log_sklearn_plot("confusion_matrix", [spec.labels[i] for i in y[seen]],
                               [spec.labels[i] for i in preds[FUSED][seen]], name="confusion_matrix.json")
     logger.info("fused test accuracy %.4f [%.4f, %.4f] on %d rows; fused minus best unimodal (%s, chosen on val): "

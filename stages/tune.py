@@ -12,7 +12,7 @@ import yaml
 
 from multimodal.config import Params, load_params
 from multimodal.finetune import finetune
-from multimodal.io import atomic_dir, write_json, write_text_atomic
+from multimodal.io import atomic_dir, write_csv_atomic, write_json, write_text_atomic
 from multimodal.model import save_model
 from multimodal.runtime import go_offline, pick_device, seed_everything, setup_logging
 from multimodal.splits import load_labels, load_splits
@@ -69,9 +69,8 @@ def tune(params: Params, project_dir: Path) -> dict:
             save_model(model, spec, tmp / "unimodal" / modality)
             metrics[f"unimodal/{modality}/val_accuracy"] = fit_result.best.val_accuracy
     # 3. Tables, plots and metrics DVC declares.
-    Path(paths.metrics).mkdir(parents=True, exist_ok=True)
-    table.to_csv(Path(paths.metrics) / "tune_trials.csv", index=False)
-    epochs.to_csv(Path(paths.metrics) / "tune_epochs.csv", index=False)
+    write_csv_atomic(Path(paths.metrics) / "tune_trials.csv", table)
+    write_csv_atomic(Path(paths.metrics) / "tune_epochs.csv", epochs)
     with atomic_dir(Path(paths.plots) / "tune") as tmp:
         write_plots(table, epochs, cfg.space, cfg.metric, tmp)
     write_json(Path(paths.metrics) / "tune.json", metrics)
