@@ -179,11 +179,14 @@ def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str,
 
 
 def run_search(params: Params, project_dir: Path, storage: Path):
-    """Run the study; returns Ray's ResultGrid."""
+    """Run the study, or resume the interrupted one in `storage` if it had the same inputs; returns Ray's
+    ResultGrid."""
     cfg = params.tune
     start_ray(cfg, project_dir)  # first: it sets the environment Ray reads when imported
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from multimodal.tune_resume import ResumableASHA, prepare_study, study_fingerprint
 
     # 1. Resources, decided once: the device every trial trains on follows from them.
     resources = trial_resources(cfg, params.base.device)
@@ -195,10 +198,16 @@ def run_search(params: Params, project_dir: Path, storage: Path):
                              params_raw=params.model_dump(mode="json", by_alias=True), device=device),
         resources,
     )
-    # 2. The study: the search and ASHA decide which trials run and how long.
+    # 2. An interrupted study of the same inputs resumes: finished trials stay, unfinished ones continue from their
+    # last checkpoint, errored ones stay errored (as they would have).
+    study = storage.resolve() / STUDY
+    if prepare_study(study, study_fingerprint(params, project_dir)):
+        logger.info("resuming the study in %s: finished trials are kept, unfinished ones continue", study)
+        return tune.Tuner.restore(str(study), trainable, resume_unfinished=True, resume_errored=False).fit()
+    # 3. A new study: the search and ASHA decide which trials run and how long.
     if cfg.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.asha.max_epochs, grace_period=cfg.asha.grace_period,
-                                  reduction_factor=cfg.asha.reduction_factor)
+        scheduler = ResumableASHA(str(study), time_attr="epoch", max_t=cfg.asha.max_epochs,
+                                  grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
     else:  # every trial runs to completion (bench/tune_search.py compares the two)
         scheduler = FIFOScheduler()
     tuner = tune.Tuner(

@@ -16,7 +16,7 @@ from multimodal.io import atomic_dir, write_csv_atomic, write_json, write_text_a
 from multimodal.model import save_model
 from multimodal.runtime import go_offline, pick_device, seed_everything, setup_logging
 from multimodal.splits import load_labels, load_splits
-from multimodal.tune import STUDY, run_search, trial_train_config
+from multimodal.tune import run_search, trial_train_config
 from multimodal.tune_results import (best_checkpoint, best_trial, epochs_table, trial_number, trial_table,
                                      write_plots)
 
@@ -45,8 +45,8 @@ def write_best(result, row: pd.Series, params: Params, out: Path) -> dict:
 def tune(params: Params, project_dir: Path) -> dict:
     paths, cfg = params.base.paths, params.tune
     storage = project_dir / ".ray" / "results"
-    shutil.rmtree(storage / STUDY, ignore_errors=True)  # a fresh study each run; DVC versions the outputs
-    # 1. The search. Failed trials are rows of the table; only a study without a success fails the stage.
+    # 1. The search (an interrupted one of the same inputs resumes). Failed trials are rows of the table; only a
+    # study without a success fails the stage.
     results = run_search(params, project_dir, storage)
     table, epochs = trial_table(results, cfg.metric, cfg.mode), epochs_table(results)
     best_row = best_trial(table, cfg.metric, cfg.mode)
