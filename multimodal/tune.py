@@ -18,7 +18,7 @@ import torch
 
 from multimodal.config import Params, Tune, with_searched
 from multimodal.stage_params import stage_view
-from multimodal.tune_results import plain
+from multimodal.tune_results import CHECKPOINT_STATE, plain
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +165,14 @@ def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str,
         values = {"epoch": metrics.epoch, "val_accuracy": metrics.val_accuracy, "val_loss": metrics.val_loss,
                   "train_loss": metrics.train_loss, "seed": cfg.seed, "node_id": node_id}
         with tempfile.TemporaryDirectory() as tmp:
-            save_state(Path(tmp) / "state")
+            save_state(Path(tmp) / CHECKPOINT_STATE)
             save_model(model, spec, Path(tmp) / "model")
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     # A retried trial gets its last checkpoint back and continues from that epoch.
     checkpoint = tune.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as restored:
-        resume_from = Path(restored) / "state" if restored else None
+        resume_from = Path(restored) / CHECKPOINT_STATE if restored else None
         if resume_from:
             logger.info("trial resumes from %s", resume_from)
         fit(model, train, val, cfg, torch.device(device), on_epoch=report, resume_from=resume_from)
