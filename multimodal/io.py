@@ -111,7 +111,7 @@ def _swap_in(new: Path, target: Path) -> None:
         os.replace(new, target)
         return
     if _exchange(new, target):
-        shutil.rmtree(new, ignore_errors=True)  # `new` now names the old output
+        _remove(new)  # `new` now names the old output
         return
     aside = Path(tempfile.mkdtemp(prefix=_sibling(target, "old"), dir=target.parent))
     os.replace(target, aside / target.name)  # into a fresh folder: rename cannot replace a non-empty folder
