@@ -2,10 +2,11 @@
 
 A reader (DVC, the next stage, a person) sees the old output or the new one, never a half-written one, and never
 nothing where there was something: a folder is swapped with the old one in one step (Linux `renameat2`), then the
-old one is deleted (elsewhere: the old one is renamed aside, the new one in, the old one deleted). A process killed at any point leaves hidden siblings named after the target and the writer's
-PID (`.<name>.tmp-<pid>-...`, `.<name>.old-<pid>-...`); the next write of the same target removes those of dead
-writers, and puts an aside copy back if the kill came between the two renames. Protection is against a killed
-process, not against power loss (no fsync).
+old one is deleted (elsewhere: the old one is renamed aside, the new one in, the old one deleted). A process killed
+at any point leaves hidden siblings named after the target and the writer's PID (`.<name>.tmp-<pid>-...`,
+`.<name>.old-<pid>-...`); the next write of the same target removes those of dead writers, and puts an aside copy
+back if the kill came between the two renames. Protection is against a killed process, not against power loss
+(no fsync).
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from flows.local_server import OFFLINE_ENV
 from multimodal.workspace import copy_project, project_env
 from tests.integration.conftest import TINY_PARAMS
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (.ci/run installs it)")]
+NO_STRACE = "strace is not installed (.ci/run installs it)"
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("strace") is None, reason=NO_STRACE)]
 
 SYSCALLS = "trace=connect,sendto,sendmsg,sendmmsg"
 ADDRESS = re.compile(r'sin6?_port=htons\((\d+)\).*?(?:inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)")')

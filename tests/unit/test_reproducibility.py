@@ -18,7 +18,8 @@ def test_the_committed_run_is_within_its_own_intervals() -> None:
 
 def test_a_metric_outside_the_interval_is_named() -> None:
     committed = {"fused_accuracy": 0.953, "fused_accuracy_ci95_lo": 0.93, "fused_accuracy_ci95_hi": 0.97,
-                 "fused_minus_baseline": 0.1, "fused_minus_baseline_ci95_lo": 0.05, "fused_minus_baseline_ci95_hi": 0.15}
+                 "fused_minus_baseline": 0.1, "fused_minus_baseline_ci95_lo": 0.05,
+                 "fused_minus_baseline_ci95_hi": 0.15}
     # The other CPU: fused 0.962 instead of 0.953, inside the interval.
     assert drift(committed, {**committed, "fused_accuracy": 0.962}) == []
     problems = drift(committed, {"fused_accuracy": 0.90})

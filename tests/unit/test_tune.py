@@ -165,7 +165,8 @@ class FakeError(Exception):
         self.cause = cause
 
 
-def fake_result(n: int, config: dict, epochs: list[tuple], error=None, checkpoints=(), checkpoint=None) -> SimpleNamespace:
+def fake_result(n: int, config: dict, epochs: list[tuple], error=None, checkpoints=(),
+                checkpoint=None) -> SimpleNamespace:
     history = pd.DataFrame(epochs, columns=["epoch", "val_accuracy", "val_loss", "train_loss"]) if epochs else None
     metrics = {"trial_id": f"ab12c_{n:05d}", "seed": 42} if epochs else {}
     return SimpleNamespace(metrics=metrics, metrics_dataframe=history, config=config, error=error,
