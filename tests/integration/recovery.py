@@ -28,7 +28,7 @@ def kill_when(cmd: list[str], cwd: Path, ready: Callable[[], bool], timeout: flo
                 raise AssertionError(f"{cmd} ended ({proc.returncode}) before the marker appeared")
             if time.monotonic() - started > timeout:
                 raise AssertionError(f"{cmd}: no marker after {timeout:.0f} s")
-            time.sleep(0.1)
+            time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)
         return time.monotonic() - started
     finally:
@@ -42,16 +42,20 @@ def lines(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
 
-def trial_worker_in(project: Path) -> int | None:
-    """The PID of the Ray worker running a function trial (`ray::ImplicitFunc...`) in `project` (a trial chdirs
-    there), if one runs."""
+def process_in(project: Path, marker: bytes) -> int | None:
+    """The PID of a process working in `project` whose command line starts with or contains `marker`."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
-            if cmdline.startswith(b"ray::ImplicitFunc") and Path(os.readlink(entry / "cwd")) == project.resolve():
+            if marker in (entry / "cmdline").read_bytes() and Path(os.readlink(entry / "cwd")) == project.resolve():
                 return int(entry.name)
         except OSError:  # gone, or not ours
             continue
     return None
+
+
+def trial_worker_in(project: Path) -> int | None:
+    """The PID of the Ray worker running a function trial (`ray::ImplicitFunc...`) in `project` (a trial chdirs
+    there), if one runs."""
+    return process_in(project, b"ray::ImplicitFunc")
