@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -257,6 +258,48 @@ def overridden_params(params_file: Path, overrides: Sequence[str]) -> Iterator[l
         yield list(overrides)
     finally:
         _write_atomic(params_file, original)
+
+
+@contextmanager
+def restored_workspace(workspace: Path, git_outputs: Sequence[str]) -> Iterator[None]:
+    """When the block ends (also on failure), put the workspace back as it was: params.yaml, dvc.lock and the
+    outputs git keeps (`cache: false`) byte for byte, and the cached outputs as dvc.lock says (`dvc checkout`).
+
+    A run with overrides is an experiment (`dvc exp save` records it); the workspace then stays on its baseline,
+    so `dvc status` is as clean as before and the next plain run has nothing to redo.
+    """
+    kept = ["params.yaml", "dvc.lock", *git_outputs]
+    snapshot = Path(tempfile.mkdtemp(prefix="flow-restore-", dir=_tmp_dir(workspace)))
+    try:
+        for rel in kept:
+            source = workspace / rel
+            if source.is_dir():
+                shutil.copytree(source, snapshot / rel, symlinks=True)
+            elif source.exists():
+                (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, snapshot / rel)
+        yield
+    finally:
+        for rel in kept:
+            target, saved = workspace / rel, snapshot / rel
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            if saved.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(saved, target)
+        shutil.rmtree(snapshot, ignore_errors=True)
+        done = run_dvc(workspace, "checkout", "--force")
+        if done.returncode != 0:  # e.g. outputs never committed to the cache: the run itself stands
+            log.warning("dvc checkout, putting the outputs back, exited %d: %s", done.returncode,
+                        (done.stderr or done.stdout)[-2000:])
+
+
+def _tmp_dir(workspace: Path) -> Path:
+    path = workspace / ".dvc" / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- workspace lock

@@ -5,7 +5,8 @@
 
 A run: take the workspace lock -> apply param overrides to params.yaml (as `dvc exp run -S` does) -> read the
 stage graph from DVC -> `dvc repro --single-item <stage>` per stage, in topological order -> `dvc exp save -n
-<flow-run-name>` -> publish artifacts -> restore params.yaml (also on failure).
+<flow-run-name>` -> publish artifacts -> with overrides, put params.yaml, dvc.lock and the outputs back as they
+were (also on failure), as `dvc exp run --temp` would leave them.
 
 Stages run one at a time. `dvc repro` holds DVC's repository lock (`.dvc/tmp/lock`) for its whole duration, so
 a second `dvc repro` in the same workspace fails ("Unable to acquire lock"); the preprocess@<modality> stages
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -173,16 +175,20 @@ def dvc_pipeline(
     """Reproduce the DVC pipeline in `workspace`, one task per stage, and save the run as a DVC experiment.
 
     overrides: params for this run only, `{"tune.num_samples": 3}` or `["tune.num_samples=3"]` (the syntax of
-        `dvc exp run -S`); params.yaml is restored afterwards, also when the run fails.
+        `dvc exp run -S`); the run is saved as an experiment and the workspace (params.yaml, dvc.lock, outputs)
+        restored afterwards, also when the run fails.
     retries: per stage, for transient failures (e.g. a DVC lock held by someone's `dvc repro`).
     artifacts: publish the UI artifacts; recent_experiments: rows of the experiment comparison (0: none).
     """
     logger = get_run_logger()
     ws = Path(workspace).resolve()
     stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
+    requested = dvc_tools.to_overrides(overrides)
     with (
         dvc_tools.workspace_lock(ws),
-        dvc_tools.overridden_params(ws / "params.yaml", dvc_tools.to_overrides(overrides)) as applied,
+        # Overrides make an experiment: the workspace goes back to its baseline afterwards, lock and outputs too.
+        dvc_tools.restored_workspace(ws, dvc_tools.read_pipeline(ws).git_outputs) if requested else nullcontext(),
+        dvc_tools.overridden_params(ws / "params.yaml", requested) as applied,
     ):
         if applied:
             logger.info("params overridden for this run: %s", applied)

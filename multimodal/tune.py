@@ -21,7 +21,7 @@ import torch
 from multimodal.config import Params, Tune, with_searched
 from multimodal.offline import TELEMETRY_OFF
 from multimodal.stage_params import stage_view
-from multimodal.tune_results import plain
+from multimodal.tune_results import CHECKPOINT_STATE, plain
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def ray_home(project_dir: Path) -> Path:
 
 
 def ray_env(project_dir: Path, joining: bool = False) -> dict[str, str]:
-    """Environment for any Ray process (the driver, `ray start`): no usage stats, no metadata probe.
+    """Environment for any Ray process (the driver, `ray start`): no usage stats, no metadata probe, no
+    address probe.
 
     `joining`: for a driver that joins a cluster by address. Ray 2.60 writes an auth token under HOME at the first
     local `ray.init`, and a `ray start` cluster then requires it; a joining driver sends it only with
@@ -79,6 +80,11 @@ def ray_env(project_dir: Path, joining: bool = False) -> dict[str, str]:
     """
     home = ray_home(project_dir)
     env = {**TELEMETRY_OFF, "HOME": str(home)}
+    if not joining:
+        # A node of its own uses the loopback address: Ray otherwise finds "its" address with a UDP connect() to
+        # a public resolver (8.8.8.8) in the driver and its workers. Ray reads this at import; it only disables
+        # joining further nodes to this one (which a local study never does).
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
     if joining and "RAY_AUTH_MODE" not in os.environ and (token or (home / ".ray" / "auth_token").exists()):
         env["RAY_AUTH_MODE"] = "token"
@@ -168,25 +174,28 @@ def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str,
         values = {"epoch": metrics.epoch, "val_accuracy": metrics.val_accuracy, "val_loss": metrics.val_loss,
                   "train_loss": metrics.train_loss, "seed": cfg.seed, "node_id": node_id}
         with tempfile.TemporaryDirectory() as tmp:
-            save_state(Path(tmp) / "state")
+            save_state(Path(tmp) / CHECKPOINT_STATE)
             save_model(model, spec, Path(tmp) / "model")
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     # A retried trial gets its last checkpoint back and continues from that epoch.
     checkpoint = tune.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as restored:
-        resume_from = Path(restored) / "state" if restored else None
+        resume_from = Path(restored) / CHECKPOINT_STATE if restored else None
         if resume_from:
             logger.info("trial resumes from %s", resume_from)
         fit(model, train, val, cfg, torch.device(device), on_epoch=report, resume_from=resume_from)
 
 
 def run_search(params: Params, project_dir: Path, storage: Path):
-    """Run the study; returns Ray's ResultGrid."""
+    """Run the study, or resume the interrupted one in `storage` if it had the same inputs; returns Ray's
+    ResultGrid."""
     cfg = params.tune
     start_ray(cfg, project_dir)  # first: it sets the environment Ray reads when imported
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from multimodal.tune_resume import ResumableASHA, prepare_study, study_fingerprint
 
     # 1. Resources, decided once: the device every trial trains on follows from them.
     resources = trial_resources(cfg, params.base.device)
@@ -198,10 +207,16 @@ def run_search(params: Params, project_dir: Path, storage: Path):
                              params_raw=params.model_dump(mode="json", by_alias=True), device=device),
         resources,
     )
-    # 2. The study: the search and ASHA decide which trials run and how long.
+    # 2. An interrupted study of the same inputs resumes: finished trials stay, unfinished ones continue from their
+    # last checkpoint, errored ones stay errored (as they would have).
+    study = storage.resolve() / STUDY
+    if prepare_study(study, study_fingerprint(params, project_dir)):
+        logger.info("resuming the study in %s: finished trials are kept, unfinished ones continue", study)
+        return tune.Tuner.restore(str(study), trainable, resume_unfinished=True, resume_errored=False).fit()
+    # 3. A new study: the search and ASHA decide which trials run and how long.
     if cfg.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.asha.max_epochs, grace_period=cfg.asha.grace_period,
-                                  reduction_factor=cfg.asha.reduction_factor)
+        scheduler = ResumableASHA(str(study), time_attr="epoch", max_t=cfg.asha.max_epochs,
+                                  grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
     else:  # every trial runs to completion (bench/tune_search.py compares the two)
         scheduler = FIFOScheduler()
     tuner = tune.Tuner(

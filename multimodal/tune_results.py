@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 EPOCH_COLUMNS = ("val_accuracy", "val_loss", "train_loss")  # what each trial reports per epoch
+CHECKPOINT_STATE = "state"  # a trial checkpoint's training-state folder (beside `model`)
 
 
 def plain(value: Any) -> Any:
@@ -41,12 +42,30 @@ def error_message(error: BaseException | None) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}".strip()
 
 
+def checkpoint_history(result) -> pd.DataFrame:
+    """The epochs the trial's latest checkpoint records: its whole history, also across a retry.
+
+    Ray's result file of a retried trial can lack the epochs before the failure (on a retry it copies back the
+    last synced copy), but the training state the trial resumed from carries them.
+    """
+    from multimodal.io import read_json
+    from multimodal.train import STATE_JSON
+
+    if result.checkpoint is None:
+        return pd.DataFrame(columns=["epoch", *EPOCH_COLUMNS])
+    with result.checkpoint.as_directory() as directory:
+        state = Path(directory) / CHECKPOINT_STATE / STATE_JSON
+        history = read_json(state)["history"] if state.exists() else []
+    return pd.DataFrame(history, columns=["epoch", *EPOCH_COLUMNS])
+
+
 def epochs_of(result) -> pd.DataFrame:
     """A trial's per-epoch metrics, one row per epoch (a retried trial may have re-reported one)."""
-    history = result.metrics_dataframe
-    if history is None or "epoch" not in history:
-        return pd.DataFrame(columns=["epoch", *EPOCH_COLUMNS])
-    history = history[["epoch", *[c for c in EPOCH_COLUMNS if c in history]]]
+    reported = result.metrics_dataframe
+    frames = [checkpoint_history(result)]
+    if reported is not None and "epoch" in reported:
+        frames.insert(0, reported[["epoch", *[c for c in EPOCH_COLUMNS if c in reported]]])
+    history = pd.concat([f for f in frames if len(f)] or frames[-1:], ignore_index=True)
     return history.drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
 
 

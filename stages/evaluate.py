@@ -8,6 +8,8 @@ per-class scores, calibration, robustness to missing and corrupted modalities, a
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,7 +23,7 @@ from multimodal.efficiency import efficiency_report
 from multimodal.evaluate import (FUSED, fair_report, load_readers, reader_probabilities, warn_if_baseline_wins,
                                  with_details)
 from multimodal.evaluate_plots import write_efficiency, write_tables
-from multimodal.io import read_json, write_json
+from multimodal.io import atomic_file, read_json, write_json
 from multimodal.metrics_files import HEADLINE, headline_of
 from multimodal.manifest import read_manifest
 from multimodal.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
@@ -30,6 +32,8 @@ from multimodal.scoring import ABSTAIN, per_class_scores, top_label
 from multimodal.load_data import load_labels
 
 logger = logging.getLogger(__name__)
+
+CONFUSION = Path("plots/sklearn/confusion_matrix.json")  # where DVCLive puts it, under evaluate's plots folder
 
 
 def unimodal_val_accuracy(tune_metrics: dict) -> dict[str, float]:
@@ -84,9 +88,13 @@ def evaluate(params: Params) -> dict:
                                                 test, cfg.efficiency, devices))
     # 6. The confusion matrix. dvcyaml=False: DVCLive must not rewrite our dvc.yaml; the plot is declared there.
     seen = preds[FUSED] != ABSTAIN
-    with Live(dir=str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        live.log_sklearn_plot("confusion_matrix", [spec.labels[i] for i in y[seen]],
-                              [spec.labels[i] for i in preds[FUSED][seen]], name="confusion_matrix.json")
+    # DVCLive writes into a scratch folder; the one file it makes is then moved into place atomically.
+    with tempfile.TemporaryDirectory(prefix=".live-", dir=out_dir.parent) as scratch:
+        with Live(dir=scratch, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+            live.log_sklearn_plot("confusion_matrix", [spec.labels[i] for i in y[seen]],
+                                  [spec.labels[i] for i in preds[FUSED][seen]], name="confusion_matrix.json")
+        with atomic_file(out_dir / CONFUSION) as tmp:
+            shutil.copyfile(Path(scratch) / CONFUSION, tmp)
     logger.info("fused test accuracy %.4f [%.4f, %.4f] on %d rows, ECE %.4f; fused minus best unimodal (%s, chosen "
                 "on val): %s [%s, %s]; without %s", report["fused_accuracy"], report["fused_accuracy_ci95_lo"],
                 report["fused_accuracy_ci95_hi"], report["fused_accuracy_n"], report["fused_ece"],

@@ -13,11 +13,11 @@ import yaml
 from multimodal.bundle import bundle_inputs
 from multimodal.config import Params, load_params
 from multimodal.finetune import finetune
-from multimodal.io import atomic_dir, write_json, write_text_atomic
+from multimodal.io import atomic_dir, write_csv_atomic, write_json, write_text_atomic
 from multimodal.model import save_model
 from multimodal.runtime import go_offline, pick_device, seed_everything, setup_logging
 from multimodal.load_data import load_labels, load_splits
-from multimodal.tune import STUDY, run_search, trial_train_config
+from multimodal.tune import run_search, trial_train_config
 from multimodal.tune_results import (best_checkpoint, best_trial, epochs_table, trial_number, trial_table,
                                      write_plots)
 
@@ -46,8 +46,8 @@ def write_best(result, row: pd.Series, params: Params, out: Path) -> dict:
 def tune(params: Params, project_dir: Path) -> dict:
     paths, cfg = params.base.paths, params.tune
     storage = project_dir / ".ray" / "results"
-    shutil.rmtree(storage / STUDY, ignore_errors=True)  # a fresh study each run; DVC versions the outputs
-    # 1. The search. Failed trials are rows of the table; only a study without a success fails the stage.
+    # 1. The search (an interrupted one of the same inputs resumes). Failed trials are rows of the table; only a
+    # study without a success fails the stage.
     results = run_search(params, project_dir, storage)
     table, epochs = trial_table(results, cfg.metric, cfg.mode), epochs_table(results)
     best_row = best_trial(table, cfg.metric, cfg.mode)
@@ -72,9 +72,8 @@ def tune(params: Params, project_dir: Path) -> dict:
             bundle_inputs(Path(paths.aligned), tmp / "unimodal" / modality)
             metrics[f"unimodal/{modality}/val_accuracy"] = fit_result.best.val_accuracy
     # 3. Tables, plots and metrics DVC declares.
-    Path(paths.metrics).mkdir(parents=True, exist_ok=True)
-    table.to_csv(Path(paths.metrics) / "tune_trials.csv", index=False)
-    epochs.to_csv(Path(paths.metrics) / "tune_epochs.csv", index=False)
+    write_csv_atomic(Path(paths.metrics) / "tune_trials.csv", table)
+    write_csv_atomic(Path(paths.metrics) / "tune_epochs.csv", epochs)
     with atomic_dir(Path(paths.plots) / "tune") as tmp:
         write_plots(table, epochs, cfg.space, cfg.metric, tmp)
     write_json(Path(paths.metrics) / "tune.json", metrics, sort_keys=False)  # the selecting metric first

@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import pytest
+from prefect.exceptions import SignatureMismatchError
 
 from flows import dvc_tools
 from flows.pipeline import FLOW_NAME, REPO, dvc_pipeline
-from flows.serve import build_deployment
+from flows.serve import build_deployment, project_pipeline
 from flows.workspace import copy_project, run
 from tests.integration.conftest import TINY_PARAMS
 
@@ -207,13 +208,17 @@ def test_cron_deployment_gets_runs_scheduled_by_the_server(workspace: Path, pref
     from prefect.client.schemas.objects import StateType
 
     # Registered without a runner: the server's scheduler creates the runs, nobody executes them.
-    deployment_id = build_deployment(name="every-minute", cron="* * * * *", workspace=workspace).apply()
+    deployment_id = build_deployment(name="every-minute", cron="* * * * *").apply()
     try:
         with client() as c:
             deployment = c.read_deployment(deployment_id)
         assert one_at_a_time(deployment)
         assert deployment.schedules[0].schedule.cron == "* * * * *"
-        assert deployment.parameters == {"workspace": str(workspace)}
+        # No workspace parameter: a run cannot be pointed at another folder's dvc.yaml (its commands).
+        assert deployment.parameters == {} and "workspace" not in deployment.parameter_openapi_schema["properties"]
+        assert deployment.enforce_parameter_schema
+        with pytest.raises(SignatureMismatchError, match="workspace"):
+            project_pipeline.validate_parameters({"workspace": str(workspace)})  # what the runner does first
 
         def fetch():
             with client() as c:
@@ -234,8 +239,7 @@ def test_cron_deployment_gets_runs_scheduled_by_the_server(workspace: Path, pref
 
 def test_serve_command_registers_the_scheduled_deployment(workspace: Path, prefect_api: str) -> None:
     # A yearly cron: the served runner must not start a pipeline run while the other tests use the workspace.
-    cmd = [sys.executable, "-m", "flows.serve", "--name", "serve-test", "--cron", "0 3 1 1 *",
-           "--workspace", str(workspace)]
+    cmd = [sys.executable, "-m", "flows.serve", "--name", "serve-test", "--cron", "0 3 1 1 *"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -253,7 +257,7 @@ def test_serve_command_registers_the_scheduled_deployment(workspace: Path, prefe
         deployment = poll(fetch, lambda d: d is not None and d.status.value == "READY", 90, "the served deployment")
         assert one_at_a_time(deployment)
         assert deployment.schedules[0].schedule.cron == "0 3 1 1 *"
-        assert deployment.parameters["workspace"] == str(workspace)
+        assert "workspace" not in deployment.parameters
         assert not deployment.paused
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -357,21 +361,31 @@ def test_second_run_shows_stages_cached_and_is_fast(
     assert {first_run.name, second_run.name} <= set(experiments(workspace))
 
 
-def test_overrides_apply_to_one_run_and_params_yaml_is_restored(
+def test_overrides_apply_to_one_run_and_leave_the_workspace_as_found(
     workspace: Path, second_run: FlowRun, stage_names: list[str]
 ) -> None:
     params_before = (workspace / "params.yaml").read_bytes()
-    override = run_flow(workspace, overrides={"evaluate.batch_size": 100})
+    lock_before = (workspace / "dvc.lock").read_bytes()
+    metrics_before = (workspace / "metrics/evaluate.json").read_bytes()
+    # A knob that changes the outputs: tune and evaluate re-run (the example).
+    override = run_flow(workspace, overrides={"tune.num_samples": 1})
     assert override.state.is_completed(), override.state.message
-    assert override.state.result()["overrides"] == ["evaluate.batch_size=100"]
+    assert override.state.result()["overrides"] == ["tune.num_samples=1"]
 
     runs = task_runs(override.id, len(stage_names) + 2)
-    assert {s: runs[s].state.name for s in stage_names} == {s: "Completed" if s == "evaluate" else "Cached"
+    assert {s: runs[s].state.name for s in stage_names} == {s: "Completed" if s in ("tune", "evaluate") else "Cached"
                                                             for s in stage_names}
+    # The workspace is back on its baseline: params, lock and outputs as before, nothing for DVC to redo.
     assert (workspace / "params.yaml").read_bytes() == params_before
+    assert (workspace / "dvc.lock").read_bytes() == lock_before
+    assert (workspace / "metrics/evaluate.json").read_bytes() == metrics_before
+    status = run(["dvc", "status", "--json"], workspace).stdout
+    assert json.loads(status or "{}") == {}, status
     saved = experiments(workspace)
-    assert saved[override.name]["params"]["params.yaml"]["data"]["evaluate"]["batch_size"] == 100
-    assert saved[second_run.name]["params"]["params.yaml"]["data"]["evaluate"]["batch_size"] == 256
+    assert saved[override.name]["params"]["params.yaml"]["data"]["tune"]["num_samples"] == 1
+    assert saved[second_run.name]["params"]["params.yaml"]["data"]["tune"]["num_samples"] == 2
+    assert len(saved[override.name]["metrics"]["metrics/tune.json"]["data"]) and \
+        saved[override.name]["metrics"]["metrics/tune.json"]["data"]["trials"] == 1
 
 
 def test_failing_stage_fails_its_task_and_the_flow_with_the_stage_error(

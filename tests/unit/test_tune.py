@@ -165,11 +165,13 @@ class FakeError(Exception):
         self.cause = cause
 
 
-def fake_result(n: int, config: dict, epochs: list[tuple], error=None, checkpoints=()) -> SimpleNamespace:
+def fake_result(n: int, config: dict, epochs: list[tuple], error=None, checkpoints=(),
+                checkpoint=None) -> SimpleNamespace:
     history = pd.DataFrame(epochs, columns=["epoch", "val_accuracy", "val_loss", "train_loss"]) if epochs else None
     metrics = {"trial_id": f"ab12c_{n:05d}", "seed": 42} if epochs else {}
     return SimpleNamespace(metrics=metrics, metrics_dataframe=history, config=config, error=error,
-                           path=f"/r/tune/run_trial_ab12c_{n:05d}_{n}_lr=0.1", best_checkpoints=list(checkpoints))
+                           path=f"/r/tune/run_trial_ab12c_{n:05d}_{n}_lr=0.1", best_checkpoints=list(checkpoints),
+                           checkpoint=checkpoint)
 
 
 def results() -> list[SimpleNamespace]:
@@ -201,6 +203,24 @@ def test_epochs_table_is_long_form_without_duplicates() -> None:
     assert list(epochs.columns) == ["trial", "epoch", "val_accuracy", "val_loss", "train_loss"]
     assert list(zip(epochs["trial"], epochs["epoch"])) == [("00000", 1), ("00000", 2), ("00002", 1),
                                                            ("00002", 2), ("00002", 3)]
+
+
+def test_epochs_before_a_retry_come_from_the_checkpoint_when_ray_lost_them(tmp_path) -> None:
+    from ray.tune import Checkpoint
+
+    from multimodal.io import write_json
+    from multimodal.train import STATE_JSON
+    from multimodal.tune_results import CHECKPOINT_STATE
+
+    # Ray's result file after the retry holds epochs 2-3 only; the state the trial resumed from holds epochs 1-2.
+    history = [{"epoch": e, "train_loss": 1.3 - e / 10, "val_loss": 1.1 - e / 10, "val_accuracy": 0.3 + e / 10,
+                "improved": True} for e in (1, 2)]
+    write_json(tmp_path / CHECKPOINT_STATE / STATE_JSON, {"epoch": 2, "history": history})
+    result = fake_result(0, {"lr": 0.001}, [(2, 0.5, 0.9, 1.1), (3, 0.6, 0.8, 1.0)],
+                         checkpoint=Checkpoint.from_directory(str(tmp_path)))
+    table = epochs_table([result])
+    assert table["epoch"].tolist() == [1, 2, 3]
+    assert table["val_accuracy"].tolist() == pytest.approx([0.4, 0.5, 0.6])
 
 
 def test_no_success_means_no_best_trial() -> None:

@@ -1,0 +1,61 @@
+"""Helpers of the recovery tests: start a command, SIGKILL its whole process group once a marker appears."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flows.workspace import project_env
+
+
+def kill_when(cmd: list[str], cwd: Path, ready: Callable[[], bool], timeout: float = 600,
+              log: Path | None = None) -> float:
+    """Run `cmd` in its own session; SIGKILL the session's process group as soon as `ready()` holds.
+
+    Returns the seconds it ran. Fails if the command ends first (the kill would test nothing).
+    """
+    out = open(log or os.devnull, "w")
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=project_env(), stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"{cmd} ended ({proc.returncode}) before the marker appeared")
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"{cmd}: no marker after {timeout:.0f} s")
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        return time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        out.close()
+
+
+def lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def process_in(project: Path, marker: bytes) -> int | None:
+    """The PID of a process working in `project` whose command line starts with or contains `marker`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes() and Path(os.readlink(entry / "cwd")) == project.resolve():
+                return int(entry.name)
+        except OSError:  # gone, or not ours
+            continue
+    return None
+
+
+def trial_worker_in(project: Path) -> int | None:
+    """The PID of the Ray worker running a function trial (`ray::ImplicitFunc...`) in `project` (a trial chdirs
+    there), if one runs."""
+    return process_in(project, b"ray::ImplicitFunc")

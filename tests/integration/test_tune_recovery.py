@@ -1,0 +1,119 @@
+"""The tune stage survives being killed: a study resumes without training finished trials again, and a trial whose
+worker dies is retried from its latest checkpoint; both end exactly as an uninterrupted study does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.workspace import copy_project, project_env, run, set_params
+from tests.integration.conftest import TINY_PARAMS
+from tests.integration.recovery import kill_when, lines, trial_worker_in
+
+pytestmark = pytest.mark.integration
+
+OUTPUTS = ("metrics/tune_trials.csv", "metrics/tune_epochs.csv", "metrics/tune.json")
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory) -> Path:
+    project = copy_project(tmp_path_factory.mktemp("tune-recovery") / "project", TINY_PARAMS)
+    run(["dvc", "repro", "align"], project)
+    return project
+
+
+def tune_stage(project: Path) -> float:
+    started = time.monotonic()
+    run([sys.executable, "-m", "stages.tune"], project)
+    return time.monotonic() - started
+
+
+def outputs(project: Path) -> dict[str, str]:
+    return {name: (project / name).read_text() for name in OUTPUTS}
+
+
+def study(project: Path) -> Path:
+    return project / ".ray" / "results" / "tune"
+
+
+def reports(project: Path) -> dict[str, list[int]]:
+    """Per trial number, the epochs its result.json recorded, in order (one line per trained epoch)."""
+    found = {}
+    for path in sorted(study(project).glob("*/result.json")):
+        number = json.loads(path.read_text().splitlines()[0])["trial_id"].rsplit("_", 1)[-1]
+        found[number] = [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+    return found
+
+
+def fresh(project: Path) -> None:
+    shutil.rmtree(project / ".ray" / "results", ignore_errors=True)
+
+
+def test_an_interrupted_study_resumes_without_training_finished_trials_again(aligned: Path) -> None:
+    set_params(aligned, {("tune", "num_samples"): 3, ("tune", "cpus_per_trial"): 1, ("tune", "scheduler"): "asha",
+                         ("tune", "asha"): {"max_epochs": 3, "grace_period": 1, "reduction_factor": 2}})
+    fresh(aligned)
+    whole = tune_stage(aligned)
+    expected, expected_reports = outputs(aligned), reports(aligned)
+    # ASHA stops at least one trial early: its decisions must survive the restore too.
+    assert len(expected_reports) == 3 and min(map(len, expected_reports.values())) < 3, expected_reports
+
+    fresh(aligned)
+    second = lambda: lines(next(iter(study(aligned).glob("*_00001_*/result.json")), Path("-"))) >= 1  # noqa: E731
+    killed_after = kill_when([sys.executable, "-m", "stages.tune"], aligned, second)
+    before = reports(aligned)
+    assert before["00000"] == expected_reports["00000"]  # the first trial had finished
+    resumed = tune_stage(aligned)
+
+    assert outputs(aligned) == expected
+    after = reports(aligned)
+    assert after["00000"] == before["00000"]  # not trained again
+    assert after == expected_reports  # every epoch trained once: unfinished trials continued from their checkpoint
+    epochs_before = sum(map(len, before.values()))
+    print(f"study of 3 trials: {whole:.0f} s uninterrupted; killed after {killed_after:.0f} s with "
+          f"{len(before) - 1} trial(s) finished and {epochs_before} of {sum(map(len, expected_reports.values()))} "
+          f"epochs reported; the re-run took {resumed:.0f} s and trained only the missing epochs")
+
+
+def test_a_trial_whose_worker_dies_after_a_checkpoint_resumes_from_it(aligned: Path) -> None:
+    set_params(aligned, {("tune", "num_samples"): 1, ("tune", "cpus_per_trial"): 1, ("tune", "scheduler"): "fifo",
+                         ("tune", "max_failures"): 1, ("tune", "asha"): {"max_epochs": 4, "grace_period": 1,
+                                                                        "reduction_factor": 2}})
+    fresh(aligned)
+    tune_stage(aligned)
+    expected, expected_reports = outputs(aligned), reports(aligned)
+    assert expected_reports == {"00000": [1, 2, 3, 4]}
+
+    fresh(aligned)
+    log = aligned / "tune.log"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.tune"], cwd=aligned, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=project_env())
+    killed = None
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        trial = next(iter(study(aligned).glob("*_00000_*")), None)
+        # The second checkpoint's folder: the first one is complete and reported by then.
+        if killed is None and trial is not None and (trial / "checkpoint_000001").is_dir():
+            worker = trial_worker_in(aligned)
+            if worker is not None:
+                os.kill(worker, signal.SIGKILL)
+                killed = worker
+        time.sleep(0.05)
+    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert killed is not None, "the trial's worker was never found"
+
+    text = log.read_text()
+    assert "ActorDiedError" in text and "Restored on" in text and "from checkpoint" in text
+    # Restarted from scratch, the trial would report epoch 1 again; it went on from its checkpoint instead.
+    epochs = reports(aligned)["00000"]
+    assert epochs.count(1) <= 1 and epochs[-1] == 4, epochs
+    assert outputs(aligned) == expected  # every epoch in the tables, and the same model chosen
+    print(f"trial killed (worker {killed}) after its first checkpoint; Ray's result file then held epochs {epochs}")
