@@ -71,8 +71,7 @@ def ray_home(project_dir: Path) -> Path:
 
 
 def ray_env(project_dir: Path, joining: bool = False) -> dict[str, str]:
-    """Environment for any Ray process (the driver, `ray start`): no usage stats, no metadata probe, no
-    address probe.
+    """Environment for any Ray process (the driver, `ray start`): no usage stats, no metadata probe.
 
     `joining`: for a driver that joins a cluster by address. Ray 2.60 writes an auth token under HOME at the first
     local `ray.init`, and a `ray start` cluster then requires it; a joining driver sends it only with
@@ -80,11 +79,6 @@ def ray_env(project_dir: Path, joining: bool = False) -> dict[str, str]:
     """
     home = ray_home(project_dir)
     env = {**TELEMETRY_OFF, "HOME": str(home)}
-    if not joining:
-        # A node of its own uses the loopback address: Ray otherwise finds "its" address with a UDP connect() to
-        # a public resolver (8.8.8.8) in the driver and its workers. Ray reads this at import; it only disables
-        # joining further nodes to this one (which a local study never does).
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
     if joining and "RAY_AUTH_MODE" not in os.environ and (token or (home / ".ray" / "auth_token").exists()):
         env["RAY_AUTH_MODE"] = "token"
@@ -96,6 +90,11 @@ def start_ray(cfg: Tune, project_dir: Path) -> str | None:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     # Before `import ray`: Ray reads some of these (the auth mode) once, at import.
     os.environ.update(ray_env(project_dir, joining=bool(address)))
+    if not address:
+        # The local node uses the loopback address: Ray otherwise finds "its" address with a UDP connect() to a
+        # public resolver (8.8.8.8) in the driver and its workers. Ray reads this at import; besides the address
+        # it only refuses `ray start --address` (other nodes joining), which a local study never does.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
     if address:
