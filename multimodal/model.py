@@ -54,7 +54,9 @@ def encoder_entry(encoder: nn.Module) -> dict[str, Any]:
     """How `ModelSpec` records an encoder: cached features, or the HF config to rebuild it from."""
     if isinstance(encoder, FeatureInput):
         return {"features": encoder.out_dim}
-    return {"hf_config": encoder.model.config.to_dict()}
+    # `_name_or_path` is where a pretrained encoder was loaded from: an absolute path on this machine (a venv's
+    # site-packages for MiniLM) that rebuilding does not read, and that would make saved outputs differ per machine.
+    return {"hf_config": {k: v for k, v in encoder.model.config.to_dict().items() if k != "_name_or_path"}}
 
 
 def build_encoder_from_entry(modality: str, entry: dict[str, Any]) -> nn.Module:

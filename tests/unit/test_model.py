@@ -244,3 +244,15 @@ def test_pretrained_path_loads_a_saved_checkpoint_and_its_processor(tmp_path, ti
         pooled = encoder(**inputs)
         assert pooled.shape == (2, 16) and torch.isfinite(pooled).all()
         assert torch.allclose(pooled, PooledEncoder(original).eval()(**inputs), atol=1e-6)
+
+
+def test_a_saved_encoder_entry_holds_no_machine_path():
+    """A pretrained encoder's config carries the folder it came from; saved outputs must not (they would differ
+    between machines and leak local paths)."""
+    from multimodal.config import ModalitySpec
+
+    encoder = build_pooled_encoder("text", ModalitySpec(pretrained="minilm", config={}, max_length=8, tokenizer="minilm"))
+    assert encoder.model.config._name_or_path  # the loaded config has one
+    entry = encoder_entry(encoder)
+    assert "_name_or_path" not in entry["hf_config"]
+    assert type(build_encoder_from_entry("text", entry).model) is type(encoder.model)
