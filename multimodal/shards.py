@@ -12,13 +12,14 @@ from safetensors.torch import load_file, safe_open, save_file
 class ShardWriter:
     """Accumulates batches and flushes a shard every `shard_size` samples, so memory stays bounded."""
 
-    def __init__(self, out_dir: Path, split: str, shard_size: int):
+    def __init__(self, out_dir: Path, split: str, shard_size: int, first_shard: int = 0):
         self.out_dir, self.split, self.shard_size = Path(out_dir), split, shard_size
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._ids: list[str] = []
         self._parts: dict[str, list[torch.Tensor]] = {}
         self._count = 0
-        self.shards = 0
+        # Index of the next file (the count written, from 0); a task writing shard k of a split starts at k.
+        self.shards = first_shard
 
     def add(self, sample_ids: list[str], tensors: dict[str, torch.Tensor]) -> None:
         # Split the batch at shard boundaries so every shard but the last holds exactly `shard_size` samples.

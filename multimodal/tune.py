@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from multimodal.config import Params, Tune, with_searched
-from multimodal.offline import TELEMETRY_OFF
+from multimodal.ray_cluster import cluster_address, join_ray
 from multimodal.stage_params import stage_view
 from multimodal.tune_results import CHECKPOINT_STATE, plain
 
@@ -62,49 +62,10 @@ def trial_train_config(params: Params, config: dict[str, Any]):
                          "epoch_limit": None})
 
 
-def ray_home(project_dir: Path) -> Path:
-    """A HOME for Ray holding `ray_bootstrap_config.yaml`: Ray 2.60 then skips its cloud-metadata probe."""
-    home = project_dir.resolve() / ".ray" / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "ray_bootstrap_config.yaml").write_text("{}\n")
-    return home
-
-
-def ray_env(project_dir: Path, joining: bool = False) -> dict[str, str]:
-    """Environment for any Ray process (the driver, `ray start`): no usage stats, no metadata probe.
-
-    `joining`: for a driver that joins a cluster by address. Ray 2.60 writes an auth token under HOME at the first
-    local `ray.init`, and a `ray start` cluster then requires it; a joining driver sends it only with
-    RAY_AUTH_MODE=token (Ray sets that itself only for clusters it starts).
-    """
-    home = ray_home(project_dir)
-    env = {**TELEMETRY_OFF, "HOME": str(home)}
-    token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
-    if joining and "RAY_AUTH_MODE" not in os.environ and (token or (home / ".ray" / "auth_token").exists()):
-        env["RAY_AUTH_MODE"] = "token"
-    return env
-
-
 def start_ray(cfg: Tune, project_dir: Path) -> str | None:
     """Join `tune.address` / RAY_ADDRESS, or start a local Ray; returns the address joined (None: local)."""
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    # Before `import ray`: Ray reads some of these (the auth mode) once, at import.
-    os.environ.update(ray_env(project_dir, joining=bool(address)))
-    if not address:
-        # The local node uses the loopback address: Ray otherwise finds "its" address with a UDP connect() to a
-        # public resolver (8.8.8.8) in the driver and its workers. Ray reads this at import; besides the address
-        # it only refuses `ray start --address` (other nodes joining), which a local study never does.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray
-
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
-        logger.info("joined the Ray cluster at %s", address)
-    else:
-        # "local": never the cluster a past `ray start` left in /tmp/ray/ray_current_cluster.
-        ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                 object_store_memory=cfg.object_store_memory_mb * 2**20, log_to_driver=True)
-    return address
+    return join_ray(cluster_address(cfg.address), project_dir, num_cpus=os.cpu_count(),
+                    num_gpus=torch.cuda.device_count(), object_store_memory=cfg.object_store_memory_mb * 2**20)
 
 
 def decide_resources(cfg: Tune, device: str, nodes: list[dict[str, float]]) -> dict[str, float]:

@@ -9,6 +9,7 @@ from multimodal.config import load_params
 from multimodal.io import atomic_dir, write_json
 from multimodal.manifest import read_manifest
 from multimodal.preprocess import preprocess_modality
+from multimodal.ray_cluster import cluster_address
 from multimodal.runtime import go_offline_for, setup_logging
 
 
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> None:
         counts = preprocess_modality(
             frame, Path(paths.raw), tmp, modality=args.modality, spec=spec,
             batch_size=params.preprocess.batch_size, shard_size=params.preprocess.shard_size,
+            # The cluster tune joins, if any (RAY_ADDRESS: an environment variable, deliberately no DVC dep: the
+            # shards are the same wherever they are written); none: plain Python here, never a local Ray.
+            address=cluster_address(params.tune.address), project_dir=Path.cwd(),
         )
         write_json(tmp / "counts.json", counts)
 

@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from multimodal.tune import ray_env
-from flows.workspace import copy_project, project_env, run, set_params
+from flows.workspace import copy_project, run, set_params
 from tests.integration.conftest import TINY_PARAMS
+from tests.integration.ray_head import ray_head
 
 pytestmark = pytest.mark.integration
 
@@ -112,40 +107,8 @@ def test_an_impossible_resource_request_fails_fast(aligned) -> None:
     assert seconds < 60, f"took {seconds:.0f} s"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def connected_node_ids(project: Path, address: str, timeout: float = 90) -> list[str]:
-    """Node ids of the cluster at `address`, once it answers."""
-    code = "import ray; ray.init(logging_level='ERROR'); print(' '.join(n['NodeID'] for n in ray.nodes()))"
-    deadline = time.monotonic() + timeout
-    while True:
-        env = {**project_env(), **ray_env(project, joining=True), "RAY_ADDRESS": address}
-        done = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True)
-        if done.returncode == 0 or time.monotonic() > deadline:
-            assert done.returncode == 0, done.stderr[-2000:]
-            return done.stdout.split()
-        time.sleep(2)
-
-
 def test_trials_run_on_an_existing_cluster(aligned) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    # Its own temp dir: `ray start` records its address there, not in /tmp/ray where later `ray.init()` calls
-    # (other tests, other users) would find it. Short: Ray's unix socket paths must stay under 108 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    # `--block` keeps the head in one process group this test owns and ends; `ray stop` would end every Ray
-    # on the machine. Same HOME as the stage: no metadata probe, and the auth token Ray writes there is shared.
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={address.split(':')[1]}", "--num-cpus=2", "--object-store-memory=200000000",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        cwd=aligned, env={**project_env(), **ray_env(aligned)}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        node_ids = connected_node_ids(aligned, address)
+    with ray_head(aligned) as (address, node_ids):
         assert len(node_ids) == 1
         done = stage(with_tune(aligned, address=address, num_samples=2, space={**FAILING_SPACE, "lr": {"choice": [0.001]}}),
                      "stages.tune")
@@ -155,16 +118,3 @@ def test_trials_run_on_an_existing_cluster(aligned) -> None:
         reported = [json.loads(line) for path in results for line in path.read_text().splitlines()]
         assert len(results) == 2 and len(reported) == 4
         assert {r["node_id"] for r in reported} == set(node_ids)
-    finally:
-        stop_head(head)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def stop_head(head: subprocess.Popen) -> None:
-    """End the head this test started: SIGTERM (Ray's graceful stop), SIGKILL to its group if it lingers."""
-    head.send_signal(signal.SIGTERM)
-    try:
-        head.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=30)
