@@ -31,7 +31,8 @@ def preprocess_modality(
         for start in range(0, len(rows), batch_size):
             batch = rows.iloc[start : start + batch_size]
             items = [mod.load(cell, root, spec, processor) for cell in batch[modality]]
-            writer.add(batch["sample_id"].tolist(), mod.process(processor, items, spec))
+            stored = mod.stored(processor, items, spec)  # compact where the modality declares it
+            writer.add(batch["sample_id"].tolist(), stored.tensors, stored.codecs)
             bar.update(len(batch))
         writer.flush()
         bar.close()
