@@ -11,11 +11,13 @@ Anything else (audio log-mel) is stored as it is.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -44,14 +46,24 @@ class PixelCodec:
                 raise ValueError(f"{key}: pixels outside 0..255 or not whole numbers cannot be stored as uint8")
         return values.to(torch.uint8)
 
+    @functools.cached_property
+    def table(self) -> np.ndarray:
+        """(C, 256) float32: the decoded value of each byte per channel.
+
+        Computed in the processors' own order (transformers' numpy backend): rescale in float64, round to float32,
+        then normalise in float32. Decoding so reproduces their outputs bit for bit; the algebraically equal
+        `u8 * scale + offset` in float32 would differ by up to 4.8e-7 (one float32 ulp near 1)."""
+        mean = np.asarray(self.mean, np.float32)[:, None]
+        std = np.asarray(self.std, np.float32)[:, None]
+        return ((np.arange(256, dtype=np.float64) * self.rescale_factor).astype(np.float32)[None, :] - mean) / std
+
     def decode(self, stored: torch.Tensor) -> torch.Tensor:
-        # The processors' own order (transformers' numpy backend): rescale in float64, round to float32, then
-        # normalise in float32. Decoding so reproduces their outputs bit for bit; the algebraically equal
-        # `u8 * scale + offset` in float32 would differ by up to 4.8e-7 (one float32 ulp near 1).
-        shape = (len(self.mean), 1, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(shape)
-        std = torch.tensor(self.std, dtype=torch.float32).view(shape)
-        return ((stored.to(torch.float64) * self.rescale_factor).to(torch.float32) - mean) / std
+        # A table lookup per channel: several times faster than the arithmetic on a 224x224 batch, same values.
+        source = stored.numpy()
+        out = np.empty(source.shape, np.float32)
+        for channel, table in enumerate(self.table):
+            np.take(table, source[..., channel, :, :], out=out[..., channel, :, :], mode="clip")
+        return torch.from_numpy(out)
 
     def meta(self) -> dict[str, Any]:
         return {"kind": self.kind, "rescale_factor": self.rescale_factor, "mean": list(self.mean),

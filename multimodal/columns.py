@@ -47,33 +47,46 @@ class Segment:
     def row_bytes(self) -> int:
         return int(torch.Size(self.row_shape).numel()) * self.stored_dtype.itemsize
 
-    def read(self, rows: torch.Tensor) -> torch.Tensor:
-        """The decoded rows `rows` (any order, repeats allowed); each run of consecutive rows is one read."""
-        unique, inverse = torch.unique(rows, sorted=True, return_inverse=True)
-        stored = torch.empty((len(unique), *self.row_shape), dtype=self.stored_dtype)
-        if len(unique) and self.row_bytes:
-            if int(unique[0]) < 0 or int(unique[-1]) >= self.rows:
-                raise IndexError(f"{self.path}: rows {int(unique[0])}..{int(unique[-1])} outside 0..{self.rows - 1}")
-            buffer = stored.view(len(unique), -1).view(torch.uint8).numpy()
-            breaks = (torch.nonzero(unique.diff() != 1).flatten() + 1).tolist()
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                for start, end in zip([0, *breaks], [*breaks, len(unique)]):
-                    _read_exactly(fd, memoryview(buffer[start:end]).cast("B"),
-                                  self.offset + int(unique[start]) * self.row_bytes, self.path)
-            finally:
-                os.close(fd)
-        decoded = self.codec.decode(stored) if self.codec is not None else stored
-        return decoded[inverse]
+    @property
+    def form(self) -> tuple[torch.dtype, Codec | None]:
+        return self.stored_dtype, self.codec
+
+    def read_into(self, rows: torch.Tensor, destination: Any, at: torch.Tensor) -> None:
+        """Stored rows `rows` into the rows `at` of `destination` (a 2-D uint8 numpy view of a stored-dtype
+        buffer). Each run of consecutive rows is one `preadv` scattering straight into the destination rows."""
+        if not len(rows) or not self.row_bytes:
+            return
+        if int(rows.min()) < 0 or int(rows.max()) >= self.rows:
+            raise IndexError(f"{self.path}: rows {int(rows.min())}..{int(rows.max())} outside 0..{self.rows - 1}")
+        order = torch.argsort(rows, stable=True)
+        rows, at = rows[order].tolist(), at[order].tolist()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            start = 0
+            for end in range(1, len(rows) + 1):
+                if end == len(rows) or rows[end] != rows[end - 1] + 1 or end - start == IOV_MAX:
+                    _read_exactly(fd, [memoryview(destination[i]) for i in at[start:end]],
+                                  self.offset + rows[start] * self.row_bytes, self.path)
+                    start = end
+        finally:
+            os.close(fd)
 
 
-def _read_exactly(fd: int, view: memoryview, offset: int, path: str) -> None:
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
+IOV_MAX = 1024  # buffers per preadv call (Linux's limit)
+
+
+def _read_exactly(fd: int, views: list[memoryview], offset: int, path: str) -> None:
+    """Fill `views` from consecutive bytes at `offset`, however many calls that takes."""
+    while views:
+        got = os.preadv(fd, views, offset)
         if got == 0:
-            raise EOFError(f"{path}: truncated (wanted {len(view)} bytes at offset {offset})")
-        done += got
+            raise EOFError(f"{path}: truncated (wanted {sum(len(v) for v in views)} more bytes at offset {offset})")
+        offset += got
+        while views and got >= len(views[0]):
+            got -= len(views[0])
+            views = views[1:]
+        if views and got:
+            views = [views[0][got:], *views[1:]]
 
 
 class LazyColumn:
@@ -121,11 +134,27 @@ class LazyColumn:
         if isinstance(index, int):
             return self[torch.tensor([index])][0]
         index = self._index(index)
-        out = torch.zeros((len(index), *self.shape[1:]), dtype=self.dtype)
         where = self.segment_of[index]
+        forms: dict[tuple, list[int]] = {}
         for segment in torch.unique(where[where >= 0]).tolist():
-            at = torch.nonzero(where == segment).flatten()
-            out[at] = self.segments[segment].read(self.row_of[index[at]])
+            forms.setdefault(self.segments[segment].form, []).append(segment)
+        out = torch.zeros((len(index), *self.shape[1:]), dtype=self.dtype) if len(forms) != 1 else None
+        for (stored_dtype, codec), segments in forms.items():
+            # One buffer for every row of the batch in this stored form, decoded in one go.
+            at = torch.nonzero(torch.isin(where, torch.tensor(segments))).flatten() if out is not None else None
+            count = len(index) if at is None else len(at)
+            stored = torch.empty((count, *self.shape[1:]), dtype=stored_dtype)
+            rows_view = stored.view(count, -1).view(torch.uint8).numpy()
+            for segment in segments:
+                mine = torch.nonzero(where == segment).flatten()
+                places = mine if at is None else torch.searchsorted(at, mine)
+                self.segments[segment].read_into(self.row_of[index[mine]], rows_view, places)
+            decoded = codec.decode(stored) if codec is not None else stored
+            if out is not None:
+                out[at] = decoded
+            else:
+                out = decoded
+                out[where < 0] = 0  # rows absent from every file: zeros, whatever the codec's offset
         return out
 
     def materialize(self) -> torch.Tensor:
