@@ -3,9 +3,13 @@
     python bench/lazy_reading.py --samples 5000 --side 224 [--dir /tmp/lazy-bench]
 
 Writes the split twice (random pixels, a fifth of the rows without an image): compact (uint8 + codec, as
-preprocess writes now) and float32 without codecs (as it wrote before). Then, each in a fresh process: `memory` reads the float32 shards the way `read_split` did (every shard loaded and
-concatenated, then placed into dense (N, ...) tensors as `load_split` did) and batches from memory; `lazy` reads the
-compact shards with `load_split` (pread per batch). Both iterate the same seeded batch order.
+preprocess writes now) and float32 without codecs (as it wrote before). Then, each in a fresh process: `memory`
+reads the float32 shards the way `read_split` did (every shard loaded and concatenated, then placed into dense
+(N, ...) tensors as `load_split` did) and batches from memory; `lazy` reads the compact shards with `load_split`
+(pread per batch). Both iterate the same seeded batch order.
+
+Measured on the 2-core dev machine, 5000 samples (4000 images), batches of 64: lazy 430 MiB peak, 10.2 batches/s
+(0.05 s to open); in memory 5473 MiB peak, 21.6 batches/s (9.2 s to load). Disk: 147 KiB per image vs 588 KiB.
 
 Peak memory is VmHWM, the resident high-water mark of the process's own address space: `ru_maxrss` would do in a
 process of its own, but Linux carries it across `exec`, so a child of the (large) writing process inherits its peak.

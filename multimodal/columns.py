@@ -203,8 +203,9 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, Segment]]:
         if entry["dtype"] not in DTYPES:
             raise ValueError(f"{path}: tensor {key!r} has dtype {entry['dtype']}, which this project never stores")
         shape = entry["shape"]
-        segments[key] = Segment(str(path), 8 + size + entry["data_offsets"][0], shape[0], tuple(shape[1:]),
-                                DTYPES[entry["dtype"]], codecs.get(key))
+        # An absolute path: a Ray trial changes its working directory after the data is loaded.
+        segments[key] = Segment(str(Path(path).resolve()), 8 + size + entry["data_offsets"][0], shape[0],
+                                tuple(shape[1:]), DTYPES[entry["dtype"]], codecs.get(key))
     return metadata, segments
 
 

@@ -112,4 +112,5 @@ def in_row_chunks(tensors: Mapping[str, Column], fn: Callable[[dict[str, torch.T
     of a lazy column is never in memory at once."""
     n = len(next(iter(tensors.values())))
     starts = range(0, n, rows) if n else [0]
-    return np.concatenate([np.asarray(fn({k: v[start : start + rows] for k, v in tensors.items()})) for start in starts])
+    return np.concatenate([np.asarray(fn({k: v[start : start + rows] for k, v in tensors.items()}))
+                           for start in starts])

@@ -139,7 +139,10 @@ def test_a_processor_without_rescale_and_normalize_is_stored_as_float32(caplog):
     """A processor the uint8 form cannot express (here a feature extractor) keeps its float32 output."""
     extractor = ASTFeatureExtractor(num_mel_bins=16, max_length=16)
     wave = [np.sin(np.arange(4000, dtype=np.float32) / 7)]
-    call = lambda **flags: extractor(wave, sampling_rate=16000, return_tensors="pt", **flags)["input_values"]  # noqa: E731
+
+    def call(**flags):
+        return extractor(wave, sampling_rate=16000, return_tensors="pt", **flags)["input_values"]
+
     with caplog.at_level(logging.WARNING):
         stored = compact_pixels(extractor, call, key="input_values")
     assert stored.codecs == {} and stored.tensors["input_values"].dtype == torch.float32
