@@ -44,14 +44,14 @@ def early_fusion_matrix(data: SplitData, vocabulary: dict[int, int]) -> np.ndarr
     for modality, tensors in data.inputs.items():
         if "input_ids" in tensors:  # text: bag of tokens over the train vocabulary
             counts = np.zeros((len(data), len(vocabulary)), np.float32)
-            ids, mask = tensors["input_ids"].numpy(), tensors["attention_mask"].numpy().astype(bool)
+            ids, mask = tensors["input_ids"][:].numpy(), tensors["attention_mask"][:].numpy().astype(bool)
             for row in range(len(data)):
                 for token in ids[row][mask[row]]:
                     if token in vocabulary:
                         counts[row, vocabulary[token]] += 1
             parts.append(counts)
         else:
-            parts.extend(v.flatten(1).numpy() for v in tensors.values())
+            parts.extend(v[:].flatten(1).numpy() for v in tensors.values())  # lazy columns read whole: demo size
     parts.append(np.stack([data.masks[m].numpy() for m in data.modalities], axis=1).astype(np.float32))
     return np.concatenate(parts, axis=1)
 
@@ -59,7 +59,7 @@ def early_fusion_matrix(data: SplitData, vocabulary: dict[int, int]) -> np.ndarr
 def logistic_baseline(raw: dict[str, SplitData], seed: int) -> dict:
     """Logistic regression on the early-fused preprocessed inputs; C picked on val."""
     start = time.perf_counter()
-    vocab_ids = torch.unique(raw["train"].inputs["text"]["input_ids"]).tolist() if "text" in raw["train"].inputs else []
+    vocab_ids = torch.unique(raw["train"].inputs["text"]["input_ids"][:]).tolist() if "text" in raw["train"].inputs else []
     vocabulary = {token: i for i, token in enumerate(vocab_ids)}
     x = {s: early_fusion_matrix(d, vocabulary) for s, d in raw.items()}
     scaler = StandardScaler().fit(x["train"])

@@ -11,14 +11,17 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from multimodal.columns import LazyColumn, RowFile, read_header
 from multimodal.config import ModalitySpec, Params
 from multimodal.dataset import SplitData
 from multimodal.io import read_json, write_json
@@ -27,6 +30,8 @@ from multimodal.modalities import PooledEncoder, build_pooled_encoder, set_input
 from multimodal.modalities.base import FeatureInput
 
 logger = logging.getLogger(__name__)
+
+RECALL_BLOCK = 1024  # query rows per similarity block in `retrieval_recall`
 
 
 @dataclass(frozen=True)
@@ -52,19 +57,28 @@ class AlignConfig:
 
 @torch.no_grad()
 def encode_present(encoder: torch.nn.Module, data: SplitData, modality: str, batch_size: int,
-                   device: torch.device) -> torch.Tensor:
-    """Pooled encoder outputs (N, D) for the rows that have `modality`; zeros elsewhere."""
+                   device: torch.device, sink: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+                   ) -> torch.Tensor | None:
+    """Pooled encoder outputs (N, D) for the rows that have `modality`; zeros elsewhere.
+
+    With `sink`, each batch goes to `sink(rows, outputs)` instead (rows increasing; `RowFile.write`) and nothing
+    is returned: (N, D) is never in memory.
+    """
     encoder.eval().to(device)
     rows = data.masks[modality].nonzero().flatten()
-    out = torch.zeros(len(data), encoder.out_dim)
+    out = torch.zeros(len(data), encoder.out_dim) if sink is None else None
     for start in tqdm(range(0, len(rows), batch_size), desc=f"encode {modality}", unit="batch", leave=False):
         index = rows[start : start + batch_size]
         inputs = {k: v[index].to(device) for k, v in data.inputs[modality].items()}
-        out[index] = encoder(**inputs).float().cpu()
+        values = encoder(**inputs).float().cpu()
+        if sink is None:
+            out[index] = values
+        else:
+            sink(index, values)
     return out
 
 
-def use_cached_features(data: SplitData, features: dict[str, torch.Tensor]) -> SplitData:
+def use_cached_features(data: SplitData, features: dict[str, torch.Tensor | LazyColumn]) -> SplitData:
     """Swap raw inputs of frozen modalities for their cached features."""
     inputs = dict(data.inputs)
     for modality, value in features.items():
@@ -109,7 +123,9 @@ def train_alignment(embedder: Embedder, train: SplitData, cfg: AlignConfig, devi
     for epoch in range(1, cfg.epochs + 1):
         embedder.train()
         total, batches = 0.0, 0
-        for batch in tqdm(list(train.batches(cfg.batch_size, generator)), desc=f"align epoch {epoch}", leave=False):
+        # Batches are read as they come (a list of them would hold the whole split in memory).
+        for batch in tqdm(train.batches(cfg.batch_size, generator), total=math.ceil(len(train) / cfg.batch_size),
+                          desc=f"align epoch {epoch}", leave=False):
             batch = batch.to(device)
             loss = pair_loss(embedder(batch.inputs, batch.masks), batch.masks, cfg.temperature)
             optimizer.zero_grad(set_to_none=True)
@@ -131,6 +147,7 @@ def retrieval_recall(embedder: Embedder, data: SplitData, device: torch.device, 
     chance there while this shows whether the space groups classes.
     """
     embedder.eval().to(device)
+    # Projections (N, align.dim) only; the raw inputs are read batch by batch.
     parts = [embedder(b.inputs, b.masks) for b in (b.to(device) for b in data.batches(batch_size))]
     z = {m: F.normalize(torch.cat([p[m] for p in parts]).float().cpu(), dim=-1) for m in data.modalities}
     out = {}
@@ -138,30 +155,49 @@ def retrieval_recall(embedder: Embedder, data: SplitData, device: torch.device, 
         both = (data.masks[a] & data.masks[b]).nonzero().flatten()
         if len(both) == 0:
             continue
-        sims = z[a][both] @ z[b][both].T
-        # Candidates scoring at least as high as the true match (ties count against it, so a collapsed space scores 0).
-        rank = (sims >= sims.diagonal().unsqueeze(1)).sum(dim=1) - 1
+        za, zb = z[a][both], z[b][both]
+        rank, top = torch.empty(len(both), dtype=torch.long), torch.empty(len(both), dtype=torch.long)
+        # Queries in blocks: the full similarity matrix is quadratic in the rows (40 GB at 100k).
+        for start in range(0, len(both), RECALL_BLOCK):
+            sims = za[start : start + RECALL_BLOCK] @ zb.T
+            true = sims.diagonal(offset=start).unsqueeze(1)
+            # Candidates scoring at least as high as the true match (ties count against it, so a collapsed space
+            # scores 0).
+            rank[start : start + len(sims)] = (sims >= true).sum(dim=1) - 1
+            top[start : start + len(sims)] = sims.argmax(dim=1)
         for k in ks:
             out[f"{a}_to_{b}_recall@{k}"] = (rank < k).float().mean().item()
         labels = data.labels[both]
-        out[f"{a}_to_{b}_same_label@1"] = (labels[sims.argmax(dim=1)] == labels).float().mean().item()
+        out[f"{a}_to_{b}_same_label@1"] = (labels[top] == labels).float().mean().item()
     return out
 
 
 # --- files ---------------------------------------------------------------------------------------------
 
 
-def save_aligned(out_dir: Path, embedder: Embedder, features: dict[str, dict[str, torch.Tensor]],
-                 sample_ids: dict[str, list[str]], cfg: AlignConfig) -> None:
-    """`embedder.safetensors` + `embedder.json`, and `features/<split>.safetensors` (pooled, pre-projection
-    outputs of every modality's encoder: frozen ones and, with their aligned weights, trainable ones)."""
+def save_embedder(out_dir: Path, embedder: Embedder, cfg: AlignConfig) -> None:
+    """`embedder.safetensors` + `embedder.json`."""
     save_file(state_dict_for_saving(embedder), str(out_dir / "embedder.safetensors"))
     entries = {m: encoder_entry(e) for m, e in embedder.encoders.items()}
     write_json(out_dir / "embedder.json", {"encoders": entries, "modalities": list(entries), "align": asdict(cfg)})
+
+
+def feature_files(out_dir: Path, sample_ids: dict[str, list[str]], widths: dict[str, int]) -> dict[str, RowFile]:
+    """`features/<split>.safetensors` (pooled, pre-projection outputs of every modality's encoder: frozen ones and,
+    with their aligned weights, trainable ones), created at full size and filled batch by batch."""
     (out_dir / "features").mkdir(exist_ok=True)
-    for split, tensors in features.items():
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / "features" / f"{split}.safetensors"),
-                  metadata={"sample_ids": json.dumps(sample_ids[split])})
+    return {split: RowFile(out_dir / "features" / f"{split}.safetensors", widths, len(ids),
+                           {"sample_ids": json.dumps(ids)}) for split, ids in sample_ids.items()}
+
+
+def save_aligned(out_dir: Path, embedder: Embedder, features: dict[str, dict[str, torch.Tensor]],
+                 sample_ids: dict[str, list[str]], cfg: AlignConfig) -> None:
+    """`save_embedder` and the features files, from features in memory."""
+    save_embedder(out_dir, embedder, cfg)
+    widths = {m: v.shape[1] for tensors in features.values() for m, v in tensors.items()}
+    for split, file in feature_files(out_dir, {s: sample_ids[s] for s in features}, widths).items():
+        for m, values in features[split].items():
+            file.write(m, torch.arange(len(values)), values)
 
 
 def load_embedder(aligned_dir: Path) -> tuple[Embedder, dict]:
@@ -194,22 +230,28 @@ def feature_encoder(aligned_dir: Path, modality: str, specs: dict[str, ModalityS
 def load_cached_features(aligned_dir: Path, data: SplitData, split: str, modalities: list[str]) -> SplitData:
     """Replace the raw inputs of `modalities` by their cached features of `split`, checking the samples line up."""
     path = aligned_dir / "features" / f"{split}.safetensors"
-    with safe_open(str(path), framework="pt") as handle:
-        ids = json.loads(handle.metadata()["sample_ids"])
-        if ids != data.sample_ids:
-            raise RuntimeError(f"{path} was computed for other samples than the current {split} split; re-run `align`")
-        missing = sorted(set(modalities) - set(handle.keys()))
-        if missing:
-            raise RuntimeError(f"{path} holds no features of {missing} (written by an older `align`); re-run `align`")
-        return use_cached_features(data, {m: handle.get_tensor(m) for m in modalities})
+    metadata, segments = read_header(path)  # the features are read batch by batch (`LazyColumn`)
+    if json.loads(metadata["sample_ids"]) != data.sample_ids:
+        raise RuntimeError(f"{path} was computed for other samples than the current {split} split; re-run `align`")
+    missing = sorted(set(modalities) - set(segments))
+    if missing:
+        raise RuntimeError(f"{path} holds no features of {missing} (written by an older `align`); re-run `align`")
+    n = len(data)
+    return use_cached_features(data, {m: LazyColumn([segments[m]], torch.zeros(n, dtype=torch.long), torch.arange(n))
+                                      for m in modalities})
 
 
-def encode_trainable(embedder: Embedder, data: dict[str, SplitData], batch_size: int,
-                     device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
-    """Pooled outputs {split: {modality: (N, D)}} of the embedder's real (not cached) encoders on raw `data`."""
-    return {split: {m: encode_present(e, raw, m, batch_size, device)
-                    for m, e in embedder.encoders.items() if not isinstance(e, FeatureInput)}
-            for split, raw in data.items()}
+def encode_trainable(embedder: Embedder, data: dict[str, SplitData], batch_size: int, device: torch.device,
+                     files: dict[str, RowFile] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Pooled outputs {split: {modality: (N, D)}} of the embedder's real (not cached) encoders on raw `data`;
+    with `files` ({split: RowFile}) written there batch by batch instead, and {} returned."""
+    out = {}
+    for split, raw in data.items():
+        for m, e in embedder.encoders.items():
+            if not isinstance(e, FeatureInput):
+                sink = (lambda rows, values, f=files[split], m=m: f.write(m, rows, values)) if files else None
+                out.setdefault(split, {})[m] = encode_present(e, raw, m, batch_size, device, sink)
+    return {} if files else out
 
 
 def frozen_as_features(encoders: dict[str, torch.nn.Module], frozen: list[str]) -> dict[str, torch.nn.Module]:

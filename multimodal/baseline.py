@@ -28,7 +28,8 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from multimodal.config import Baseline
-from multimodal.dataset import SplitData
+from multimodal.columns import absent_like, concat_rows
+from multimodal.dataset import Column, SplitData, in_row_chunks
 from multimodal.modalities import get_modality
 from multimodal.scoring import ABSTAIN
 
@@ -39,16 +40,21 @@ PREDICTIONS = "test_predictions.csv"  # under base.paths.baseline
 PROBABILITIES = "test_probabilities.csv"  # beside it: one row per (model, test row it sees)
 PREFIX = "baseline_"  # evaluate's name for a baseline model: baseline_early_fusion, baseline_<modality>
 
-# A feature function: (the modality's tensors on every row, rows it may fit statistics on, params) -> (N, d).
-FeatureFn = Callable[[Mapping[str, torch.Tensor], np.ndarray, Baseline], np.ndarray]
+# A feature function: (the modality's tensors on every row, rows it may fit statistics on, params) -> (N, d). The
+# tensors may be lazy columns (`multimodal.columns`): read them in chunks of rows (`dataset.in_row_chunks`).
+FeatureFn = Callable[[Mapping[str, Column], np.ndarray, Baseline], np.ndarray]
 
 
-def pixel_features(tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+def pixel_features(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
     """Pixels of `pixel_values` (N, C, H, W), average-pooled to at most `image_size` a side, flattened."""
-    pixels = tensors["pixel_values"].float()
-    if max(pixels.shape[-2:]) > cfg.image_size:
-        pixels = torch.nn.functional.adaptive_avg_pool2d(pixels, cfg.image_size)
-    return pixels.flatten(1).numpy().astype(np.float64)
+
+    def pooled(chunk: dict[str, torch.Tensor]) -> np.ndarray:
+        pixels = chunk["pixel_values"].float()
+        if max(pixels.shape[-2:]) > cfg.image_size:
+            pixels = torch.nn.functional.adaptive_avg_pool2d(pixels, cfg.image_size)
+        return pixels.flatten(1).numpy().astype(np.float64)
+
+    return in_row_chunks(tensors, pooled)
 
 
 def mfcc_statistics(log_mel: np.ndarray, n_mfcc: int) -> np.ndarray:
@@ -57,24 +63,26 @@ def mfcc_statistics(log_mel: np.ndarray, n_mfcc: int) -> np.ndarray:
     return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)], axis=1)
 
 
-def log_mel_features(tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+def log_mel_features(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
     """MFCC mean/std of a frames-by-mel spectrogram (`input_values` of ASTFeatureExtractor: (N, frames, mel))."""
-    return mfcc_statistics(tensors["input_values"].numpy(), cfg.n_mfcc)
+    return in_row_chunks(tensors, lambda chunk: mfcc_statistics(chunk["input_values"].numpy(), cfg.n_mfcc))
 
 
-def mel_by_frame_features(tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+def mel_by_frame_features(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
     """The same for mel-by-frames spectrograms (`input_features` of Whisper-style extractors: (N, mel, frames))."""
-    return mfcc_statistics(tensors["input_features"].numpy().transpose(0, 2, 1), cfg.n_mfcc)
+    return in_row_chunks(tensors, lambda chunk: mfcc_statistics(chunk["input_features"].numpy().transpose(0, 2, 1),
+                                                                 cfg.n_mfcc))
 
 
-def token_tfidf(tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+def token_tfidf(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
     """TF-IDF of the tokenizer's ids (`input_ids`, padding left out by `attention_mask`).
 
     Vocabulary (the `max_tokens` ids in most train documents) and IDF weights are fitted on `fit_rows` only.
+    The ids are read whole: (N, max_length) integers, small beside pixels.
     """
-    ids = tensors["input_ids"].numpy()
+    ids = tensors["input_ids"][:].numpy()
     mask = tensors.get("attention_mask")
-    attended = mask.numpy().astype(bool) if mask is not None else np.ones_like(ids, bool)
+    attended = mask[:].numpy().astype(bool) if mask is not None else np.ones_like(ids, bool)
     rows, cols = np.nonzero(attended)
     tokens = ids[rows, cols]
     in_fit = fit_rows[rows]
@@ -107,7 +115,7 @@ def modality_features(name: str, tensors: Mapping[str, torch.Tensor], fit_rows: 
         return own(tensors, fit_rows, cfg)
     for key, fn in FEATURES.items():
         # `input_values` of waveform models (wav2vec2) are raw samples (N, samples), not a spectrogram.
-        if key in tensors and (key != "input_values" or tensors[key].dim() == 3):
+        if key in tensors and (key != "input_values" or len(tensors[key].shape) == 3):
             return fn(tensors, fit_rows, cfg)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     logger.warning("baseline: no classical features for modality '%s' (tensors %s; known keys %s): left out",
@@ -124,7 +132,8 @@ def joined(splits: Mapping[str, SplitData]) -> tuple[np.ndarray, np.ndarray, dic
     for m in parts[0].modalities:
         # A split without a single row of `m` has no tensors of it at all: zeros of the shape the others have.
         like = next((d.inputs[m] for d in parts if d.inputs[m]), {})
-        tensors[m] = {k: torch.cat([d.inputs[m].get(k, v.new_zeros((len(d), *v.shape[1:]))) for d in parts])
+        # Lazy columns stay lazy: feature functions read them a chunk of rows at a time.
+        tensors[m] = {k: concat_rows([d.inputs[m].get(k, absent_like(v, len(d))) for d in parts])
                       for k, v in like.items()}
     masks = {m: torch.cat([d.masks[m] for d in parts]).numpy() for m in parts[0].modalities}
     return which, labels, tensors, masks

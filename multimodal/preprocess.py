@@ -78,11 +78,11 @@ def write_shard(task: ShardTask, root: Path, out_dir: Path, *, modality: str, sp
             except Exception as err:
                 raise ShardError(f"{where}, row sample_id={sample_id} ({cell}): {type(err).__name__}: {err}") from err
         try:
-            tensors = mod.process(processor, items, spec)
+            stored = mod.stored(processor, items, spec)  # compact where the modality declares it
         except Exception as err:
             raise ShardError(f"{where}, the batch of rows sample_id={ids[0]}..{ids[-1]}: "
                              f"{type(err).__name__}: {err}") from err
-        writer.add(ids, tensors)
+        writer.add(ids, stored.tensors, stored.codecs)
         if on_batch is not None:
             on_batch(len(ids))
     writer.flush()

@@ -125,7 +125,11 @@ def missing_modality(fused: Pooled, y: np.ndarray, batch_size: int, device: torc
 
 def corrupted(inputs: dict[str, torch.Tensor], present: torch.Tensor, corrupt: Corruption, level: float,
               generator_seed: int) -> dict[str, torch.Tensor]:
-    """`corrupt` applied to one modality's inputs of the whole split; rows lacking the modality keep their zeros."""
+    """`corrupt` applied to one modality's inputs of the whole split; rows lacking the modality keep their zeros.
+
+    The split's inputs of that modality are read whole: a corruption draws over all its rows at once, so its
+    draws (and the curves) depend on that, and the test split is the smallest."""
+    inputs = {k: v[:] for k, v in inputs.items()}  # a lazy column read
     changed = corrupt(inputs, level, torch.Generator().manual_seed(generator_seed))
     return {k: torch.where(present.view(-1, *[1] * (v.dim() - 1)), changed[k], v) for k, v in inputs.items()}
 
@@ -138,7 +142,7 @@ def reencode(encoder: nn.Module, modality: str, inputs: dict[str, torch.Tensor],
     with the columns no row of the batch attends cut off: the same outputs up to float rounding, at a fraction
     of the cost when texts are much shorter than the tokenizer's max_length."""
     mask = inputs.get("attention_mask")
-    if mask is None or any(v.is_floating_point() or v.shape != mask.shape for v in inputs.values()):
+    if mask is None or any(v.dtype.is_floating_point or v.shape != mask.shape for v in inputs.values()):
         data = SplitData([""] * len(present), torch.zeros(len(present), dtype=torch.long), {modality: inputs},
                          {modality: present})
         return encode_present(encoder, data, modality, batch_size, device)
@@ -150,7 +154,7 @@ def reencode(encoder: nn.Module, modality: str, inputs: dict[str, torch.Tensor],
         index = rows[start : start + batch_size]
         attended = mask[index].any(dim=0).nonzero()
         width = int(attended.max()) + 1 if len(attended) else 1
-        out[index] = encoder(**{k: v[index, :width].to(device) for k, v in inputs.items()}).float().cpu()
+        out[index] = encoder(**{k: v[index][:, :width].to(device) for k, v in inputs.items()}).float().cpu()
     return out
 
 

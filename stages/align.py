@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 from pathlib import Path
 
-from multimodal.align import (AlignConfig, build_encoders, encode_present, encode_trainable, frozen_as_features,
-                              retrieval_recall, save_aligned, train_alignment, use_cached_features)
+from multimodal.align import (AlignConfig, build_encoders, encode_present, encode_trainable, feature_files,
+                              frozen_as_features, retrieval_recall, save_embedder, train_alignment,
+                              use_cached_features)
 from multimodal.bundle import save_inputs
 from multimodal.config import Params, load_params
 from multimodal.dataset import load_split
@@ -30,22 +33,25 @@ def align(params: Params) -> dict[str, float]:
     frame = read_manifest(Path(paths.validated) / "manifest.csv")
     labels = load_labels(params)
     raw = {s: load_split(frame, s, labels, Path(paths.preprocessed), modalities) for s in SPLITS}
-    # 2. Frozen encoders run once; their pooled outputs replace the raw inputs from here on.
     encoders = build_encoders(params.modalities, modalities, frozen, align_cfg.input_norm)
-    features = {s: {m: encode_present(encoders[m], raw[s], m, cfg.batch_size, device) for m in frozen} for s in SPLITS}
-    data = {s: use_cached_features(raw[s], features[s]) for s in SPLITS}
-    # 3. Contrastive training of projections (and trainable encoders) on train, no labels.
-    embedder = Embedder(frozen_as_features(encoders, frozen), cfg.dim)
-    losses = train_alignment(embedder, data["train"], align_cfg, device)
-    # 4. Retrieval quality on held-out splits.
-    metrics = {"contrastive_loss_last": losses[-1] if losses else None}
-    for split in ("val", "test"):
-        metrics.update({f"{split}/{k}": v for k, v in retrieval_recall(embedder, data[split], device).items()})
-    # 5. Every trainable encoder, with its aligned weights, run once more: the `frozen` strategy reads these.
-    for split, values in encode_trainable(embedder, raw, cfg.batch_size, device).items():
-        features[split].update(values)
     with atomic_dir(Path(paths.aligned)) as tmp:
-        save_aligned(tmp, embedder.cpu(), features, {s: raw[s].sample_ids for s in SPLITS}, align_cfg)
+        # 2. Frozen encoders run once; their pooled outputs, streamed to the features files, replace the raw inputs
+        #    from here on (read back batch by batch).
+        widths = {m: encoders[m].out_dim for m in modalities}
+        files = feature_files(tmp, {s: raw[s].sample_ids for s in SPLITS}, widths)
+        for s, m in itertools.product(SPLITS, frozen):
+            encode_present(encoders[m], raw[s], m, cfg.batch_size, device, sink=functools.partial(files[s].write, m))
+        data = {s: use_cached_features(raw[s], {m: files[s].column(m) for m in frozen}) for s in SPLITS}
+        # 3. Contrastive training of projections (and trainable encoders) on train, no labels.
+        embedder = Embedder(frozen_as_features(encoders, frozen), cfg.dim)
+        losses = train_alignment(embedder, data["train"], align_cfg, device)
+        # 4. Retrieval quality on held-out splits.
+        metrics = {"contrastive_loss_last": losses[-1] if losses else None}
+        for split in ("val", "test"):
+            metrics.update({f"{split}/{k}": v for k, v in retrieval_recall(embedder, data[split], device).items()})
+        # 5. Every trainable encoder, with its aligned weights, run once more: the `frozen` strategy reads these.
+        encode_trainable(embedder, raw, cfg.batch_size, device, files)
+        save_embedder(tmp, embedder.cpu(), align_cfg)
         # Every encoder behind those features (frozen and aligned alike) and the processing that fed it: a model
         # that reads cached features can then still run on new data (`multimodal.bundle`, `predict`).
         save_inputs(tmp, encoders, {m: params.modalities[m] for m in modalities})

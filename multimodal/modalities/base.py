@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from multimodal.codecs import Stored
 from multimodal.checkpoints import HUB_PREFIX, checkpoint_problem, is_hub, local_path, revision_problem
 from multimodal.config import ModalitySpec
 
@@ -48,6 +49,9 @@ class Modality:
     - `load(cell, root, spec, processor)`: one manifest cell -> raw item (PIL image, float32 waveform, str), in
       the form that processor expects (audio at its `sampling_rate`).
     - `process(processor, items, spec)`: raw items -> dict of tensors keyed by the model's input names.
+    - `store(processor, items, spec)`: optional; the same outputs in a compact stored form (`codecs.Stored`:
+      e.g. uint8 pixels before normalisation, `codecs.compact_pixels`), what preprocess writes; `process` must
+      equal its `decoded()`. Without it the shards hold `process`'s tensors (integers narrowed to int32).
     - `build_encoder(spec)`: a Hugging Face model (pretrained, or built from `spec.config`).
     - `rebuild_encoder(entry)`: optional; the encoder again from what `encoder_entry` saved (default: the HF config).
     - `adapt_inputs(inputs, model)`: optional; processor outputs -> the keyword arguments `model` takes (e.g. a
@@ -86,6 +90,13 @@ class Modality:
     baseline_features: Callable[..., Any] | None = None
     corruptions: Mapping[str, Callable[[dict[str, torch.Tensor], float, torch.Generator], dict[str, torch.Tensor]]] = (
         field(default_factory=dict))
+    store: Callable[[Any, Sequence[Any], ModalitySpec], Stored] | None = None
+
+    def stored(self, processor: Any, items: Sequence[Any], spec: ModalitySpec) -> Stored:
+        """What preprocess writes for a batch of raw items: `store`'s compact form, else `process`'s tensors."""
+        if self.store is not None:
+            return self.store(processor, items, spec)
+        return Stored(self.process(processor, items, spec))
 
 
 def config_built(spec: ModalitySpec, default_type: str, **defaults: Any) -> nn.Module:

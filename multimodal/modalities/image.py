@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from transformers import AutoImageProcessor, AutoModel, ViTImageProcessorPil
 
 from multimodal.augment import gaussian_noise, random_affine, random_cutout
+from multimodal.codecs import Stored, compact_pixels
 from multimodal.checks import Check, between, one_of
 from multimodal.config import ModalitySpec
 from multimodal.manifest import resolve_inside
@@ -82,8 +83,15 @@ def build_processor(spec: ModalitySpec):
     return ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
+def store(processor, items: Sequence[Image.Image], spec: ModalitySpec) -> Stored:
+    """uint8 pixels before the processor's rescale and normalisation (a quarter of float32), where it allows."""
+    return compact_pixels(processor, lambda **flags: processor(images=list(items), return_tensors="pt",
+                                                               **flags)["pixel_values"])
+
+
 def process(processor, items: Sequence[Image.Image], spec: ModalitySpec) -> dict[str, torch.Tensor]:
-    return dict(processor(images=list(items), return_tensors="pt"))
+    # Decoded from the stored form, so a prediction reads exactly the values training read.
+    return store(processor, items, spec).decoded()
 
 
 def build_encoder(spec: ModalitySpec):
@@ -166,6 +174,6 @@ CORRUPTIONS = {"noise": corrupt_noise, "blur": corrupt_blur, "occlusion": corrup
 
 MODALITY = Modality(
     name="image", reads_file=True, probe=probe, profile_fields=PROFILE_FIELDS, checks=ImageChecks,
-    row_checks=row_checks, load=load, build_processor=build_processor, process=process, build_encoder=build_encoder,
-    options=("image_size",), augment=augment, augment_knobs=ImageAugment, normalizations={"per_image": per_image},
-    corruptions=CORRUPTIONS)
+    row_checks=row_checks, load=load, build_processor=build_processor, process=process, store=store,
+    build_encoder=build_encoder, options=("image_size",), augment=augment, augment_knobs=ImageAugment,
+    normalizations={"per_image": per_image}, corruptions=CORRUPTIONS)

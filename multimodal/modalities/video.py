@@ -25,7 +25,9 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from multimodal.augment import gaussian_noise, random_affine, random_cutout
 from multimodal.checks import Check, between
+from multimodal.codecs import Stored, compact_pixels
 from multimodal.config import ModalitySpec, Strict
+from multimodal.dataset import in_row_chunks
 from multimodal.manifest import resolve_inside
 from multimodal.modalities.base import Modality, PooledEncoder, config_built, load_pretrained
 
@@ -218,15 +220,24 @@ def build_processor(spec: ModalitySpec) -> Any:
                                      image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def process(processor: Any, items: Sequence[np.ndarray], spec: ModalitySpec) -> dict[str, torch.Tensor]:
-    """Clips (T, H, W, 3) -> `pixel_values` (B, T, C, H, W). Frames go through as one list of images, so an image
-    processor (per-frame encoders) and a video one give the same layout."""
+def store(processor: Any, items: Sequence[np.ndarray], spec: ModalitySpec) -> Stored:
+    """Clips (T, H, W, 3) -> `pixel_values` (B, T, C, H, W), uint8 before normalisation where the processor allows
+    (as images). Frames go through as one list of images, so an image processor (per-frame encoders) and a video
+    one give the same layout."""
     count = int(spec.options["num_frames"])
     if bad := [i for i, clip in enumerate(items) if len(clip) != count]:
         raise ValueError(f"video clips {bad} do not hold num_frames={count} frames")
-    out = processor([frame for clip in items for frame in clip], return_tensors="pt")
-    pixels = out["pixel_values"] if "pixel_values" in out else out["pixel_values_videos"]
-    return {"pixel_values": pixels.reshape(len(items), count, *pixels.shape[-3:])}
+
+    def pixels(**flags: Any) -> torch.Tensor:
+        out = processor([frame for clip in items for frame in clip], return_tensors="pt", **flags)
+        values = out["pixel_values"] if "pixel_values" in out else out["pixel_values_videos"]
+        return values.reshape(len(items), count, *values.shape[-3:])
+
+    return compact_pixels(processor, pixels)
+
+
+def process(processor: Any, items: Sequence[np.ndarray], spec: ModalitySpec) -> dict[str, torch.Tensor]:
+    return store(processor, items, spec).decoded()
 
 
 class PerFrameConfig(PreTrainedConfig):
@@ -332,11 +343,13 @@ def row_checks(ex: Any, options: VideoChecks) -> list[Check]:
                     f"{{video_frames}} frames; allowed {o.min_frames}..{o.max_frames}")]
 
 
-def _baseline(tensors: dict[str, torch.Tensor], fit_rows: np.ndarray, cfg: Any) -> np.ndarray:
-    return baseline_features(tensors, cfg.image_size)  # `baseline.image_size`: the same pooled side as images
+def _baseline(tensors: dict[str, Any], fit_rows: np.ndarray, cfg: Any) -> np.ndarray:
+    # `baseline.image_size`: the same pooled side as images; row-wise, so read a chunk of clips at a time.
+    return in_row_chunks(tensors, lambda chunk: baseline_features(chunk, cfg.image_size), rows=64)
 
 
 MODALITY = Modality(
     name="video", reads_file=True, probe=probe, profile_fields=PROFILE_FIELDS, checks=VideoChecks,
-    row_checks=row_checks, load=load, build_processor=build_processor, process=process, build_encoder=build_encoder,
-    options=OPTIONS, augment=augment, augment_knobs=VideoAugment, baseline_features=_baseline)
+    row_checks=row_checks, load=load, build_processor=build_processor, process=process, store=store,
+    build_encoder=build_encoder, options=OPTIONS, augment=augment, augment_knobs=VideoAugment,
+    baseline_features=_baseline)
