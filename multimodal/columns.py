@@ -11,6 +11,7 @@ not the process's memory. Contiguous rows of one file are read in one call.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Sequence
@@ -209,6 +210,34 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, Segment]]:
     return metadata, segments
 
 
+def header_bytes(metadata: dict[str, str], tensors: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> tuple[bytes, int]:
+    """The length prefix and JSON header of a safetensors file holding `tensors` ({key: (dtype, shape)}, data in
+    sorted key order) and `metadata`; returns it and the size of the data after it.
+
+    Keys are written sorted: safetensors' own `save_file` orders `__metadata__` entries as a Rust hash map does,
+    differently in every process, so two runs writing the same shard would give different bytes (and DVC hashes).
+    """
+    names = {v: k for k, v in DTYPES.items()}
+    entries, offset = {}, 0
+    for key in sorted(tensors):
+        dtype, shape = tensors[key]
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        entries[key] = {"dtype": names[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header = json.dumps({"__metadata__": dict(sorted(metadata.items())), **entries}, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(header)) + header, offset
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file (readable by `safetensors.load_file`) whose bytes depend only on its contents."""
+    header, _ = header_bytes(metadata, {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()})
+    with open(path, "wb") as handle:
+        handle.write(header)
+        for key in sorted(tensors):
+            handle.write(tensors[key].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+
 class RowFile:
     """A safetensors file of float32 (N, width) tensors written in row blocks, in any order.
 
@@ -218,17 +247,11 @@ class RowFile:
     """
 
     def __init__(self, path: Path, widths: dict[str, int], n: int, metadata: dict[str, str]):
-        entries, offset = {}, 0
-        for key in sorted(widths):
-            size = n * widths[key] * 4
-            entries[key] = {"dtype": "F32", "shape": [n, widths[key]], "data_offsets": [offset, offset + size]}
-            offset += size
-        header = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
-        header += b" " * (-len(header) % 8)  # data starts 8-byte aligned, as safetensors writes it
+        header, size = header_bytes(metadata, {key: (torch.float32, (n, widths[key])) for key in widths})
         self.path = Path(path)
         with open(self.path, "wb") as handle:
-            handle.write(struct.pack("<Q", len(header)) + header)
-            handle.truncate(8 + len(header) + offset)
+            handle.write(header)
+            handle.truncate(len(header) + size)
         _, self.segments = read_header(self.path)
 
     def write(self, key: str, rows: torch.Tensor, values: torch.Tensor) -> None:

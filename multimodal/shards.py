@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from multimodal.codecs import Codec, default_codec
-from multimodal.columns import LazyColumn, read_header
+from multimodal.columns import LazyColumn, read_header, write_tensors
 
 
 class ShardWriter:
@@ -64,7 +63,7 @@ class ShardWriter:
         tensors = {k: torch.cat(v).contiguous() for k, v in self._parts.items()}
         path = self.out_dir / f"{self.split}-{self.shards:05d}.safetensors"
         codecs = {k: c.meta() for k, c in sorted(self._codecs.items()) if c is not None}
-        save_file(tensors, str(path), metadata={"sample_ids": json.dumps(self._ids), "codecs": json.dumps(codecs)})
+        write_tensors(path, tensors, {"sample_ids": json.dumps(self._ids), "codecs": json.dumps(codecs)})
         self.shards += 1
         self._ids, self._parts, self._count = [], {}, 0
 

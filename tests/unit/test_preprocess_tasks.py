@@ -59,7 +59,8 @@ def pre_change_loop(frame, root, out_dir, *, modality, spec, batch_size, shard_s
         for start in range(0, len(rows), batch_size):
             batch = rows.iloc[start : start + batch_size]
             items = [mod.load(cell, root, spec, processor) for cell in batch[modality]]
-            writer.add(batch["sample_id"].tolist(), mod.process(processor, items, spec))
+            stored = mod.stored(processor, items, spec)
+            writer.add(batch["sample_id"].tolist(), stored.tensors, stored.codecs)
         writer.flush()
 
 

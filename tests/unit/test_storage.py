@@ -166,3 +166,22 @@ def test_streamed_features_file_is_a_safetensors_file_equal_to_in_memory_encodin
     assert torch.equal(loaded["text"], in_memory)
     assert torch.equal(loaded["zeros"], torch.zeros(n, 2))  # never written: zeros, as absent rows were
     assert torch.equal(files["test"].column("text")[torch.tensor([4, 0])], in_memory[[4, 0]])
+
+
+def test_written_files_are_safetensors_whose_bytes_depend_only_on_the_contents(tmp_path):
+    """safetensors' own writer orders metadata like a Rust hash map (differently per process): shards must not."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from multimodal.columns import write_tensors
+
+    tensors = {"b": torch.arange(6, dtype=torch.int32).reshape(2, 3), "a": torch.rand(2, 4),
+               "m": torch.tensor([True, False]), "u": torch.arange(8, dtype=torch.uint8).reshape(2, 2, 2)}
+    metadata = {f"key{i}": str(i) for i in range(8)}
+    write_tensors(tmp_path / "one.safetensors", tensors, metadata)
+    write_tensors(tmp_path / "two.safetensors", dict(reversed(tensors.items())), dict(reversed(metadata.items())))
+    assert (tmp_path / "one.safetensors").read_bytes() == (tmp_path / "two.safetensors").read_bytes()
+    loaded = load_file(str(tmp_path / "one.safetensors"))
+    assert set(loaded) == set(tensors) and all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    with safe_open(str(tmp_path / "one.safetensors"), framework="pt") as handle:
+        assert handle.metadata() == metadata
