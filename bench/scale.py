@@ -160,11 +160,11 @@ def table(results: dict) -> str:
     if len(done) > 1:
         small, large = done[0], done[-1]
         label = f"{large['n'] / 1000:g}k/{small['n'] / 1000:g}k"
-        lines += ["", f"| stage ({large['n'] // small['n']}x samples) | time {label} | peak RSS {label} |",
-                  "|---|---:|---:|"]
+        lines += ["", f"| stage ({large['n'] // small['n']}x samples) | wall time {label} | CPU time {label} "
+                  f"| peak RSS {label} |", "|---|---:|---:|---:|"]
         for stage in [s for s in large["stages"] if s in small["stages"]]:
             big, little = large["stages"][stage], small["stages"][stage]
-            lines.append(f"| {stage} | {big['wall_s'] / little['wall_s']:.2f}x "
+            lines.append(f"| {stage} | {big['wall_s'] / little['wall_s']:.2f}x | {big['cpu_s'] / little['cpu_s']:.2f}x "
                          f"| {big['peak_rss_mb'] / little['peak_rss_mb']:.2f}x |")
     disks = [r for r in runs if "disk_bytes_per_sample" in r]
     if disks:
@@ -174,6 +174,12 @@ def table(results: dict) -> str:
             lines.append(f"| {r['n']:,} | " + " | ".join(f"{r['disk_bytes_per_sample'][k] / 1024:.1f}" for k in keys)
                          + " |")
     return "\n".join(lines)
+
+
+def report(results: dict, out: Path) -> None:
+    text = table(results)
+    out.with_suffix(".md").write_text(text + "\n")
+    print(text)
 
 
 def biggest_disk() -> Path:
@@ -194,10 +200,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp dir on the biggest disk)")
     parser.add_argument("--keep", action="store_true", help="keep every project (default: each is removed after it)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
+    parser.add_argument("--report", action="store_true", help="only print (and write) the table of --out's JSON")
     parser.add_argument("--trial", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trial:
         return trial()
+    if args.report:
+        return report(json.loads(args.out.read_text()), args.out)
     sizes = sorted(args.sizes)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scale-bench-", dir=biggest_disk()))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -218,9 +227,7 @@ def main() -> None:
         run_size(workdir, demo_dir, n, results["sizes"], save)
         if not args.keep:
             shutil.rmtree(workdir / f"n{n}")
-    report = table(results)
-    args.out.with_suffix(".md").write_text(report + "\n")
-    print(report)
+    report(results, args.out)
     if not args.keep and args.workdir is None:
         shutil.rmtree(workdir)
 

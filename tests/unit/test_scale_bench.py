@@ -50,5 +50,5 @@ def test_table_gives_the_ratio_of_the_largest_to_the_smallest_size_per_stage():
 
     text = scale.table({"sizes": {"1000": run(1000, 10.0, 500.0), "10000": run(10000, 95.0, 2000.0)}})
     assert "| 10,000 | align | 95.0 | 95.0 | 2000 | 105 |" in text
-    assert "| align | 9.50x | 4.00x |" in text and "10k/1k" in text
+    assert "| align | 9.50x | 9.50x | 4.00x |" in text and "10k/1k" in text
     assert "| 1,000 | 2.0 |" in text
