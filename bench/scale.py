@@ -111,7 +111,7 @@ def run_size(workdir: Path, demo_dir: Path, n: int, results: dict, save) -> None
     project = workdir / f"n{n}"
     shutil.rmtree(project, ignore_errors=True)
     overrides = {**OVERRIDES, ("ingest", "dataset"): str(demo_dir), ("ingest", "manifest"): name,
-                 ("ingest", "max_rows"): max(n, 1)}
+                 ("ingest", "max_rows"): n}
     copy_project(project, overrides)
     modalities = load_params(project / "params.yaml").preprocess.modalities
     entry = results.setdefault(str(n), {"n": n, "stages": {}})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from multimodal.manifest import assign_splits, group_overlap
 
@@ -52,3 +54,15 @@ def test_table_gives_the_ratio_of_the_largest_to_the_smallest_size_per_stage():
     assert "| 10,000 | align | 95.0 | 95.0 | 2000 | 105 |" in text
     assert "| align | 9.50x | 9.50x | 4.00x |" in text and "10k/1k" in text
     assert "| 1,000 | 2.0 |" in text
+
+
+def test_a_failing_stage_is_named_with_the_tail_of_its_output(tmp_path):
+    boom = [sys.executable, "-c", "import sys; print('loaded'); sys.exit('bad row 7')"]
+    with pytest.raises(SystemExit, match=r"(?s)stage align failed \(exit 1\).*loaded.*bad row 7"):
+        scale.measure("align", boom, tmp_path)
+
+
+def test_measure_reports_the_stage_process_own_peak_rss(tmp_path):
+    grow = [sys.executable, "-c", "x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096])"]
+    figures = scale.measure("ingest", grow, tmp_path)
+    assert figures["peak_rss_mb"] > 200 and figures["wall_s"] > 0
