@@ -109,6 +109,7 @@ class Tune(Strict):
     max_concurrent_trials: int = Field(ge=1)
     cpus_per_trial: float = Field(gt=0)
     gpus_per_trial: float = Field(ge=0)  # used only when the cluster has GPUs; below 1 shares a GPU
+    workers_per_trial: int = Field(ge=1)  # >1: a trial is a Ray Train run of that many data-parallel workers
     max_failures: int = Field(ge=0)  # retries of a failed trial, from its last checkpoint
     keep_checkpoints: int = Field(ge=1)  # per trial, the best by `metric` (Ray also keeps the latest)
     object_store_memory_mb: int = Field(ge=78)
