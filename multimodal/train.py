@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from multimodal.augment import Augmenter
+from multimodal.data_parallel import DataParallel
 from multimodal.dataset import SplitData
 from multimodal.io import read_json, write_json
 
@@ -131,10 +132,22 @@ def predict(model: nn.Module, data: SplitData, batch_size: int, device: torch.de
     return torch.cat(out) if out else torch.empty(0)
 
 
-def _val_metrics(model: nn.Module, data: SplitData, batch_size: int, device: torch.device) -> tuple[float, float]:
-    probs = predict(model, data, batch_size, device)
-    loss = nn.functional.nll_loss(torch.log(probs.clamp_min(1e-9)), data.labels).item()
-    return loss, (probs.argmax(dim=1) == data.labels).float().mean().item()
+def _val_metrics(model: nn.Module, data: SplitData, batch_size: int, device: torch.device,
+                 parallel: DataParallel | None = None) -> tuple[float, float]:
+    if parallel is None:
+        probs = predict(model, data, batch_size, device)
+        loss = nn.functional.nll_loss(torch.log(probs.clamp_min(1e-9)), data.labels).item()
+        return loss, (probs.argmax(dim=1) == data.labels).float().mean().item()
+    # Each rank scores its share of the rows; the sums over the ranks give every rank the same metrics.
+    part = data.take(parallel.share(len(data)))
+    loss_sum, correct = 0.0, 0
+    if len(part):
+        probs = predict(model, part, batch_size, device)
+        loss_sum = nn.functional.nll_loss(torch.log(probs.clamp_min(1e-9)), part.labels, reduction="sum").item()
+        correct = int((probs.argmax(dim=1) == part.labels).sum())
+    loss_sum, correct = parallel.sum(loss_sum, correct, device=device)
+    # float32 like the single-process mean: the same value, to the bit, when the predictions are the same.
+    return loss_sum / len(data), (torch.tensor(correct, dtype=torch.float32) / len(data)).item()
 
 
 def rows_with_inputs(data: SplitData) -> SplitData:
@@ -160,11 +173,18 @@ def fit(
 
     After each epoch `on_epoch(metrics, model, save_state)` is called; `save_state(directory)` writes the complete
     training state there, and `fit(..., resume_from=directory)` continues with the next epoch.
+
+    Inside a torch.distributed process group of several processes the run is data-parallel
+    (`multimodal.data_parallel`): every rank calls `fit` with the same data and config, trains on its share of each
+    batch, and gets the same metrics and weights, hence the same `on_epoch` calls (one of them saves).
     """
     # 1. Everything random is seeded from the config; a resumed run then overwrites it with the saved state.
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model.to(device)
+    parallel = DataParallel.current()
+    if parallel is not None:
+        parallel.broadcast_state(model)  # one starting point, whatever each rank built
     val = rows_with_inputs(val)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -190,20 +210,31 @@ def fit(
         for step, batch in enumerate(train.batches(cfg.batch_size, generator)):
             batch = augment(batch.to(device), generator)  # training batches only; a fresh draw every epoch
             masks = drop_modalities(batch.masks, cfg.modality_dropout, generator)
-            with autocast(device, cfg.precision):
-                loss = loss_fn(model(batch.inputs, masks).float(), batch.labels)
             # The last group of an epoch may be short: weight by its real size so every batch counts the same.
             group_start = step - step % cfg.grad_accum_steps
-            group_size = min(cfg.grad_accum_steps, batches_per_epoch - group_start)
-            (loss / group_size).backward()
+            divisor = min(cfg.grad_accum_steps, batches_per_epoch - group_start)
+            if parallel is not None:
+                # This rank's rows (all ranks drew the same batch); its mean loss counts by their share of it.
+                index = parallel.share(len(batch))
+                divisor = divisor * len(batch) / max(len(index), 1)
+                batch, masks = batch.take(index), {m: mask[index] for m, mask in masks.items()}
+            if len(batch):
+                with autocast(device, cfg.precision):
+                    loss = loss_fn(model(batch.inputs, masks).float(), batch.labels)
+                (loss / divisor).backward()
+                total += loss.item() * len(batch)
+                seen += len(batch)
             if (step + 1) % cfg.grad_accum_steps == 0 or step + 1 == batches_per_epoch:
+                if parallel is not None:
+                    parallel.sum_gradients(params)
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            total += loss.item() * len(batch)
-            seen += len(batch)
-        val_loss, val_acc = _val_metrics(model, val, cfg.batch_size * 4, device)
+        if parallel is not None:
+            total, seen = parallel.sum(total, seen, device=device)
+            parallel.broadcast_buffers(model)  # rank 0's BatchNorm statistics: one model to validate and save
+        val_loss, val_acc = _val_metrics(model, val, cfg.batch_size * 4, device, parallel)
         improved = result.best is None or val_acc > result.best.val_accuracy
         metrics = EpochMetrics(epoch, total / max(seen, 1), val_loss, val_acc, improved)
         result.history.append(metrics)

@@ -4,14 +4,17 @@ Step three of the tune story (`multimodal.train` has it whole): each trial is `f
 
 Trials wrap the same training loop as everything else (`multimodal.train.fit`); each epoch a trial reports its
 metrics with a checkpoint holding the model and the full training state, so a retried trial (`tune.max_failures`)
-continues from its last epoch instead of starting over.
+continues from its last epoch instead of starting over. With `tune.workers_per_trial` > 1 a trial is a Ray Train
+run of that many data-parallel workers (`multimodal.tune_workers`), reporting the same way.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -69,9 +72,11 @@ def start_ray(cfg: Tune, project_dir: Path) -> str | None:
 
 
 def decide_resources(cfg: Tune, device: str, nodes: list[dict[str, float]]) -> dict[str, float]:
-    """CPUs and GPUs of one trial, or an error naming the param key and what the cluster has.
+    """CPUs and GPUs of one trial (of each of its workers, `tune.workers_per_trial` > 1), or an error naming the
+    param key and what the cluster has.
 
-    `nodes` holds each alive node's resources (`{"CPU": 2.0, "GPU": 1.0, ...}`); a trial must fit on one node.
+    `nodes` holds each alive node's resources (`{"CPU": 2.0, "GPU": 1.0, ...}`); a trial (a worker) must fit on one
+    node, and the workers of one trial must fit on the cluster at once.
     GPUs are used when the cluster has any (`base.device: auto`) or `base.device: cuda`; never with `cpu`.
     """
     largest = {kind: max((n.get(kind, 0.0) for n in nodes), default=0.0) for kind in ("CPU", "GPU")}
@@ -89,9 +94,25 @@ def decide_resources(cfg: Tune, device: str, nodes: list[dict[str, float]]) -> d
         problems.append(f"tune.gpus_per_trial={wanted['gpu']:g}")
     if device == "cuda" and wanted["gpu"] == 0:
         problems.append("base.device=cuda with tune.gpus_per_trial=0")
+    workers = cfg.workers_per_trial
+    if workers > 1:
+        fits = sum(workers_on(node, wanted) for node in nodes)
+        if fits < workers:
+            each = f"{wanted['cpu']:g} CPUs" + (f" and {wanted['gpu']:g} GPUs" if wanted["gpu"] else "")
+            problems.append(f"tune.workers_per_trial={workers} workers of {each} each (tune.cpus_per_trial, "
+                            f"tune.gpus_per_trial are per worker; {fits} fit at once)")
+        if 0 < wanted["gpu"] < 1:  # NCCL refuses two ranks on one device
+            problems.append(f"tune.gpus_per_trial={wanted['gpu']:g} with tune.workers_per_trial={workers} (each "
+                            "worker needs a whole GPU)")
     if problems:
         raise RuntimeError(f"tune: a trial cannot be placed: {', '.join(problems)} but {has}")
     return wanted
+
+
+def workers_on(node: dict[str, float], each: dict[str, float]) -> int:
+    """How many workers taking `each` ({"cpu": .., "gpu": ..}) one node holds."""
+    counts = [math.floor(node.get(kind.upper(), 0.0) / need + 1e-9) for kind, need in each.items() if need > 0]
+    return min(counts, default=0)
 
 
 def trial_resources(cfg: Tune, device: str) -> dict[str, float]:
@@ -112,10 +133,16 @@ def prepare_trial(params: Params, cfg):
     return model, spec, data["train"], data["val"]
 
 
-def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str, Any], device: str) -> None:
-    """One Ray trial: fine-tune with the sampled config; each epoch report metrics with a full checkpoint."""
+# report(values, save): hand one epoch's metrics on; `save(directory)` writes its checkpoint there when wanted.
+Report = Callable[[dict[str, Any], Callable[[Path], None]], None]
+
+
+def train_trial(config: dict[str, Any], project_dir: str, params_raw: dict[str, Any], device: str, report: Report,
+                restored=None) -> None:
+    """A trial's training in the process that trains (the trial itself, or each of its Ray Train workers):
+    fine-tune with the sampled config, continuing from the checkpoint `restored` (a retry) if given; each epoch
+    `report` gets the metrics and a way to save a checkpoint with the model and the full training state."""
     import ray
-    from ray import tune
 
     from multimodal.model import save_model
     from multimodal.runtime import seed_everything
@@ -130,21 +157,34 @@ def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str,
     # The node is recorded so a study on an existing cluster shows where its trials ran.
     node_id = ray.get_runtime_context().get_node_id()
 
-    def report(metrics, model, save_state) -> None:
+    def on_epoch(metrics, model, save_state) -> None:
         values = {"epoch": metrics.epoch, "val_accuracy": metrics.val_accuracy, "val_loss": metrics.val_loss,
                   "train_loss": metrics.train_loss, "seed": cfg.seed, "node_id": node_id}
-        with tempfile.TemporaryDirectory() as tmp:
-            save_state(Path(tmp) / CHECKPOINT_STATE)
-            save_model(model, spec, Path(tmp) / "model")
-            tune.report(values, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+        def save(directory: Path) -> None:
+            save_state(directory / CHECKPOINT_STATE)
+            save_model(model, spec, directory / "model")
+
+        report(values, save)
 
     # A retried trial gets its last checkpoint back and continues from that epoch.
-    checkpoint = tune.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else nullcontext() as restored:
-        resume_from = Path(restored) / CHECKPOINT_STATE if restored else None
+    with restored.as_directory() if restored else nullcontext() as directory:
+        resume_from = Path(directory) / CHECKPOINT_STATE if directory else None
         if resume_from:
             logger.info("trial resumes from %s", resume_from)
-        fit(model, train, val, cfg, torch.device(device), on_epoch=report, resume_from=resume_from)
+        fit(model, train, val, cfg, torch.device(device), on_epoch=on_epoch, resume_from=resume_from)
+
+
+def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str, Any], device: str) -> None:
+    """One Ray trial in one process: each epoch report metrics with a full checkpoint to Tune."""
+    from ray import tune
+
+    def report(values: dict[str, Any], save: Callable[[Path], None]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            save(Path(tmp))
+            tune.report(values, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    train_trial(config, project_dir, params_raw, device, report, tune.get_checkpoint())
 
 
 def run_search(params: Params, project_dir: Path, storage: Path):
@@ -156,20 +196,24 @@ def run_search(params: Params, project_dir: Path, storage: Path):
     from ray.tune.schedulers import FIFOScheduler
 
     from multimodal.tune_resume import ResumableASHA, prepare_study, study_fingerprint
+    from multimodal.tune_workers import trial_on_workers
 
     # 1. Resources, decided once: the device every trial trains on follows from them.
     resources = trial_resources(cfg, params.base.device)
     device = "cuda" if resources["gpu"] > 0 else "cpu"
-    logger.info("each trial takes %s and trains on %s", resources, device)
-    trainable = tune.with_resources(
-        # Trials get the validated params as plain JSON data (no objects pickled) and re-validate them.
-        tune.with_parameters(run_trial, project_dir=str(project_dir.resolve()),
-                             params_raw=params.model_dump(mode="json", by_alias=True), device=device),
-        resources,
-    )
+    study = storage.resolve() / STUDY
+    # Trials get the validated params as plain JSON data (no objects pickled) and re-validate them.
+    shared = {"project_dir": str(project_dir.resolve()), "params_raw": params.model_dump(mode="json", by_alias=True),
+              "device": device}
+    if cfg.workers_per_trial == 1:
+        logger.info("each trial takes %s and trains on %s", resources, device)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, **shared), resources)
+    else:
+        logger.info("each trial trains on %d %s workers of %s each (Ray Train)", cfg.workers_per_trial, device,
+                    resources)
+        trainable = trial_on_workers(shared, cfg.workers_per_trial, resources, study)
     # 2. An interrupted study of the same inputs resumes: finished trials stay, unfinished ones continue from their
     # last checkpoint, errored ones stay errored (as they would have).
-    study = storage.resolve() / STUDY
     if prepare_study(study, study_fingerprint(params, project_dir)):
         logger.info("resuming the study in %s: finished trials are kept, unfinished ones continue", study)
         return tune.Tuner.restore(str(study), trainable, resume_unfinished=True, resume_errored=False).fit()
@@ -185,7 +229,8 @@ def run_search(params: Params, project_dir: Path, storage: Path):
         tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
                                     num_samples=cfg.num_samples, search_alg=search_algorithm(cfg, params.base.seed),
                                     # One worker process runs trial after trial: no re-import of torch per trial.
-                                    reuse_actors=True),
+                                    # A trial on Ray Train workers starts new workers anyway.
+                                    reuse_actors=cfg.workers_per_trial == 1),
         run_config=tune.RunConfig(
             name=STUDY, storage_path=str(storage.resolve()), verbose=1,
             # A failed trial is retried from its latest checkpoint; Ray keeps that one even when it is not

@@ -109,6 +109,7 @@ class Tune(Strict):
     max_concurrent_trials: int = Field(ge=1)
     cpus_per_trial: float = Field(gt=0)
     gpus_per_trial: float = Field(ge=0)  # used only when the cluster has GPUs; below 1 shares a GPU
+    workers_per_trial: int = Field(ge=1)  # >1: a trial is a Ray Train run of that many data-parallel workers
     max_failures: int = Field(ge=0)  # retries of a failed trial, from its last checkpoint
     keep_checkpoints: int = Field(ge=1)  # per trial, the best by `metric` (Ray also keeps the latest)
     object_store_memory_mb: int = Field(ge=78)
@@ -173,6 +174,15 @@ class Tune(Strict):
                     problems.append(f"tune.space.{name}: {value!r} is not a valid value: {err.errors()[0]['msg']}")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _workers_run_to_the_end(self) -> "Tune":
+        # ASHA stops a trial by ending its process: its Ray Train workers die with it, but their placement group
+        # is released only by Ray's cleaner, which needs the dashboard (off here), so the next trial never starts.
+        if self.workers_per_trial > 1 and self.scheduler == "asha":
+            raise ValueError(f"tune.workers_per_trial={self.workers_per_trial} needs tune.scheduler: fifo (ASHA "
+                             "stopping a multi-worker trial leaks its workers' resources; docs/tune.md)")
         return self
 
     @field_validator("mode")
