@@ -176,15 +176,6 @@ class Tune(Strict):
             raise ValueError("; ".join(problems))
         return self
 
-    @model_validator(mode="after")
-    def _workers_run_to_the_end(self) -> "Tune":
-        # ASHA stops a trial by ending its process: its Ray Train workers die with it, but their placement group
-        # is released only by Ray's cleaner, which needs the dashboard (off here), so the next trial never starts.
-        if self.workers_per_trial > 1 and self.scheduler == "asha":
-            raise ValueError(f"tune.workers_per_trial={self.workers_per_trial} needs tune.scheduler: fifo (ASHA "
-                             "stopping a multi-worker trial leaks its workers' resources; docs/tune.md)")
-        return self
-
     @field_validator("mode")
     @classmethod
     def _mode_fits_metric(cls, mode: str, info: ValidationInfo) -> str:

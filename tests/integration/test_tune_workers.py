@@ -123,3 +123,32 @@ def test_a_trial_whose_train_worker_dies_resumes_from_its_checkpoint(aligned: Pa
     tables = {name: (aligned / "metrics" / name).read_text() for name in expected}
     assert tables == expected
     print(f"Train worker {killed} killed after the trial's second checkpoint; Ray's result file held epochs {epochs}")
+
+
+def test_asha_stops_multi_worker_trials_and_the_next_ones_start(aligned: Path) -> None:
+    # The two lrs end epoch 1 with clearly different val_loss (0.01 worse); with base.seed 42 the trials draw
+    # [1e-6, 0.01, 0.01, 1e-6], so ASHA stops trials 1 and 2 at its first rung and trial 3 starts after them. A
+    # stopped trial whose Train workers kept their placement group (both CPUs of this machine) would block every
+    # later trial: the timeout turns that hang into a failure.
+    space = {**SPACE, "lr": {"choice": [1e-6, 0.01]}, "fusion": {"choice": ["concat"]}}
+    set_params(aligned, {("tune", key): value for key, value in
+                         {"space": space, "num_samples": 4, "max_failures": 0, "address": None, "cpus_per_trial": 1,
+                          "workers_per_trial": 2, "scheduler": "asha", "metric": "val_loss", "mode": "min",
+                          "asha": {"max_epochs": 3, "grace_period": 1, "reduction_factor": 2}}.items()})
+    shutil.rmtree(study(aligned).parent, ignore_errors=True)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "stages.tune"], cwd=aligned, env=project_env(), capture_output=True,
+                          text=True, timeout=900)
+    seconds = time.monotonic() - started
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    trials = read_rows((aligned / "metrics" / "tune_trials.csv").read_text())
+    epochs = {r: [e["epoch"] for e in rs] for r, rs in reports(aligned).items()}
+    assert sorted(epochs) == ["00000", "00001", "00002", "00003"] and all(t["status"] == "ok" for t in trials)
+    stopped = [r for r, e in epochs.items() if e[-1] < 3]
+    assert stopped, f"ASHA stopped no trial: {epochs}"
+    # After a stopped trial, a later trial still started and reported (the stopped one released its workers).
+    assert any(later > min(stopped) for later in epochs), epochs
+    assert "WorkerGroupStartupTimeoutError" not in log
+    print(f"ASHA over 4 two-worker trials: epochs per trial {epochs}, stopped {stopped}; the stage took "
+          f"{seconds:.0f} s")

@@ -155,23 +155,23 @@ def test_cpu_device_leaves_gpus_alone() -> None:
     assert decide_resources(tune_cfg(cpus_per_trial=1), "cpu", [GPU_NODE]) == {"cpu": 1, "gpu": 0.0}
 
 
-def test_workers_per_trial_needs_trials_that_run_to_their_end() -> None:
-    with pytest.raises(ValueError, match=r"tune\.workers_per_trial=2 needs tune\.scheduler: fifo"):
-        tune_cfg(workers_per_trial=2, scheduler="asha")
+def test_workers_per_trial_works_with_either_scheduler() -> None:
+    for scheduler in ("asha", "fifo"):  # ASHA once refused several workers per trial (their resources leaked)
+        assert tune_cfg(workers_per_trial=2, scheduler=scheduler).workers_per_trial == 2
 
 
 def test_workers_of_a_trial_may_span_nodes_but_must_fit_at_once() -> None:
-    fifo = lambda **knobs: tune_cfg(scheduler="fifo", **knobs)  # noqa: E731 - ASHA refuses several workers
     # Per worker: 2 workers of 2 CPUs need both 2-CPU nodes; 3 do not fit, and the error says so.
-    assert decide_resources(fifo(cpus_per_trial=2, workers_per_trial=2), "cpu", [CPU_NODE] * 2) == {"cpu": 2, "gpu": 0}
-    assert decide_resources(fifo(cpus_per_trial=1, workers_per_trial=4), "cpu", [CPU_NODE] * 2) == {"cpu": 1, "gpu": 0}
+    two_nodes = [CPU_NODE] * 2
+    assert decide_resources(tune_cfg(cpus_per_trial=2, workers_per_trial=2), "cpu", two_nodes) == {"cpu": 2, "gpu": 0}
+    assert decide_resources(tune_cfg(cpus_per_trial=1, workers_per_trial=4), "cpu", two_nodes) == {"cpu": 1, "gpu": 0}
     with pytest.raises(RuntimeError, match=r"tune\.workers_per_trial=3 workers of 2 CPUs each .*2 fit at once"):
-        decide_resources(fifo(cpus_per_trial=2, workers_per_trial=3), "cpu", [CPU_NODE, CPU_NODE])
+        decide_resources(tune_cfg(cpus_per_trial=2, workers_per_trial=3), "cpu", [CPU_NODE, CPU_NODE])
     # GPUs: one per worker, never a shared fraction (NCCL needs a device per rank).
     with pytest.raises(RuntimeError, match=r"tune\.workers_per_trial=2 workers of 1 CPUs and 1 GPUs each"):
-        decide_resources(fifo(cpus_per_trial=1, gpus_per_trial=1, workers_per_trial=2), "auto", [GPU_NODE])
+        decide_resources(tune_cfg(cpus_per_trial=1, gpus_per_trial=1, workers_per_trial=2), "auto", [GPU_NODE])
     with pytest.raises(RuntimeError, match=r"tune\.gpus_per_trial=0\.5 with tune\.workers_per_trial=2"):
-        decide_resources(fifo(cpus_per_trial=1, gpus_per_trial=0.5, workers_per_trial=2), "auto", [GPU_NODE])
+        decide_resources(tune_cfg(cpus_per_trial=1, gpus_per_trial=0.5, workers_per_trial=2), "auto", [GPU_NODE])
 
 
 # --- trial tables -----------------------------------------------------------------------------------------------
