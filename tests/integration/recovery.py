@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,3 +60,23 @@ def trial_worker_in(project: Path) -> int | None:
     """The PID of the Ray worker running a function trial (`ray::ImplicitFunc...`) in `project` (a trial chdirs
     there), if one runs."""
     return process_in(project, b"ray::ImplicitFunc")
+
+
+def tune_killing_a_worker(project: Path, study: Path, trial_glob: str, worker: Callable[[], int | None],
+                          log: Path, timeout: float = 600) -> int | None:
+    """Run the tune stage in `project`; once the trial folder matching `trial_glob` under `study` holds its second
+    checkpoint (the first is then complete and reported), SIGKILL the process `worker()` finds. Returns its PID
+    (None: never found); fails with the log's tail when the stage does not end well."""
+    proc = subprocess.Popen([sys.executable, "-m", "stages.tune"], cwd=project, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=project_env())
+    killed = None
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        trial = next(iter(study.glob(trial_glob)), None)
+        if killed is None and trial is not None and (trial / "checkpoint_000001").is_dir():
+            killed = worker()
+            if killed is not None:
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    return killed

@@ -4,19 +4,16 @@ worker dies is retried from its latest checkpoint; both end exactly as an uninte
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from flows.workspace import copy_project, project_env, run, set_params
+from flows.workspace import copy_project, run, set_params
 from tests.integration.conftest import TINY_PARAMS
-from tests.integration.recovery import kill_when, lines, trial_worker_in
+from tests.integration.recovery import kill_when, lines, trial_worker_in, tune_killing_a_worker
 
 pytestmark = pytest.mark.integration
 
@@ -94,20 +91,7 @@ def test_a_trial_whose_worker_dies_after_a_checkpoint_resumes_from_it(aligned: P
 
     fresh(aligned)
     log = aligned / "tune.log"
-    proc = subprocess.Popen([sys.executable, "-m", "stages.tune"], cwd=aligned, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=project_env())
-    killed = None
-    deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:
-        trial = next(iter(study(aligned).glob("*_00000_*")), None)
-        # The second checkpoint's folder: the first one is complete and reported by then.
-        if killed is None and trial is not None and (trial / "checkpoint_000001").is_dir():
-            worker = trial_worker_in(aligned)
-            if worker is not None:
-                os.kill(worker, signal.SIGKILL)
-                killed = worker
-        time.sleep(0.05)
-    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    killed = tune_killing_a_worker(aligned, study(aligned), "*_00000_*", lambda: trial_worker_in(aligned), log)
     assert killed is not None, "the trial's worker was never found"
 
     text = log.read_text()

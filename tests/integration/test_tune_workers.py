@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ import pytest
 
 from flows.workspace import copy_project, project_env, run, set_params
 from tests.integration.conftest import TINY_PARAMS
-from tests.integration.recovery import process_in
+from tests.integration.recovery import process_in, tune_killing_a_worker
 
 pytestmark = pytest.mark.integration
 
@@ -101,19 +99,9 @@ def test_a_trial_whose_train_worker_dies_resumes_from_its_checkpoint(aligned: Pa
 
     shutil.rmtree(study(aligned).parent, ignore_errors=True)
     log = aligned / "tune.log"
-    proc = subprocess.Popen([sys.executable, "-m", "stages.tune"], cwd=aligned, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=project_env())
-    killed = None
-    deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:
-        trial = next(iter(study(aligned).glob("run_trial_on_workers_*")), None)
-        # Tune's second checkpoint: the first is complete and reported by then. Kill one of the trial's workers.
-        if killed is None and trial is not None and (trial / "checkpoint_000001").is_dir():
-            killed = process_in(aligned, b"ray::RayTrainWorker")
-            if killed is not None:
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.05)
-    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    # Tune's second checkpoint: the first is complete and reported by then. Kill one of the trial's workers.
+    killed = tune_killing_a_worker(aligned, study(aligned), "run_trial_on_workers_*",
+                                   lambda: process_in(aligned, b"ray::RayTrainWorker"), log)
     assert killed is not None, "no Ray Train worker was found"
     text = log.read_text()
     assert "Restored on" in text and "trial resumes from" in text  # Tune retried the trial from its checkpoint
