@@ -64,7 +64,9 @@ class Modality:
     - `normalizations`: optional named input normalisations (`tune.fixed.input_norm`), applied by the encoder
       wrapper at train, validation and prediction time alike; `none` is always there.
     - `baseline_features(tensors, fit_rows, cfg)`: optional classical features for `multimodal.baseline`
-      (default: chosen by the processor's output key there).
+      (default: chosen by the processor's output key there). `tensors[key]` holds every row of every split but is
+      read on demand (`multimodal.columns.LazyColumn`): `column[rows]` reads those rows (`column[:]` all of them),
+      so a module can bound its memory by working a chunk of rows at a time.
     - `corruptions`: optional {kind: corrupt(inputs, level, generator)} for evaluate's noise robustness curves
       (`multimodal.robustness`; the levels are params `evaluate.corruptions.<name>.<kind>`, level 0 = unchanged).
     """

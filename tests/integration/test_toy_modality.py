@@ -82,7 +82,7 @@ def rebuild_encoder(entry: dict[str, Any]) -> ToyEncoder:
 
 
 def baseline_features(tensors: dict[str, torch.Tensor], fit_rows: np.ndarray, cfg: Any) -> np.ndarray:
-    return tensors["values"].numpy().astype(np.float64)
+    return tensors["values"][:].numpy().astype(np.float64)  # a lazy column: [:] reads every row
 
 
 MODALITY = Modality(
