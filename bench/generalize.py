@@ -28,13 +28,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: make `multimodal` importable
-from multimodal.config import load_params
-from multimodal.finetune import finetune
-from multimodal.manifest import MANIFEST_NAME, read_manifest, write_manifest
-from multimodal.scoring import model_scores
-from multimodal.load_data import load_labels, load_splits
-from multimodal.train import predict
-from multimodal.tune import trial_train_config
+from stages.check_params import load_all
+from multimodal.training.finetune import finetune
+from multimodal.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from multimodal.evaluation.scoring import model_scores
+from multimodal.training.load_data import load_labels, load_splits
+from multimodal.training.train import predict
+from multimodal.tuning.trial import trial_train_config
 from flows.workspace import copy_project, run, set_params
 
 # The harder setting: noisier speech, fewer training voices, fainter images.
@@ -78,7 +78,7 @@ def run_split(project: Path, strategies: list[str], strengths: list[float], devi
     cwd = os.getcwd()
     os.chdir(project)
     try:
-        params = load_params("params.yaml")
+        params = load_all("params.yaml")
         baseline = json.loads(Path("metrics/baseline.json").read_text())
         rows = {"baseline": baseline}
         for strength in strengths:

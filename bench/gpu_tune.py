@@ -5,7 +5,7 @@ A scratch project gets a synthetic, learnable image + audio dataset written stra
 (its speech needs espeak-ng). Then `python -m stages.align` once and `python -m stages.tune` once per
 `--gpus-per-trial` value (`tune.max_concurrent_trials` = 1 / that fraction) and, within it, per `--precision`
 (`tune.fixed.precision`), each timed while `nvidia-smi` samples utilisation and memory every 500 ms. Last, the
-same training loop (`multimodal.train.fit`, a fused model, the `full` strategy) is timed outside Ray with
+same training loop (`multimodal.training.train.fit`, a fused model, the `full` strategy) is timed outside Ray with
 precision bf16 (autocast) and fp32.
 
     python bench/gpu_tune.py --out /tmp/gpu_tune              # CUDA: N=3000, 1, 0.5 and 0.25 GPU/trial, fp32
@@ -39,10 +39,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: make `multimodal` importable
-import multimodal.train as train_module
-from multimodal.io import write_json
-from multimodal.manifest import SPLITS
-from multimodal.shards import ShardWriter
+import multimodal.training.train as train_module
+from multimodal.storage.io import write_json
+from multimodal.data.manifest import SPLITS
+from multimodal.storage.shards import ShardWriter
 from flows.workspace import project_env, set_params
 
 CLASSES = 10
@@ -234,13 +234,13 @@ def tune_run(project: Path, out: Path, args: argparse.Namespace, gpus: float, pr
 # --- 4. the training loop alone: tune.fixed.precision bf16 (autocast on CUDA) vs fp32 --------------------------------------
 
 def loop_throughput(project: Path, device: torch.device, epochs: int, batch_sizes: list[int]) -> list[dict]:
-    from multimodal.config import load_params
-    from multimodal.finetune import initial_model
-    from multimodal.load_data import load_labels, load_splits
-    from multimodal.tune import trial_train_config
+    from stages.check_params import load_all
+    from multimodal.training.finetune import initial_model
+    from multimodal.training.load_data import load_labels, load_splits
+    from multimodal.tuning.trial import trial_train_config
 
     os.chdir(project)  # params paths are relative to the project
-    params = load_params(project / "params.yaml")
+    params = load_all(project / "params.yaml")
     data = load_splits(params, ("train", "val"), strategy="full")
     labels = load_labels(params)
     rows = []

@@ -1,6 +1,6 @@
 """Hostile inputs are refused from what they declare, before they are read or decoded: time and peak memory.
 
-Each case profiles one cell in a fresh process (`multimodal.profile.profile_cell`, what `validate` runs per row) and
+Each case profiles one cell in a fresh process (`multimodal.data.profile.profile_cell`, what `validate` runs per row) and
 records its wall time, peak RSS (the process's own, over a bare interpreter that imported the same modules) and the
 reason the row gets. A manifest far beyond `ingest.max_rows` is read the same way by `read_manifest`.
 
@@ -28,7 +28,7 @@ import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
 from multimodal.modalities import get_modality
-from multimodal.profile import profile_cell
+from multimodal.data.profile import profile_cell
 from tests.unit.conftest import params_section
 options = params_section("validate", **{overrides!r})
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -43,7 +43,7 @@ print(json.dumps({{"s": time.perf_counter() - start, "base_mb": before / 1024,
 MANIFEST = """
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
-from multimodal.manifest import ManifestError, read_manifest
+from multimodal.data.manifest import ManifestError, read_manifest
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 try:

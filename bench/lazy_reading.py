@@ -31,9 +31,9 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from multimodal.codecs import PixelCodec  # noqa: E402
-from multimodal.dataset import SplitData, load_split  # noqa: E402
-from multimodal.shards import ShardWriter, split_columns  # noqa: E402
+from multimodal.storage.codecs import PixelCodec  # noqa: E402
+from multimodal.storage.dataset import SplitData, load_split  # noqa: E402
+from multimodal.storage.shards import ShardWriter, split_columns  # noqa: E402
 
 CODEC = PixelCodec(1 / 255, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 MODALITY = "image"

@@ -23,19 +23,20 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from multimodal.align import load_embedder
-from multimodal.config import FUSIONS, STRATEGIES, load_params
-from multimodal.dataset import SplitData, load_split
-from multimodal.finetune import finetune
-from multimodal.fusion import fusion_knobs
-from multimodal.scoring import scores
-from multimodal.manifest import read_manifest
+from multimodal.training.align import load_embedder
+from stages.check_params import load_all
+from multimodal.tuning.params import FUSIONS, STRATEGIES
+from multimodal.storage.dataset import SplitData, load_split
+from multimodal.training.finetune import finetune
+from multimodal.models.fusion import fusion_knobs
+from multimodal.evaluation.scoring import scores
+from multimodal.data.manifest import read_manifest
 from multimodal.modalities import PooledEncoder, build_pooled_encoder
-from multimodal.model import Embedder, MultimodalModel
-from multimodal.runtime import go_offline_for, pick_device
-from multimodal.load_data import load_labels, load_splits
-from multimodal.train import fit, predict
-from multimodal.tune import trial_train_config
+from multimodal.models.model import Embedder, MultimodalModel
+from multimodal.pipeline.runtime import go_offline_for, pick_device
+from multimodal.training.load_data import load_labels, load_splits
+from multimodal.training.train import fit, predict
+from multimodal.tuning.trial import trial_train_config
 
 
 def early_fusion_matrix(data: SplitData, vocabulary: dict[int, int]) -> np.ndarray:
@@ -141,7 +142,7 @@ def main() -> None:
     parser.add_argument("--skip-grid", action="store_true", help="only the baseline and the cached-features ratio")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = load_params()
+    params = load_all()
     go_offline_for(params.modalities)
     torch.set_num_threads(max(1, int(params.tune.cpus_per_trial)))
     device = pick_device(params.base.device)

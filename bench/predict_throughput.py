@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from multimodal.bundle import load_for_raw_inputs
-from multimodal.manifest import read_manifest
-from multimodal.predict import REQUIRED, Reader, predict_batch, predict_manifest, read_batch
-from multimodal.runtime import go_offline
+from multimodal.models.bundle import load_for_raw_inputs
+from multimodal.data.manifest import read_manifest
+from multimodal.shipping.predict import REQUIRED, Reader, predict_batch, predict_manifest, read_batch
+from multimodal.pipeline.runtime import go_offline
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ a manifest of N rows over the demo's files: row i is demo row i mod 3000 under a
 speaker plus the block index i // 3000 (so speaker groups grow with N and the group-disjoint split stays valid).
 The manifest sits inside the demo folder and `ingest.dataset` points there, so ingest hard-links the 3,000 files
 once, whatever N. Every stage then runs as the real entry point in its own process, in the environment dvc gives
-it (`flows.workspace.project_env`: `python -m multimodal.offline`'s switches): `ingest`, `validate`,
+it (`flows.workspace.project_env`: `python -m multimodal.pipeline.offline`'s switches): `ingest`, `validate`,
 `preprocess <m>` per modality (one process each, as `preprocess@<m>`), `align`, and one tune trial: what a Ray
-trial runs (`multimodal.tune.prepare_trial` + `multimodal.train.fit`, the fixed knobs plus TRIAL_KNOBS, one epoch
+trial runs (`multimodal.tuning.search.prepare_trial` + `multimodal.training.train.fit`, the fixed knobs plus TRIAL_KNOBS, one epoch
 over the train split via `epoch_limit`) in a process of its own, without Ray, so its RSS is the trial's own.
 
 Peak RSS is `ru_maxrss` from `os.wait4` on the stage's process: the largest of that process and any children it
@@ -103,8 +103,8 @@ def disk_per_sample(project: Path, modalities: list[str], n: int) -> dict[str, f
 def run_size(workdir: Path, demo_dir: Path, n: int, results: dict, save) -> None:
     """One scratch project of N samples, every stage measured in turn."""
     from flows.workspace import copy_project
-    from multimodal.config import load_params
-    from multimodal.manifest import read_manifest, write_manifest
+    from stages.check_params import load_all
+    from multimodal.data.manifest import read_manifest, write_manifest
 
     name = f"scale-{n}.csv"
     write_manifest(scaled_manifest(read_manifest(demo_dir / "manifest.csv"), n), demo_dir / name)
@@ -113,7 +113,7 @@ def run_size(workdir: Path, demo_dir: Path, n: int, results: dict, save) -> None
     overrides = {**OVERRIDES, ("ingest", "dataset"): str(demo_dir), ("ingest", "manifest"): name,
                  ("ingest", "max_rows"): n}
     copy_project(project, overrides)
-    modalities = load_params(project / "params.yaml").preprocess.modalities
+    modalities = load_all(project / "params.yaml").preprocess.modalities
     entry = results.setdefault(str(n), {"n": n, "stages": {}})
     for stage, cmd in stages(modalities):
         print(f"[N={n:,}] {stage} ...", end=" ", file=sys.stderr, flush=True)
@@ -132,14 +132,15 @@ def trial() -> None:
 
     import torch
 
-    from multimodal.config import load_params
-    from multimodal.runtime import go_offline, pick_device, seed_everything, setup_logging
-    from multimodal.train import fit
-    from multimodal.tune import prepare_trial, trial_train_config
+    from multimodal.pipeline.params import load_params
+    from multimodal.tuning.params import TUNE
+    from multimodal.pipeline.runtime import go_offline, pick_device, seed_everything, setup_logging
+    from multimodal.training.train import fit
+    from multimodal.tuning.trial import prepare_trial, trial_train_config
 
     setup_logging()
     go_offline()  # as the tune stage, whose trials these are
-    params = load_params(stage="tune")
+    params = load_params(stage="tune", schema=TUNE)
     torch.set_num_threads(max(1, int(params.tune.cpus_per_trial)))
     cfg = replace(trial_train_config(params, TRIAL_KNOBS), epoch_limit=1)
     seed_everything(cfg.seed)

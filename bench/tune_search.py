@@ -16,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from multimodal.config import load_params
-from multimodal.runtime import go_offline_for
-from multimodal.tune import run_search
-from multimodal.tune_results import best_trial, trial_table
+from multimodal.pipeline.params import load_params
+from multimodal.tuning.params import TUNE
+from multimodal.pipeline.runtime import go_offline_for
+from multimodal.tuning.search import run_search
+from multimodal.tuning.results import best_trial, trial_table
 
 
 def study(params, scheduler: str, storage: Path) -> dict:
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=int, default=4)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = load_params()
+    params = load_params(stage="tune", schema=TUNE)
     go_offline_for(params.modalities)
     tune_cfg = params.tune.model_copy(update={
         "num_samples": args.num_samples,

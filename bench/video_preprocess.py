@@ -2,7 +2,7 @@
 
 Writes `--n` demo clips (16 frames of 64x64, moving digit, GIF as the demo writes them; and the same frames as
 H.264 MP4 and MPEG-4 AVI) and `--n` 28x28 grey PNGs (the demo's images), then times `load` + `process` in batches
-of `--batch` exactly as `multimodal.preprocess` runs them, in this one process:
+of `--batch` exactly as `multimodal.preprocessing.preprocess` runs them, in this one process:
 
 - video: the config-built VideoMAE-style processor at image_size 64 (no resize) and 32, num_frames 16;
 - image: the image modality's processor at image_size 28.
@@ -30,8 +30,8 @@ def write_inputs(root: Path, n: int) -> dict[str, list[str]]:
     import numpy as np
     from PIL import Image
 
-    from multimodal.demo_dataset import _load_mnist
-    from multimodal.demo_video import moving_digit_frames, write_gif
+    from multimodal.demo.dataset import _load_mnist
+    from multimodal.demo.video import moving_digit_frames, write_gif
 
     pixels, labels = _load_mnist()
     rng = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def main() -> None:
 
     import torch
 
-    from multimodal.config import ModalitySpec
+    from multimodal.modalities.spec import ModalitySpec
     from multimodal.modalities import get_modality
     from multimodal.modalities import video
     from multimodal.modalities.base import Modality

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from multimodal.offline import TELEMETRY_OFF
+from multimodal.pipeline.offline import TELEMETRY_OFF
 
 log = logging.getLogger(__name__)
 

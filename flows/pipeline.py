@@ -34,7 +34,7 @@ from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import dvc_tools, ui_artifacts
-from multimodal.experiments import headline_metrics, ranking_for
+from multimodal.reporting.experiments import headline_metrics, ranking_for
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW_NAME = "dvc-pipeline"
@@ -77,7 +77,7 @@ def _read(path: Path) -> Any:
 
 def _data_docs(ws: Path, report: dict[str, Any], params: Any) -> Path | None:
     """The Great Expectations Data Docs index: where the report says, else where params put it."""
-    candidates = [report.get("docs"), getattr(params.validate_, "docs_dir", None),
+    candidates = [report.get("docs"), params.validate.docs_dir,
                   params.base.paths.validated / "docs"]
     for candidate in candidates:
         if isinstance(candidate, (str, Path)) and candidate:
@@ -91,10 +91,11 @@ def _data_docs(ws: Path, report: dict[str, Any], params: Any) -> Path | None:
 @task(cache_policy=NO_CACHE)
 def publish_artifacts(workspace: str, pipeline: dvc_tools.Pipeline, experiment: str | None, recent: int) -> list[str]:
     """Validation summary, metrics, best config, confusion matrix and recent experiments, as UI artifacts."""
-    from multimodal.config import load_params
+    from multimodal.data.params import VALIDATE
+    from multimodal.pipeline.params import load_keys
 
     ws = Path(workspace)
-    params = load_params(ws / "params.yaml")
+    params = load_keys(ws / "params.yaml", VALIDATE, keys=("validate.docs_dir",))
     paths = params.base.paths  # the same paths dvc.yaml templates its outs from
     published = []
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.dvc_tools import Plot
-from multimodal.escape import markdown_literal
-from multimodal.experiments import Experiment, Metric, Ranking, comparison, flatten, ranked
+from multimodal.pipeline.escape import markdown_literal
+from multimodal.reporting.experiments import Experiment, Metric, Ranking, comparison, flatten, ranked
 
 MAX_ROWS = 50  # markdown is for reading: not the whole failing-row list of a big dataset
 
@@ -102,7 +102,7 @@ def best_config_markdown(text: str, path: str) -> str:
 def experiments_rows(experiments: Sequence[Experiment], metrics: Sequence[Metric], limit: int,
                      ranking: Ranking, current: str | None = None) -> list[dict[str, Any]]:
     """The `limit` best runs by `ranking` (this run added if it ranks lower) as `python -m stages.compare` shows
-    them (`multimodal.experiments.comparison`): rank, name, rev, created, kind, the params that differ among them
+    them (`multimodal.reporting.experiments.comparison`): rank, name, rev, created, kind, the params that differ among them
     (full keys), the validation metric, then `metrics`."""
     order = ranked(experiments, ranking)
     chosen = order[:limit] + [e for e in order[limit:] if e.name == current]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from multimodal.offline import offline_env
+from multimodal.pipeline.offline import offline_env
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,1 +1,5 @@
-"""Reproducible multimodal fine-tuning: the library the DVC stages, Prefect tasks, Ray trials and tests share."""
+"""The library behind the stages, one package per concern; imports point down this list, never up:
+
+pipeline (plumbing) <- storage <- modalities <- data, demo, models <- preprocessing, training <- tuning, evaluation,
+shipping; reporting reads data. Each package's `MAY_IMPORT` names what it may import (docs/architecture.md).
+"""

@@ -17,5 +17,5 @@ if [ ! -f "$stamp" ]; then
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 # Nothing calls out of the machine: telemetry off everywhere, Hugging Face hub offline, whatever the shell had.
-# Only a stage whose params name a `hub:` id switches the hub on, for itself (multimodal.runtime.go_offline).
-eval "$(python -m multimodal.offline)"   # the one table of switches: multimodal/offline.py
+# Only a stage whose params name a `hub:` id switches the hub on, for itself (multimodal.pipeline.runtime.go_offline).
+eval "$(python -m multimodal.pipeline.offline)"   # the one table of switches: multimodal/pipeline/offline.py

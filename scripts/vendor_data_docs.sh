@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuilds vendor/data_docs/: the CSS, JS and fonts that Great Expectations' Data Docs pages load from CDNs, taken
-# from the npm registry at the versions GX's templates name (multimodal/data_docs.py maps each CDN URL to its copy).
+# from the npm registry at the versions GX's templates name (multimodal/data/data_docs.py maps each CDN URL to its copy).
 # Run it only when great-expectations is upgraded and its templates name other versions; commit the result.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -7,22 +7,28 @@ import itertools
 import logging
 from pathlib import Path
 
-from multimodal.align import (AlignConfig, build_encoders, encode_present, encode_trainable, feature_files,
+from multimodal.training.align import (AlignConfig, build_encoders, encode_present, encode_trainable, feature_files,
                               frozen_as_features, retrieval_recall, save_embedder, train_alignment,
                               use_cached_features)
-from multimodal.bundle import save_inputs
-from multimodal.config import Params, load_params
-from multimodal.dataset import load_split
-from multimodal.io import atomic_dir, write_json
-from multimodal.manifest import SPLITS, read_manifest
-from multimodal.model import Embedder
-from multimodal.runtime import go_offline_for, pick_device, seed_everything, setup_logging
-from multimodal.load_data import load_labels
+from multimodal.models.bundle import save_inputs
+from multimodal.modalities.params import INPUT_NORM, LISTED, MODALITIES
+from multimodal.pipeline.params import Base, Schema, load_params
+from multimodal.training.params import Align
+from multimodal.pipeline.stage_params import StageParams
+from multimodal.storage.dataset import load_split
+from multimodal.storage.io import atomic_dir, write_json
+from multimodal.data.manifest import SPLITS, read_manifest
+from multimodal.models.model import Embedder
+from multimodal.pipeline.runtime import go_offline_for, pick_device, seed_everything, setup_logging
+from multimodal.training.load_data import load_labels
 
 logger = logging.getLogger(__name__)
 
 
-def align(params: Params) -> dict[str, float]:
+PARAMS = Schema({"base": Base, "align": Align}) | LISTED | MODALITIES | INPUT_NORM
+
+
+def align(params: StageParams) -> dict[str, float]:
     paths, cfg = params.base.paths, params.align
     align_cfg = AlignConfig.from_params(params)
     device = pick_device(params.base.device)
@@ -53,7 +59,7 @@ def align(params: Params) -> dict[str, float]:
         encode_trainable(embedder, raw, cfg.batch_size, device, files)
         save_embedder(tmp, embedder.cpu(), align_cfg)
         # Every encoder behind those features (frozen and aligned alike) and the processing that fed it: a model
-        # that reads cached features can then still run on new data (`multimodal.bundle`, `predict`).
+        # that reads cached features can then still run on new data (`multimodal.models.bundle`, `predict`).
         save_inputs(tmp, encoders, {m: params.modalities[m] for m in modalities})
     write_json(Path(paths.metrics) / "align.json", metrics)
     logger.info("alignment metrics: %s", metrics)
@@ -62,7 +68,7 @@ def align(params: Params) -> dict[str, float]:
 
 def main() -> None:
     setup_logging()
-    params = load_params(stage="align")
+    params = load_params(stage="align", schema=PARAMS)
     go_offline_for(params.modalities)
     align(params)
 

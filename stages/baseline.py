@@ -5,18 +5,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from multimodal.baseline import PREDICTIONS, PROBABILITIES, fit_baselines, write_predictions, write_probabilities
-from multimodal.config import Params, load_params
-from multimodal.dataset import load_split
-from multimodal.io import atomic_dir, write_json
-from multimodal.manifest import SPLITS, read_manifest
-from multimodal.runtime import setup_logging
-from multimodal.load_data import load_labels
+from multimodal.evaluation.baseline import PREDICTIONS, PROBABILITIES, fit_baselines, write_predictions, write_probabilities
+from multimodal.evaluation.params import Baseline
+from multimodal.modalities.params import LISTED
+from multimodal.pipeline.params import Base, Schema, load_params
+from multimodal.pipeline.stage_params import StageParams
+from multimodal.storage.dataset import load_split
+from multimodal.storage.io import atomic_dir, write_json
+from multimodal.data.manifest import SPLITS, read_manifest
+from multimodal.pipeline.runtime import setup_logging
+from multimodal.training.load_data import load_labels
 
 logger = logging.getLogger(__name__)
 
+PARAMS = Schema({"base": Base, "baseline": Baseline}) | LISTED
 
-def baseline(params: Params) -> dict:
+
+def baseline(params: StageParams) -> dict:
     paths = params.base.paths
     frame = read_manifest(Path(paths.validated) / "manifest.csv")
     labels = load_labels(params)
@@ -34,7 +39,7 @@ def baseline(params: Params) -> dict:
 
 def main() -> None:
     setup_logging()
-    baseline(load_params(stage="baseline"))
+    baseline(load_params(stage="baseline", schema=PARAMS))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from multimodal.config import load_params
-from multimodal.experiments import Metric, comparison, exp_show, headline_metrics, ranking_for, render
+from multimodal.pipeline.params import Schema, load_keys
+from multimodal.tuning.params import Tune
+from multimodal.reporting.experiments import Metric, comparison, exp_show, headline_metrics, ranking_for, render
 
 LEGEND = ("{val}: the validation figure tune selected on (runs are ranked by it); test_fused: the fused model's "
           "test accuracy; fused-unimodal: minus the best unimodal model's (chosen on validation); baseline: "
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=None,
                         help="table width in characters (default: the terminal's, 100 when unknown)")
     args = parser.parse_args(argv)
-    params = load_params()
+    params = load_keys("params.yaml", Schema({"tune": Tune}), keys=("tune.metric", "tune.mode"))
     ranking = ranking_for(params.base.paths.metrics, params.tune.metric, params.tune.mode)
     try:
         runs = exp_show(Path.cwd(), all_commits=args.all)

@@ -11,17 +11,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from multimodal.config import Demo, load_params
-from multimodal.io import atomic_dir
-from multimodal.manifest import MANIFEST_NAME, write_manifest
-from multimodal.runtime import go_offline, setup_logging
+from multimodal.demo.params import DEMO, Demo
+from multimodal.pipeline.params import Base, Schema, load_params
+from multimodal.storage.io import atomic_dir
+from multimodal.data.manifest import MANIFEST_NAME, write_manifest
+from multimodal.pipeline.runtime import go_offline, setup_logging
 
 logger = logging.getLogger(__name__)
 
 
+PARAMS = Schema({"base": Base}) | DEMO
+
+
 def build_demo(cfg: Demo, out_dir: Path, seed: int) -> pd.DataFrame:
     """Write `out_dir/manifest.csv` (no split: `ingest` makes it) and the files it names; returns the manifest."""
-    from multimodal.demo_dataset import build_demo_dataset
+    from multimodal.demo.dataset import build_demo_dataset
 
     with atomic_dir(out_dir) as tmp:
         knobs = cfg.model_dump()
@@ -37,7 +41,7 @@ def build_demo(cfg: Demo, out_dir: Path, seed: int) -> pd.DataFrame:
 def main() -> None:
     setup_logging()
     go_offline()
-    params = load_params(stage="demo")
+    params = load_params(stage="demo", schema=PARAMS)
     build_demo(params.demo, Path(params.base.paths.demo), params.base.seed)
 
 

@@ -2,7 +2,7 @@
 per-class scores, calibration, robustness to missing and corrupted modalities, and an efficiency report.
 
 `metrics/evaluate.json` holds what is deterministic and compared across runs; the tables and plots go under
-`<base.paths.plots>/evaluate/` (`multimodal.evaluate_plots`), the confusion matrix through DVCLive.
+`<base.paths.plots>/evaluate/` (`multimodal.evaluation.plots`), the confusion matrix through DVCLive.
 """
 
 from __future__ import annotations
@@ -14,24 +14,29 @@ from pathlib import Path
 
 import torch
 
-from multimodal.align import feature_encoder
-from multimodal.baseline import PREDICTIONS, PROBABILITIES, read_predictions, read_probabilities
-from multimodal.calibration import reliability
-from multimodal.config import Params, load_params
-from multimodal.dataset import SplitData, load_split
-from multimodal.efficiency import efficiency_report
-from multimodal.evaluate import (FUSED, fair_report, load_readers, reader_probabilities, warn_if_baseline_wins,
+from multimodal.training.align import feature_encoder
+from multimodal.evaluation.baseline import PREDICTIONS, PROBABILITIES, read_predictions, read_probabilities
+from multimodal.evaluation.calibration import reliability
+from multimodal.evaluation.params import Evaluate
+from multimodal.modalities.params import LISTED, MODALITIES
+from multimodal.pipeline.params import Base, Schema, load_params
+from multimodal.pipeline.stage_params import StageParams
+from multimodal.storage.dataset import SplitData, load_split
+from multimodal.evaluation.efficiency import efficiency_report
+from multimodal.evaluation.evaluate import (FUSED, fair_report, load_readers, reader_probabilities, warn_if_baseline_wins,
                                  with_details)
-from multimodal.evaluate_plots import write_efficiency, write_tables
-from multimodal.io import atomic_file, read_json, write_json
-from multimodal.metrics_files import HEADLINE, headline_of
-from multimodal.manifest import read_manifest
-from multimodal.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
-from multimodal.runtime import go_offline, pick_device, setup_logging
-from multimodal.scoring import ABSTAIN, per_class_scores, top_label
-from multimodal.load_data import load_labels
+from multimodal.evaluation.plots import write_efficiency, write_tables
+from multimodal.storage.io import atomic_file, read_json, write_json
+from multimodal.pipeline.metrics_files import HEADLINE, headline_of
+from multimodal.data.manifest import read_manifest
+from multimodal.evaluation.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
+from multimodal.pipeline.runtime import go_offline, pick_device, setup_logging
+from multimodal.evaluation.scoring import ABSTAIN, per_class_scores, top_label
+from multimodal.training.load_data import load_labels
 
 logger = logging.getLogger(__name__)
+
+PARAMS = Schema({"base": Base, "evaluate": Evaluate}) | LISTED | MODALITIES
 
 CONFUSION = Path("plots/sklearn/confusion_matrix.json")  # where DVCLive puts it, under evaluate's plots folder
 
@@ -42,7 +47,7 @@ def unimodal_val_accuracy(tune_metrics: dict) -> dict[str, float]:
             if key.startswith("unimodal/") and key.endswith("/val_accuracy")}
 
 
-def load_test(params: Params) -> SplitData:
+def load_test(params: StageParams) -> SplitData:
     """The test split as the processors wrote it, every modality: each model swaps in the cached features it
     reads, and corruptions need the processor outputs of those too."""
     paths = params.base.paths
@@ -50,7 +55,7 @@ def load_test(params: Params) -> SplitData:
     return load_split(frame, "test", load_labels(params), Path(paths.preprocessed), params.preprocess.modalities)
 
 
-def evaluate(params: Params) -> dict:
+def evaluate(params: StageParams) -> dict:
     from dvclive import Live
 
     paths, cfg, seed = params.base.paths, params.evaluate, params.base.seed
@@ -107,7 +112,7 @@ def evaluate(params: Params) -> dict:
 
 def main() -> None:
     setup_logging()
-    params = load_params(stage="evaluate")
+    params = load_params(stage="evaluate", schema=PARAMS)
     go_offline()  # models are rebuilt from their saved configs, a frozen encoder from the local copy align used
     evaluate(params)
 

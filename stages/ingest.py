@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from multimodal.config import Ingest, load_params
-from multimodal.io import atomic_dir
-from multimodal.manifest import (
+from multimodal.data.params import INGEST, Ingest
+from multimodal.pipeline.params import Base, Schema, load_params
+from multimodal.storage.io import atomic_dir
+from multimodal.data.manifest import (
     MANIFEST_NAME,
     SPLITS,
     ManifestError,
@@ -24,9 +25,11 @@ from multimodal.manifest import (
     resolve_inside,
     write_manifest,
 )
-from multimodal.runtime import go_offline, setup_logging
+from multimodal.pipeline.runtime import go_offline, setup_logging
 
 logger = logging.getLogger(__name__)
+
+PARAMS = Schema({"base": Base}) | INGEST
 
 
 def _place(source: Path, target: Path) -> None:
@@ -100,7 +103,7 @@ def ingest(cfg: Ingest, out_dir: Path, seed: int) -> pd.DataFrame:
 def main() -> None:
     setup_logging()
     go_offline()
-    params = load_params(stage="ingest")
+    params = load_params(stage="ingest", schema=PARAMS)
     try:
         ingest(params.ingest, Path(params.base.paths.raw), params.base.seed)
     except ManifestError as err:

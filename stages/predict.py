@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from multimodal.manifest import ManifestError
-from multimodal.predict import predict_manifest
-from multimodal.runtime import go_offline, pick_device, setup_logging
+from multimodal.data.manifest import ManifestError
+from multimodal.shipping.predict import predict_manifest
+from multimodal.pipeline.runtime import go_offline, pick_device, setup_logging
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from multimodal.config import load_params
-from multimodal.io import atomic_dir, write_json
-from multimodal.manifest import read_manifest
-from multimodal.preprocess import preprocess_modality
-from multimodal.ray_cluster import cluster_address
-from multimodal.runtime import go_offline_for, setup_logging
+from multimodal.modalities.params import ModalitySections
+from multimodal.pipeline.params import Schema, load_params
+from multimodal.preprocessing.params import Preprocess
+from multimodal.storage.io import atomic_dir, write_json
+from multimodal.data.manifest import read_manifest
+from multimodal.preprocessing.preprocess import preprocess_modality
+from multimodal.pipeline.ray_cluster import RayAddress, cluster_address
+from multimodal.pipeline.runtime import go_offline_for, setup_logging
+
+
+PARAMS = Schema({"preprocess": Preprocess, "modalities": ModalitySections, "tune.address": RayAddress})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("modality", help="which modality to preprocess (image, audio, text)")
     args = parser.parse_args(argv)
     setup_logging()
-    params = load_params(stage=f"preprocess@{args.modality}")
+    params = load_params(stage=f"preprocess@{args.modality}", schema=PARAMS)
     spec = params.modalities[args.modality]
     go_offline_for({args.modality: spec})
     paths = params.base.paths

@@ -7,28 +7,41 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from multimodal.config import Params, load_params
-from multimodal.io import write_text_atomic
-from multimodal.report import ReportInputs, build_report
-from multimodal.runtime import setup_logging
-from multimodal.stage_params import declared_params
+from pydantic_core import to_jsonable_python
+
+from multimodal.data.params import INGEST, VALIDATE
+from multimodal.evaluation.params import Baseline, Evaluate
+from multimodal.modalities.params import MODALITIES
+from multimodal.pipeline.params import Base, Schema, load_params
+from multimodal.preprocessing.params import Preprocess
+from multimodal.reporting.params import Report
+from multimodal.training.params import Align
+from multimodal.tuning.params import TUNE
+from multimodal.pipeline.stage_params import StageParams
+from multimodal.storage.io import write_text_atomic
+from multimodal.reporting.report import ReportInputs, build_report
+from multimodal.pipeline.runtime import setup_logging
+from multimodal.pipeline.stage_params import declared_params
 
 logger = logging.getLogger(__name__)
 
+# Every section the report shows; each package's schema of it (the tune one brings its rules across keys).
+PARAMS = (Schema({"base": Base, "preprocess": Preprocess, "align": Align, "baseline": Baseline, "evaluate": Evaluate,
+                  "report": Report}) | INGEST | VALIDATE | MODALITIES | TUNE)
 
-def shown_params(params: Params, keys: tuple[str, ...]) -> dict[str, Any]:
+
+def shown_params(params: StageParams, keys: tuple[str, ...]) -> dict[str, Any]:
     """The params under `keys` (dotted, as dvc.yaml lists them) as plain data, keyed as params.yaml names them."""
-    data = params.model_dump(by_alias=True, mode="json")
     out = {}
     for key in keys:
-        node: Any = data
+        node: Any = params
         for part in key.split("."):
-            node = node[part]
-        out[key] = node
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        out[key] = to_jsonable_python(node, by_alias=True)
     return out
 
 
-def report(params: Params) -> str:
+def report(params: StageParams) -> str:
     paths = params.base.paths
     # The report shows exactly the params its dvc.yaml entry declares: DVC re-renders it when any of them changes.
     keys = tuple(k for k in declared_params("report") if k != "report")
@@ -47,7 +60,7 @@ def report(params: Params) -> str:
 
 def main() -> None:
     setup_logging()
-    report(load_params(stage="report"))
+    report(load_params(stage="report", schema=PARAMS))
 
 
 if __name__ == "__main__":

@@ -20,20 +20,22 @@ import pandas as pd
 import torch
 import yaml
 
-from multimodal.config import Params, load_params
-from multimodal.finetune import train_config
-from multimodal.io import read_json
-from multimodal.runtime import go_offline_for, pick_device, seed_everything, setup_logging
-from multimodal.train import fit
-from multimodal.tune import prepare_trial
-from multimodal.tune_results import best_of
+from multimodal.pipeline.params import load_params
+from multimodal.tuning.params import TUNE
+from multimodal.pipeline.stage_params import StageParams
+from multimodal.training.finetune import train_config
+from multimodal.storage.io import read_json
+from multimodal.pipeline.runtime import go_offline, pick_device, seed_everything, setup_logging
+from multimodal.training.train import fit
+from multimodal.tuning.trial import prepare_trial
+from multimodal.tuning.results import best_of
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 1e-6  # on CPU with the trial's thread count the run is bit-identical; on CUDA use ~0.02
 
 
-def reproduce_best(params: Params, best_dir: Path) -> tuple[dict, float]:
+def reproduce_best(params: StageParams, best_dir: Path) -> tuple[dict, float]:
     """Train the recorded best config for the recorded epochs; returns (trial record, reproduced best value)."""
     trial = read_json(best_dir / "trial.json")
     values = yaml.safe_load((best_dir / "best_config.yaml").read_text())
@@ -52,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="largest accepted |recorded - reproduced| (default %(default)g)")
     args = parser.parse_args(argv)
     setup_logging()
-    params = load_params()
-    go_offline_for(params.modalities)
+    params = load_params(stage="tune", schema=TUNE)  # it re-trains a trial of the tune stage
+    go_offline()  # as the tune stage: every model is built from align's saved weights
     trial, reproduced = reproduce_best(params, Path(params.base.paths.models) / "best")
     gap = abs(reproduced - trial["value"])
     verdict = "reproduced" if gap <= args.tolerance else "NOT reproduced"

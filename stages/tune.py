@@ -10,15 +10,18 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from multimodal.bundle import bundle_inputs
-from multimodal.config import Params, load_params
-from multimodal.finetune import finetune
-from multimodal.io import atomic_dir, write_csv_atomic, write_json, write_text_atomic
-from multimodal.model import save_model
-from multimodal.runtime import go_offline, pick_device, seed_everything, setup_logging
-from multimodal.load_data import load_labels, load_splits
-from multimodal.tune import run_search, trial_train_config
-from multimodal.tune_results import (best_checkpoint, best_trial, epochs_table, trial_number, trial_table,
+from multimodal.models.bundle import bundle_inputs
+from multimodal.pipeline.params import load_params
+from multimodal.tuning.params import TUNE
+from multimodal.pipeline.stage_params import StageParams
+from multimodal.training.finetune import finetune
+from multimodal.storage.io import atomic_dir, write_csv_atomic, write_json, write_text_atomic
+from multimodal.models.model import save_model
+from multimodal.pipeline.runtime import go_offline, pick_device, seed_everything, setup_logging
+from multimodal.training.load_data import load_labels, load_splits
+from multimodal.tuning.search import run_search
+from multimodal.tuning.trial import trial_train_config
+from multimodal.tuning.results import (best_checkpoint, best_trial, epochs_table, trial_number, trial_table,
                                      write_plots)
 
 logger = logging.getLogger(__name__)
@@ -28,7 +31,7 @@ def no_trial_succeeded(table: pd.DataFrame) -> SystemExit:
     return SystemExit(f"tune: no trial succeeded; errors:\n{table[['trial', 'error']].to_string(index=False)}")
 
 
-def write_best(result, row: pd.Series, params: Params, out: Path) -> dict:
+def write_best(result, row: pd.Series, params: StageParams, out: Path) -> dict:
     """models/best: the best checkpoint's model, the config it trained with, and what `reproduce_best` needs."""
     cfg = params.tune
     checkpoint = best_checkpoint(result, cfg.metric, cfg.mode)
@@ -43,7 +46,7 @@ def write_best(result, row: pd.Series, params: Params, out: Path) -> dict:
     return trial
 
 
-def tune(params: Params, project_dir: Path) -> dict:
+def tune(params: StageParams, project_dir: Path) -> dict:
     paths, cfg = params.base.paths, params.tune
     storage = project_dir / ".ray" / "results"
     # 1. The search (an interrupted one of the same inputs resumes). Failed trials are rows of the table; only a
@@ -83,7 +86,7 @@ def tune(params: Params, project_dir: Path) -> dict:
 
 def main() -> None:
     setup_logging()
-    params = load_params(stage="tune")
+    params = load_params(stage="tune", schema=TUNE)
     go_offline()  # trials build every model from align's saved weights: no hub access
     seed_everything(params.base.seed)
     try:

@@ -23,12 +23,13 @@ from typing import Any
 
 import pandas as pd
 
-from multimodal.config import Validate, load_params
-from multimodal.io import atomic_dir, write_json
-from multimodal.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
-from multimodal.profile import missing_sections
-from multimodal.runtime import go_offline, setup_logging
-from multimodal.validation import (
+from multimodal.data.params import VALIDATE, Validate
+from multimodal.pipeline.params import load_params
+from multimodal.storage.io import atomic_dir, write_json
+from multimodal.data.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
+from multimodal.data.profile import missing_sections
+from multimodal.pipeline.runtime import go_offline, setup_logging
+from multimodal.data.validation import (
     ValidationResult,
     check_counts,
     describe_failures,
@@ -131,13 +132,13 @@ def validate_into(raw: Path, target: Path, options: Validate) -> tuple[Validatio
 def main(params_path: str | Path = "params.yaml") -> None:
     go_offline()
     setup_logging()
-    params = load_params(params_path, stage="validate")
+    params = load_params(params_path, stage="validate", schema=VALIDATE)
     paths = params.base.paths
     metrics_path = paths.metrics / "validate.json"
     try:
-        result, quarantined = validate_into(paths.raw, paths.validated, params.validate_)
+        result, quarantined = validate_into(paths.raw, paths.validated, params.validate)
     except BaseException:  # a failure, or a crash: no earlier output may vouch for this dataset
-        _drop_stale([paths.validated, params.validate_.docs_dir], metrics_path)
+        _drop_stale([paths.validated, params.validate.docs_dir], metrics_path)
         raise
     write_json(metrics_path, metrics(result, quarantined))
     log.info("validated %d rows into %s (%d quarantined)", len(result.profile), paths.validated, quarantined)

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from multimodal.evaluate import fair_report
-from multimodal.io import write_json
+from multimodal.evaluation.evaluate import fair_report
+from multimodal.storage.io import write_json
 from stages.validate import validate_into
 from tests.unit.conftest import params_section
 from tests.unit.hostile import HOSTILE
-from tests.unit.test_validation import OVERRIDES, row, write_dataset, write_png, write_wav
+from tests.unit.data.test_validation import OVERRIDES, row, write_dataset, write_png, write_wav
 
 LABELS = ["cat", HOSTILE]
 

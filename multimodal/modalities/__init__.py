@@ -3,7 +3,9 @@ modules a params section names with `module:` (a modality brought by the user, i
 
 Adding a modality (video, tabular, ...) means one new module here plus its params sections (`modalities.<name>`,
 `validate.modalities.<name>`, and `tune.fixed.augment.<name>` / `input_norm.<name>` if it has those); nothing
-outside the module names it. README, "Add a modality".
+outside the module names it. README, "Add a modality". Beside the modality modules: `spec` and `params` (the
+params types that need this registry), `checks` and `transforms` (what a module's checks and augmentation are
+built from), `checkpoints` (what a `pretrained` name may be).
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails
 
-from multimodal.checkpoints import checkpoint_problem, revision_problem
-from multimodal.config import MODALITY_KEYS, ModalitySpec, did_you_mean, params_error
+from multimodal.modalities.checkpoints import checkpoint_problem, revision_problem
+from multimodal.modalities.spec import MODALITY_KEYS, ModalitySpec
+from multimodal.pipeline.params import did_you_mean, keys_at, params_error
 from multimodal.modalities.base import InputNorm, Modality, PooledEncoder, load_pretrained
+
+# The packages this one may import (tests/unit/test_architecture.py enforces it).
+MAY_IMPORT = ("pipeline", "storage")
 
 _BUILT_IN: dict[str, Modality] = {}
 _PLUGINS: dict[str, Modality] = {}
@@ -136,8 +142,14 @@ def keyed_sections(value: Any, model_of: str) -> tuple[dict[str, BaseModel], lis
         try:
             out[name] = model.model_validate(section)
         except ValidationError as err:
-            errors += [InitErrorDetails(type=e["type"], loc=(name, *e["loc"]), input=e["input"],
-                                        **({"ctx": e["ctx"]} if "ctx" in e else {})) for e in err.errors()]
+            for e in err.errors():
+                if e["type"] == "extra_forbidden":  # a typo: name the closest key of the modality's own model
+                    valid = keys_at(model, e["loc"][:-1])
+                    message = f"unknown key{did_you_mean(str(e['loc'][-1]), valid)}"
+                    errors.append(params_error((name, *e["loc"]), message, e["input"]))
+                    continue
+                errors.append(InitErrorDetails(type=e["type"], loc=(name, *e["loc"]), input=e["input"],
+                                               **({"ctx": e["ctx"]} if "ctx" in e else {})))
     return out, errors
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from multimodal.codecs import Stored
-from multimodal.checkpoints import HUB_PREFIX, checkpoint_problem, is_hub, local_path, revision_problem
-from multimodal.config import ModalitySpec
+from multimodal.storage.codecs import Stored
+from multimodal.modalities.checkpoints import HUB_PREFIX, checkpoint_problem, is_hub, local_path, revision_problem
+from multimodal.modalities.spec import ModalitySpec
 
 
 def load_pretrained(loader: Any, name: str, revision: str | None, *, weights: bool) -> Any:
@@ -42,7 +42,7 @@ class Modality:
       is decoded; raises when the cell does not decode. Returns exactly the keys of `profile_fields`.
     - `profile_fields`: {field: pandas dtype}; the profile table holds them as `<name>_<field>`.
     - `checks`: the pydantic model of params `validate.modalities.<name>`; `row_checks(ex, checks)`: its GX row
-      checks (`multimodal.checks`) over those profile columns, `ex` being `great_expectations.expectations`.
+      checks (`multimodal.modalities.checks`) over those profile columns, `ex` being `great_expectations.expectations`.
 
     Preprocess and model:
     - `build_processor(spec)`: the Hugging Face processor (image processor, feature extractor, tokenizer).
@@ -63,12 +63,12 @@ class Modality:
       `augment_knobs` (a pydantic model).
     - `normalizations`: optional named input normalisations (`tune.fixed.input_norm`), applied by the encoder
       wrapper at train, validation and prediction time alike; `none` is always there.
-    - `baseline_features(tensors, fit_rows, cfg)`: optional classical features for `multimodal.baseline`
+    - `baseline_features(tensors, fit_rows, cfg)`: optional classical features for `multimodal.evaluation.baseline`
       (default: chosen by the processor's output key there). `tensors[key]` holds every row of every split but is
-      read on demand (`multimodal.columns.LazyColumn`): `column[rows]` reads those rows (`column[:]` all of them),
+      read on demand (`multimodal.storage.columns.LazyColumn`): `column[rows]` reads those rows (`column[:]` all of them),
       so a module can bound its memory by working a chunk of rows at a time.
     - `corruptions`: optional {kind: corrupt(inputs, level, generator)} for evaluate's noise robustness curves
-      (`multimodal.robustness`; the levels are params `evaluate.corruptions.<name>.<kind>`, level 0 = unchanged).
+      (`multimodal.evaluation.robustness`; the levels are params `evaluate.corruptions.<name>.<kind>`, level 0 = unchanged).
     """
 
     name: str

@@ -15,11 +15,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from transformers import AutoImageProcessor, AutoModel, ViTImageProcessorPil
 
-from multimodal.augment import gaussian_noise, random_affine, random_cutout
-from multimodal.codecs import Stored, compact_pixels
-from multimodal.checks import Check, between, one_of
-from multimodal.config import ModalitySpec
-from multimodal.manifest import resolve_inside
+from multimodal.modalities.transforms import gaussian_noise, random_affine, random_cutout
+from multimodal.storage.codecs import Stored, compact_pixels
+from multimodal.modalities.checks import Check, between, one_of
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.storage.paths import resolve_inside
 from multimodal.modalities.base import Modality, config_built, load_pretrained, standardize
 
 
@@ -127,7 +127,7 @@ def per_image(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**inputs, "pixel_values": standardize(inputs["pixel_values"], (1, 2, 3))}
 
 
-# --- test-time corruptions: evaluate's noise robustness curves (multimodal.robustness) --------------------------
+# --- test-time corruptions: evaluate's noise robustness curves (multimodal.evaluation.robustness) --------------------------
 # Each takes the processor outputs of a batch, a level (0: the inputs unchanged; larger: stronger) and a seeded
 # generator. With the same generator state a larger level corrupts more of the same draw, so a curve is smooth.
 

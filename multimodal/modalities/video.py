@@ -23,12 +23,13 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedConfig, VideoMAEImageProcessorPil
 from transformers.modeling_outputs import BaseModelOutput
 
-from multimodal.augment import gaussian_noise, random_affine, random_cutout
-from multimodal.checks import Check, between
-from multimodal.codecs import Stored, compact_pixels
-from multimodal.config import ModalitySpec, Strict
-from multimodal.dataset import in_row_chunks
-from multimodal.manifest import resolve_inside
+from multimodal.modalities.transforms import gaussian_noise, random_affine, random_cutout
+from multimodal.modalities.checks import Check, between
+from multimodal.storage.codecs import Stored, compact_pixels
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.pipeline.params import Strict
+from multimodal.storage.dataset import in_row_chunks
+from multimodal.storage.paths import resolve_inside
 from multimodal.modalities.base import Modality, PooledEncoder, config_built, load_pretrained
 
 OPTIONS = ("image_size", "num_frames", "encoder")

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flows.workspace import project_env
-from multimodal.ray_cluster import ray_env
+from multimodal.pipeline.ray_cluster import ray_env
 
 
 def free_port() -> int:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from multimodal.data_docs import external_in_site
-from multimodal.offline_html import external_references
+from multimodal.data.data_docs import external_in_site
+from multimodal.pipeline.offline_html import external_references
 from flows.workspace import run
 
 pytestmark = pytest.mark.integration

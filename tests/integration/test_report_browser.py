@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multimodal.report import build_report
+from multimodal.reporting.report import build_report
 from tests.browser import CHROMIUM, render
 from tests.report_run import build_run
-from tests.unit.test_report import inputs
+from tests.unit.reporting.test_report import inputs
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium for a headless browser")]

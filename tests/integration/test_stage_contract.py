@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from multimodal.config import load_params
-from multimodal.stage_deps import check, import_closure, suggested_deps
-from multimodal.stage_params import UndeclaredParam, read_stages
+from multimodal.pipeline.params import load_params
+from stages.evaluate import PARAMS as EVALUATE
+from stages.preprocess import PARAMS as PREPROCESS
+from multimodal.pipeline.stage_deps import check, import_closure, suggested_deps
+from multimodal.pipeline.stage_params import UndeclaredParam, read_stages
 from flows.workspace import REPO, copy_project, run
 
 pytestmark = pytest.mark.integration
@@ -23,7 +25,7 @@ def test_every_stage_declares_exactly_the_code_it_imports() -> None:
     problems = check(REPO)
     fixes = {stage: suggested_deps(REPO, stage) for stage in problems}
     assert not problems, f"dvc.yaml code deps differ from the imports: {problems}\n" \
-                         f"run `python -m multimodal.stage_deps --write`, or set deps to: {fixes}"
+                         f"run `python -m multimodal.pipeline.stage_deps --write`, or set deps to: {fixes}"
 
 
 def test_import_closure_follows_lazy_and_relative_imports(tmp_path: Path) -> None:
@@ -40,11 +42,11 @@ def test_import_closure_follows_lazy_and_relative_imports(tmp_path: Path) -> Non
 
 
 def test_a_stage_reads_only_the_params_it_declares() -> None:
-    evaluate = load_params(REPO / "params.yaml", stage="evaluate")
+    evaluate = load_params(REPO / "params.yaml", stage="evaluate", schema=EVALUATE)
     assert evaluate.evaluate.batch_size >= 1 and evaluate.base.paths.models  # declared; paths always readable
     with pytest.raises(UndeclaredParam, match=r"stage 'evaluate' reads params key 'tune'.*dvc.yaml"):
         evaluate.tune
-    image = load_params(REPO / "params.yaml", stage="preprocess@image")
+    image = load_params(REPO / "params.yaml", stage="preprocess@image", schema=PREPROCESS)
     assert image.modalities["image"].options  # its own modality section
     with pytest.raises(UndeclaredParam, match="'modalities.audio'"):
         image.modalities["audio"]
@@ -92,12 +94,12 @@ def _importers(module_file: str) -> set[str]:
 
 
 @pytest.mark.parametrize(("module_file", "must_include", "must_exclude"), [
-    ("multimodal/evaluate.py", {"evaluate"}, {"tune", "align", "ingest"}),
-    ("multimodal/train.py", {"tune", "evaluate"}, {"ingest", "validate"}),
-    ("multimodal/speech.py", {"demo"}, {"ingest", "validate", "tune"}),
-    # Params validation asks each modality module for its keys, so every stage that loads params imports them.
+    ("multimodal/evaluation/evaluate.py", {"evaluate"}, {"tune", "align", "ingest"}),
+    ("multimodal/training/train.py", {"tune", "evaluate"}, {"ingest", "validate"}),
+    ("multimodal/demo/speech.py", {"demo"}, {"ingest", "validate", "tune"}),
+    # StageParams validation asks each modality module for its keys, so every stage that loads params imports them.
     ("multimodal/modalities/audio.py", {"preprocess@audio", "align", "validate"}, set()),
-    ("multimodal/config.py", {"ingest", "validate", "align", "tune", "evaluate"}, set()),
+    ("multimodal/pipeline/config_all.py", {"ingest", "validate", "align", "tune", "evaluate"}, set()),
 ])
 def test_editing_a_module_marks_exactly_the_stages_that_import_it(committed: Path, module_file: str,
                                                                     must_include: set[str],
@@ -123,7 +125,7 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(committed: Pat
     (("evaluate", "batch_size"), 100, {"evaluate", "report"}),
     (("tune", "num_samples"), 3, {"tune", "report"}),
     (("base", "device"), "cpu", {"align", "tune", "evaluate"}),
-    # evaluate too: it rebuilds a frozen encoder from its section to encode corrupted inputs (multimodal.robustness).
+    # evaluate too: it rebuilds a frozen encoder from its section to encode corrupted inputs (multimodal.evaluation.robustness).
     (("modalities", "audio", "num_mel_bins"), 32, {"preprocess@audio", "align", "evaluate", "report"}),
     (("report", "max_rows"), 10, {"report"}),
 ])

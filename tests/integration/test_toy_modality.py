@@ -21,7 +21,7 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutput
 
-from multimodal.checks import Check, one_of
+from multimodal.modalities.checks import Check, one_of
 from multimodal.modalities.base import Modality
 from flows.workspace import copy_project, run
 

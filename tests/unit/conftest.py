@@ -16,12 +16,14 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from multimodal.config import ModalitySpec, Params, load_params
-from multimodal.dataset import SplitData
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.pipeline.params import load_keys
+from multimodal.pipeline.stage_params import Section
+from multimodal.storage.dataset import SplitData
 
 if TYPE_CHECKING:
-    from multimodal.align import AlignConfig
-    from multimodal.train import TrainConfig
+    from multimodal.training.align import AlignConfig
+    from multimodal.training.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 # The knobs params.yaml searches (tune.space) have no single value there: tests train tiny synthetic tasks with these.
@@ -29,17 +31,17 @@ SAMPLED = {"lr": 1e-2, "fusion": "concat", "dropout": 0.0}
 
 
 @functools.cache
-def repo_params() -> Params:
-    """The repository's params.yaml, validated."""
-    return load_params(REPO / "params.yaml")
+def repo_params() -> Section:
+    """The repository's params.yaml, every section validated (`stages.check_params`)."""
+    from stages.check_params import ALL
+
+    return load_keys(REPO / "params.yaml", ALL)
 
 
 def params_section(name: str, **overrides: Any) -> BaseModel:
     """Section `name` of the repo's params (e.g. `validate`, `tune`) with `overrides` (dicts merged into the
     section's dicts, e.g. `modalities={"text": {"max_chars": 50}}`), validated again."""
-    params = repo_params()
-    field = next(n for n, f in Params.model_fields.items() if name in (n, f.alias))
-    section = getattr(params, field)
+    section = getattr(repo_params(), name)
     return type(section).model_validate(merged(section.model_dump(), overrides))
 
 
@@ -53,21 +55,21 @@ def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def train_config(**overrides: Any) -> TrainConfig:
     """The TrainConfig a tune trial builds from the repo's params (with `SAMPLED`), then `overrides`."""
-    from multimodal.tune import trial_train_config
+    from multimodal.tuning.trial import trial_train_config
 
     return replace(trial_train_config(repo_params(), SAMPLED), **overrides)
 
 
 def align_config(**overrides: Any) -> AlignConfig:
     """The AlignConfig of the repo's params, then `overrides`."""
-    from multimodal.align import AlignConfig
+    from multimodal.training.align import AlignConfig
 
     return replace(AlignConfig.from_params(repo_params()), **overrides)
 
 
 def knobs(fusion: str) -> dict[str, Any]:
     """The architecture knobs of `fusion` as the repo's params set them (for `ModelSpec.fusion_knobs`)."""
-    from multimodal.fusion import fusion_knobs
+    from multimodal.models.fusion import fusion_knobs
 
     return fusion_knobs(fusion, asdict(train_config()))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from pathlib import Path
 
-from multimodal.offline_html import external_references
+from multimodal.pipeline.offline_html import external_references
 
 # A script, a markdown image and raw HTML with an event handler, all pointing at a host that must never be asked.
 HOSTILE = ('<script>alert(1)</script>![x](http://evil.example/p.png)'

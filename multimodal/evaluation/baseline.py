@@ -1,0 +1,279 @@
+"""The classical baseline every run is measured against: standard features + scikit-learn logistic regression.
+
+Features come from the preprocessed shards, chosen by the processor's output key (not by modality name), so a
+modality brought by a user gets a baseline as soon as its processor emits a key listed in `FEATURES`. One model per
+modality (fitted and scored on the rows that have it) and one early-fused model (every modality's features side by
+side, zeros where a modality is missing plus one missing-indicator column each). Each is fitted on train, its
+regularisation `C` chosen on val; test predictions and class probabilities are written for `evaluate`, which
+scores them beside the deep models on the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.fft import dct
+from scipy.sparse import csr_matrix
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from multimodal.evaluation.params import Baseline
+from multimodal.storage.columns import absent_like, concat_rows
+from multimodal.storage.dataset import Column, SplitData, in_row_chunks
+from multimodal.modalities import get_modality
+from multimodal.evaluation.scoring import ABSTAIN
+
+logger = logging.getLogger(__name__)
+
+EARLY_FUSION = "early_fusion"
+PREDICTIONS = "test_predictions.csv"  # under base.paths.baseline
+PROBABILITIES = "test_probabilities.csv"  # beside it: one row per (model, test row it sees)
+PREFIX = "baseline_"  # evaluate's name for a baseline model: baseline_early_fusion, baseline_<modality>
+
+# A feature function: (the modality's tensors on every row, rows it may fit statistics on, params) -> (N, d). The
+# tensors may be lazy columns (`multimodal.storage.columns`): read them in chunks of rows (`dataset.in_row_chunks`).
+FeatureFn = Callable[[Mapping[str, Column], np.ndarray, Baseline], np.ndarray]
+
+
+def pixel_features(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+    """Pixels of `pixel_values` (N, C, H, W), average-pooled to at most `image_size` a side, flattened."""
+
+    def pooled(chunk: dict[str, torch.Tensor]) -> np.ndarray:
+        pixels = chunk["pixel_values"].float()
+        if max(pixels.shape[-2:]) > cfg.image_size:
+            pixels = torch.nn.functional.adaptive_avg_pool2d(pixels, cfg.image_size)
+        return pixels.flatten(1).numpy().astype(np.float64)
+
+    return in_row_chunks(tensors, pooled)
+
+
+def mfcc_statistics(log_mel: np.ndarray, n_mfcc: int) -> np.ndarray:
+    """MFCCs (DCT-II of each frame's log-mel), then their mean and standard deviation over frames."""
+    mfcc = dct(log_mel.astype(np.float64), type=2, norm="ortho", axis=-1)[..., :n_mfcc]
+    return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)], axis=1)
+
+
+def log_mel_features(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+    """MFCC mean/std of a frames-by-mel spectrogram (`input_values` of ASTFeatureExtractor: (N, frames, mel))."""
+    return in_row_chunks(tensors, lambda chunk: mfcc_statistics(chunk["input_values"].numpy(), cfg.n_mfcc))
+
+
+def mel_by_frame_features(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+    """The same for mel-by-frames spectrograms (`input_features` of Whisper-style extractors: (N, mel, frames))."""
+    return in_row_chunks(tensors, lambda chunk: mfcc_statistics(chunk["input_features"].numpy().transpose(0, 2, 1),
+                                                                 cfg.n_mfcc))
+
+
+def token_tfidf(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
+    """TF-IDF of the tokenizer's ids (`input_ids`, padding left out by `attention_mask`).
+
+    Vocabulary (the `max_tokens` ids in most train documents) and IDF weights are fitted on `fit_rows` only.
+    The ids are read whole: (N, max_length) integers, small beside pixels.
+    """
+    ids = tensors["input_ids"][:].numpy()
+    mask = tensors.get("attention_mask")
+    attended = mask[:].numpy().astype(bool) if mask is not None else np.ones_like(ids, bool)
+    rows, cols = np.nonzero(attended)
+    tokens = ids[rows, cols]
+    in_fit = fit_rows[rows]
+    # Document frequency on the fit rows: each (row, token) pair counted once.
+    seen = np.unique(np.stack([rows[in_fit], tokens[in_fit]]), axis=1)
+    vocab, df = np.unique(seen[1], return_counts=True)
+    vocab = np.sort(vocab[np.argsort(-df, kind="stable")[: cfg.max_tokens]])
+    keep = np.isin(tokens, vocab)
+    counts = csr_matrix((np.ones(keep.sum()), (rows[keep], np.searchsorted(vocab, tokens[keep]))),
+                        shape=(len(ids), len(vocab)))  # duplicates are summed: term counts
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(counts[fit_rows])
+    return tfidf.transform(counts).toarray()
+
+
+# Processor output key -> features, for modalities that bring none of their own; the first key its shards hold decides.
+FEATURES: dict[str, FeatureFn] = {
+    "pixel_values": pixel_features,
+    "input_values": log_mel_features,
+    "input_features": mel_by_frame_features,
+    "input_ids": token_tfidf,
+}
+
+
+def modality_features(name: str, tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray,
+                      cfg: Baseline) -> np.ndarray | None:
+    """Features of one modality on every row: its module's own (`Modality.baseline_features`), else the first
+    `FEATURES` key its shards hold; None (logged) when neither fits."""
+    own = get_modality(name).baseline_features
+    if own is not None:
+        return own(tensors, fit_rows, cfg)
+    for key, fn in FEATURES.items():
+        # `input_values` of waveform models (wav2vec2) are raw samples (N, samples), not a spectrogram.
+        if key in tensors and (key != "input_values" or len(tensors[key].shape) == 3):
+            return fn(tensors, fit_rows, cfg)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    logger.warning("baseline: no classical features for modality '%s' (tensors %s; known keys %s): left out",
+                   name, shapes, list(FEATURES))
+    return None
+
+
+def joined(splits: Mapping[str, SplitData]) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """The splits stacked row-wise: (split name per row, labels, tensors per modality, presence per modality)."""
+    parts = list(splits.values())
+    which = np.concatenate([np.full(len(d), s) for s, d in splits.items()])
+    labels = torch.cat([d.labels for d in parts]).numpy()
+    tensors = {}
+    for m in parts[0].modalities:
+        # A split without a single row of `m` has no tensors of it at all: zeros of the shape the others have.
+        like = next((d.inputs[m] for d in parts if d.inputs[m]), {})
+        # Lazy columns stay lazy: feature functions read them a chunk of rows at a time.
+        tensors[m] = {k: concat_rows([d.inputs[m].get(k, absent_like(v, len(d))) for d in parts])
+                      for k, v in like.items()}
+    masks = {m: torch.cat([d.masks[m] for d in parts]).numpy() for m in parts[0].modalities}
+    return which, labels, tensors, masks
+
+
+def designs(features: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> dict[str, tuple]:
+    """(design matrix, rows it covers) of each model: one per modality, then the early-fused one."""
+    out = {m: (x, masks[m]) for m, x in features.items()}
+    if len(features) > 1:
+        blocks = [np.where(masks[m][:, None], x, 0.0) for m, x in features.items()]
+        missing = np.stack([~masks[m] for m in features], axis=1).astype(np.float64)
+        rows = np.stack([masks[m] for m in features]).any(0)
+        out[EARLY_FUSION] = (np.hstack([*blocks, missing]), rows)
+    return out
+
+
+def fit_selected(x_train, y_train, x_val, y_val, cfg: Baseline, seed: int) -> tuple[Pipeline, float, float]:
+    """StandardScaler + LogisticRegression fitted on train for each `C` of `cfg.c_grid`; the best on val wins.
+
+    Ties go to the smaller C (the grid is tried in increasing order): the simpler model.
+    """
+    best = None
+    for c in sorted(cfg.c_grid):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=cfg.max_iter, random_state=seed))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(x_train, y_train)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            logger.info("baseline: C=%g stopped at baseline.max_iter=%d before converging", c, cfg.max_iter)
+        accuracy = float((model.predict(x_val) == y_val).mean()) if len(y_val) else float("nan")
+        if best is None or accuracy > best[2]:
+            best = (model, c, accuracy)
+    return best
+
+
+def fit_baselines(splits: Mapping[str, SplitData], cfg: Baseline, seed: int,
+                  n_classes: int) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Metrics per model, its test predictions (a class per test row, ABSTAIN where it has no input) and its
+    test class probabilities ((rows, n_classes), NaN rows where it has no input)."""
+    which, y, tensors, masks = joined(splits)
+    features = {}
+    for modality in tensors:
+        x = modality_features(modality, tensors[modality], (which == "train") & masks[modality], cfg)
+        if x is not None:
+            features[modality] = x
+    metrics, predictions, probabilities = {}, {}, {}
+    # One BLAS thread: on these small problems threads only add contention (200x slower on a busy 2-core
+    # machine), and single-threaded reductions make the fitted weights bit-reproducible.
+    with threadpool_limits(limits=1):
+        for name, (x, rows) in designs(features, masks).items():
+            fitted = _fit_one(name, x, rows, which, y, cfg, seed, n_classes)
+            if fitted:
+                metrics[name], predictions[name], probabilities[name] = fitted
+    return metrics, predictions, probabilities
+
+
+def _fit_one(name: str, x: np.ndarray, rows: np.ndarray, which: np.ndarray, y: np.ndarray, cfg: Baseline,
+             seed: int, n_classes: int) -> tuple[dict, np.ndarray, np.ndarray] | None:
+    """One model on `rows`: fitted on train, C chosen on val; its metrics, test predictions and probabilities."""
+    test = which == "test"
+    train, val = rows & (which == "train"), rows & (which == "val")
+    if len(np.unique(y[train])) < 2:
+        logger.warning("baseline '%s': fewer than two classes among its %d train rows; left out", name, train.sum())
+        return None
+    model, c, val_accuracy = fit_selected(x[train], y[train], x[val], y[val], cfg, seed)
+    pred = np.full(test.sum(), ABSTAIN, dtype=np.int64)
+    proba = np.full((test.sum(), n_classes), np.nan)
+    seen = rows[test]
+    if seen.any():
+        pred[seen] = model.predict(x[test][seen])
+        proba[seen] = 0.0  # a class without a train row of this model: probability 0
+        proba[np.ix_(np.flatnonzero(seen), model.classes_)] = model.predict_proba(x[test][seen])
+    metrics = {"C": c, "val_accuracy": val_accuracy, "n_val": int(val.sum()), "features": x.shape[1],
+               "test_accuracy": float((pred[seen] == y[test][seen]).mean()) if seen.any() else None,
+               "n_test": int(seen.sum())}
+    logger.info("baseline %s: %s", name, metrics)
+    return metrics, pred, proba
+
+
+def write_predictions(path: Path, sample_ids: list[str], y: np.ndarray, predictions: Mapping[str, np.ndarray],
+                      labels: list[str]) -> None:
+    """CSV: sample_id, label, then one column per model holding the predicted label ("" where it abstains)."""
+    frame = pd.DataFrame({"sample_id": sample_ids, "label": [labels[i] for i in y]})
+    for name, pred in predictions.items():
+        frame[name] = ["" if p == ABSTAIN else labels[p] for p in pred]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
+def write_probabilities(path: Path, sample_ids: list[str], probabilities: Mapping[str, np.ndarray],
+                        labels: list[str]) -> None:
+    """CSV: model, sample_id, then one column per class label holding its probability; a row per model and test
+    row it sees (floats written exactly: `read_probabilities` gives the same numbers back)."""
+    clash = {"model", "sample_id"} & set(labels)
+    if clash:
+        raise ValueError(f"{path}: class label(s) {sorted(clash)} collide with the file's own columns")
+    frames = []
+    for name, proba in probabilities.items():
+        seen = ~np.isnan(proba).any(axis=1)
+        frame = pd.DataFrame(proba[seen], columns=labels)
+        frame.insert(0, "sample_id", np.asarray(sample_ids, dtype=object)[seen])
+        frame.insert(0, "model", name)
+        frames.append(frame)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames, ignore_index=True).to_csv(path, index=False)
+
+
+def read_probabilities(path: Path, sample_ids: list[str], labels: list[str]) -> dict[str, np.ndarray]:
+    """`write_probabilities`' file as `{baseline_<model>: (rows of sample_ids, classes)}`, NaN rows where a model
+    has no input; an error names a missing file or class column."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing (written by an older `baseline`): re-run `dvc repro baseline`")
+    frame = pd.read_csv(path, dtype={"model": str, "sample_id": str})
+    missing = [label for label in labels if label not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} has no probability column for class(es) {missing[:5]}: re-run `dvc repro baseline`")
+    position = {sid: i for i, sid in enumerate(sample_ids)}
+    out = {}
+    for name, rows in frame.groupby("model", sort=False):
+        proba = np.full((len(sample_ids), len(labels)), np.nan)
+        at = rows["sample_id"].map(position)
+        known = at.notna().to_numpy()
+        proba[at[known].astype(int).to_numpy()] = rows.loc[known, labels].to_numpy(dtype=np.float64)
+        out[PREFIX + name] = proba
+    return out
+
+
+def read_predictions(path: Path, sample_ids: list[str], labels: list[str]) -> dict[str, np.ndarray]:
+    """`write_predictions`' file as `{baseline_<model>: class per row of sample_ids}`, or an error naming rows."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("sample_id")
+    missing = [s for s in sample_ids if s not in frame.index]
+    if missing:
+        raise ValueError(f"{path} lacks test sample(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}: "
+                         "it predates the current split; re-run `dvc repro baseline`")
+    index = {name: i for i, name in enumerate(labels)}
+    frame = frame.loc[sample_ids]
+    out = {}
+    for column in frame.columns.drop("label"):
+        unknown = sorted(set(frame[column]) - set(index) - {""})
+        if unknown:
+            raise ValueError(f"{path}: column '{column}' predicts unknown label(s) {unknown[:5]}")
+        out[PREFIX + column] = np.array([index.get(v, ABSTAIN) for v in frame[column]], dtype=np.int64)
+    return out

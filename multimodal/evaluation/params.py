@@ -1,0 +1,45 @@
+"""The `baseline` and `evaluate` params sections."""
+
+from __future__ import annotations
+
+from pydantic import Field, PositiveFloat, field_validator
+
+from multimodal.pipeline.params import Strict
+
+
+class Baseline(Strict):
+    """The classical baseline (multimodal.evaluation.baseline): logistic regression on standard features per modality."""
+
+    c_grid: list[PositiveFloat] = Field(min_length=1)  # LogisticRegression C values; val picks one per model
+    max_iter: int = Field(ge=1)
+    image_size: int = Field(ge=1)  # pixel_values average-pooled to at most this side
+    n_mfcc: int = Field(ge=1)  # MFCCs of the log-mel, as mean and std over frames
+    max_tokens: int = Field(ge=1)  # TF-IDF vocabulary: the token ids in most train texts
+
+
+class Efficiency(Strict):
+    """Latency, throughput and peak memory of the saved models (multimodal.evaluation.efficiency): a report, not a metric."""
+
+    batch_sizes: list[int] = Field(min_length=1)
+    warmup: int = Field(ge=0)  # untimed forward passes before the timed ones
+    repeats: int = Field(ge=1)  # timed forward passes per batch size; the median counts
+
+
+class Evaluate(Strict):
+    batch_size: int = Field(ge=1)
+    bootstrap: int = Field(ge=100)  # resamples behind every 95% interval (seeded from base.seed)
+    calibration_bins: int = Field(ge=1)  # equal-width confidence bins of the ECE and the reliability diagram
+    # Noise robustness curves: {modality: {kind: levels}}, a kind being a function of the modality module's
+    # CORRUPTIONS; every list starts at 0, the clean input.
+    corruptions: dict[str, dict[str, list[float]]]
+    efficiency: Efficiency
+
+    @field_validator("corruptions")
+    @classmethod
+    def _levels_from_clean(cls, corruptions: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
+        problems = [f"evaluate.corruptions.{m}.{kind}: {levels} must start at 0 (the clean input) and increase"
+                    for m, kinds in corruptions.items() for kind, levels in kinds.items()
+                    if not levels or levels[0] != 0 or any(b <= a for a, b in zip(levels, levels[1:]))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return corruptions

@@ -1,0 +1,90 @@
+"""What a saved model needs beside its weights to read raw manifest cells, so `predict` runs on new data.
+
+A model reads some modalities as features `align` cached (`align.freeze`, or every one for the `frozen`
+strategy): its own weights hold no encoder for them, and new data has no cached features. So a folder that holds
+encoders behind cached features (`data/aligned`, and every model folder `tune` writes) also holds:
+
+- `inputs.json`: `processing` (each modality's params section, `modalities.<m>`: the processor and decoder
+  settings preprocess used) and `encoders` (for each modality read as features, the HF config and input
+  normalisation of the encoder that computed them);
+- `encoders/<m>.safetensors`: that encoder's weights (one file per modality: a frozen pretrained encoder's file is
+  the same bytes in every run, so DVC stores it once).
+
+`load_for_raw_inputs` puts those encoders back where the model has cached-feature inputs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.storage.io import read_json, write_json
+from multimodal.models.model import ModelSpec, MultimodalModel, build_encoder_from_entry, encoder_entry, load_model
+from multimodal.models.model import state_dict_for_saving
+from multimodal.modalities import PooledEncoder, input_norm_of, set_input_norm
+
+INPUTS = "inputs.json"
+ENCODERS = "encoders"
+
+
+def save_inputs(out_dir: Path, encoders: dict[str, PooledEncoder], processing: dict[str, ModalitySpec]) -> None:
+    """`inputs.json` + `encoders/<m>.safetensors` of `encoders` (those whose outputs were cached as features)."""
+    (out_dir / ENCODERS).mkdir(parents=True, exist_ok=True)
+    for modality, encoder in encoders.items():
+        save_file(state_dict_for_saving(encoder), str(out_dir / ENCODERS / f"{modality}.safetensors"))
+    entries = {m: {**encoder_entry(e), "input_norm": input_norm_of(e)} for m, e in encoders.items()}
+    write_json(out_dir / INPUTS, {"processing": {m: s.model_dump() for m, s in processing.items()},
+                                  "encoders": entries})
+
+
+def read_inputs(folder: Path) -> dict[str, Any]:
+    path = folder / INPUTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {folder} was written before models carried their input "
+                                "settings; re-run `dvc repro` (align and tune write it)")
+    return read_json(path)
+
+
+def bundle_inputs(aligned_dir: Path, model_dir: Path) -> None:
+    """Give the model saved in `model_dir` the inputs it needs from `align`'s folder: processing of its
+    modalities, and the encoders of those it reads as cached features."""
+    spec = ModelSpec(**read_json(model_dir / "model.json"))
+    aligned = read_inputs(aligned_dir)
+    missing = [m for m in spec.feature_modalities if m not in aligned["encoders"]]
+    if missing:
+        raise ValueError(f"{aligned_dir / INPUTS} holds no encoder of {missing}, which {model_dir} reads as cached "
+                         "features; re-run `align`")
+    for modality in spec.feature_modalities:
+        name = f"{modality}.safetensors"
+        (model_dir / ENCODERS).mkdir(exist_ok=True)
+        shutil.copyfile(aligned_dir / ENCODERS / name, model_dir / ENCODERS / name)
+    write_json(model_dir / INPUTS, {"processing": {m: aligned["processing"][m] for m in spec.modalities},
+                                    "encoders": {m: aligned["encoders"][m] for m in spec.feature_modalities}})
+
+
+def load_for_raw_inputs(model_dir: str | Path, device: torch.device | str = "cpu"
+                        ) -> tuple[MultimodalModel, ModelSpec, dict[str, ModalitySpec]]:
+    """The saved model with an encoder for every modality (none reads cached features), its spec, and each
+    modality's processing settings. Only safetensors and JSON are read."""
+    model_dir = Path(model_dir)
+    model, spec = load_model(model_dir, "cpu")
+    inputs = read_inputs(model_dir)
+    for modality in spec.feature_modalities:
+        entry = inputs["encoders"].get(modality)
+        if entry is None:
+            raise ValueError(f"{model_dir / INPUTS} holds no encoder of {modality!r}, which the model reads as "
+                             "cached features; re-run `tune`")
+        encoder = build_encoder_from_entry(modality, {"hf_config": entry["hf_config"]})
+        set_input_norm(encoder, modality, entry["input_norm"])
+        encoder.load_state_dict(load_file(str(model_dir / ENCODERS / f"{modality}.safetensors")))
+        if encoder.out_dim != model.embedder.encoders[modality].out_dim:
+            raise ValueError(f"{model_dir}: the {modality} encoder gives {encoder.out_dim} features, the model reads "
+                             f"{model.embedder.encoders[modality].out_dim}")
+        model.embedder.encoders[modality] = encoder
+    processing = {m: ModalitySpec.model_validate(inputs["processing"][m]) for m in spec.modalities}
+    return model.to(device).eval(), spec, processing

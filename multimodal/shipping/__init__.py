@@ -1,0 +1,5 @@
+"""Using a trained model: predictions on a new manifest.
+"""
+
+# The packages this one may import (tests/unit/test_architecture.py enforces it).
+MAY_IMPORT = ("pipeline", "storage", "modalities", "data", "models", "training")

@@ -1,0 +1,106 @@
+"""evaluate: models scored on the rows they see, best unimodal chosen on validation, the baseline warning."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from multimodal.evaluation.evaluate import deep_predictions, fair_report, warn_if_baseline_wins, with_details
+from multimodal.models.model import ModelSpec, build_model, save_model
+from multimodal.evaluation.scoring import ABSTAIN
+from multimodal.training.train import predict
+from tests.unit.conftest import knobs, synthetic_split
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+A = ABSTAIN
+Y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+PREDS = {
+    "fused": np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 1]),  # wrong on row 9
+    # On test, audio looks best (right on every row it sees); validation prefers image.
+    "unimodal_image": np.array([0, 1, 0, 0, A, 2, 1, 1, 2, A]),  # sees 8 rows, right on 6
+    "unimodal_audio": np.array([A, A, 2, 0, 1, 2, 0, A, A, A]),  # sees 5 rows, right on 5
+}
+VAL = {"image": 0.8, "audio": 0.6}
+
+
+def test_best_unimodal_comes_from_validation_and_is_compared_on_the_rows_both_see():
+    report = fair_report(Y, PREDS, VAL, 500, seed=0)
+    assert report["best_unimodal"] == "image"  # not audio, which test would pick
+    assert report["models"]["unimodal_image"]["n"] == 8
+    assert report["models"]["unimodal_audio"] == {**report["models"]["unimodal_audio"], "accuracy": 1.0, "n": 5}
+    # Rows 0-3, 5-8: fused 8/8, image 6/8.
+    assert report["fused_minus_best_unimodal_n"] == 8
+    assert report["fused_minus_best_unimodal"] == pytest.approx(8 / 8 - 6 / 8)
+    assert report["fused_minus_best_unimodal_ci95_lo"] <= 0.25 <= report["fused_minus_best_unimodal_ci95_hi"]
+    assert report["fused_accuracy"] == pytest.approx(0.9) and report["n_test"] == report["fused_accuracy_n"] == 10
+    # Headline first, scalars only (what `dvc exp show` displays); details nested after.
+    headline = list(report)[: list(report).index("models")]
+    assert headline[0] == "fused_accuracy" and all(not isinstance(report[k], (list, dict)) for k in headline)
+    # Validation the other way round picks the other model.
+    assert fair_report(Y, PREDS, {"image": 0.5, "audio": 0.6}, 500, seed=0)["best_unimodal"] == "audio"
+
+
+def test_report_is_deterministic_for_a_seed():
+    assert fair_report(Y, PREDS, VAL, 300, seed=7) == fair_report(Y, PREDS, VAL, 300, seed=7)
+    assert fair_report(Y, PREDS, VAL, 300, seed=8) != fair_report(Y, PREDS, VAL, 300, seed=7)  # some interval moves
+
+
+@pytest.mark.parametrize("baseline, beats", [(np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]), False),
+                                             (np.array([0, 1, 2, 0, 1, 2, 0, 0, 0, 0]), True)])
+def test_warning_fires_when_the_fused_model_does_not_beat_the_baseline(baseline, beats, caplog):
+    report = fair_report(Y, {**PREDS, "baseline_early_fusion": baseline}, VAL, 300, seed=0)
+    assert report["fused_beats_baseline"] is beats
+    assert report["baseline_accuracy"] == pytest.approx((baseline == Y).mean())
+    with caplog.at_level(logging.WARNING, logger="multimodal.evaluation.evaluate"):
+        warn_if_baseline_wins(report)
+    loud = [r for r in caplog.records if r.levelno == logging.WARNING and "does NOT beat" in r.getMessage()]
+    assert bool(loud) is not beats
+
+
+def test_deep_models_abstain_on_rows_lacking_their_modality(tmp_path):
+    """Saved fused and unimodal models, read from cached features as `evaluate` does: only rows with an input count."""
+    test = synthetic_split(40, missing=0.3, seed=3)
+    aligned, models = tmp_path / "aligned", tmp_path / "models"
+    (aligned / "features").mkdir(parents=True)
+    save_file({m: test.inputs[m]["features"] for m in test.modalities}, str(aligned / "features" / "test.safetensors"),
+              metadata={"sample_ids": json.dumps(test.sample_ids)})
+    spec = ModelSpec(["a", "b"], {"a": {"features": 8}, "b": {"features": 8}}, ["x", "y", "z"], dim=8,
+                     fusion="concat", dropout=0.1, fusion_knobs=knobs("concat"), input_norm={})
+    torch.manual_seed(0)
+    fused = build_model(spec)
+    save_model(fused, spec, models / "best")
+    save_model(build_model(spec.restricted(["a"])), spec.restricted(["a"]), models / "unimodal" / "a")
+    preds, _ = deep_predictions(models, test, 16, torch.device("cpu"), aligned)
+
+    has_a = test.masks["a"].numpy()
+    assert 0 < has_a.sum() < len(test)
+    assert ((preds["unimodal_a"] == ABSTAIN) == ~has_a).all()
+    assert ((preds["fused_only_a"] == ABSTAIN) == ~has_a).all()
+    assert (preds["fused"] != ABSTAIN).all()  # every row has a or b
+    assert "unimodal_b" not in preds  # no saved model: nothing invented
+    # Where it has its input, the ablation is the fused model with `b` masked out.
+    rows = torch.nonzero(test.masks["a"]).flatten()
+    shown_a = test.take(rows)
+    shown_a.masks["b"] = torch.zeros_like(shown_a.masks["b"])
+    expected = predict(fused, shown_a, 16, torch.device("cpu")).argmax(1).numpy()
+    assert np.array_equal(preds["fused_only_a"][has_a], expected)
+
+
+def test_details_add_calibration_and_missing_modality_figures_after_the_headline():
+    report = fair_report(Y, PREDS, VAL, 300, seed=0)
+    calibration = {"fused": {"ece": 0.05}, "unimodal_image": {"ece": 0.2}}
+    missing = [{"removed": "none", "accuracy": 0.9}, {"removed": "audio", "accuracy": 0.6}]
+    out = with_details(report, calibration, missing, {"text": "why"})
+    keys = list(out)
+    assert keys.index("fused_ece") == keys.index("models") - 1  # the last headline key
+    assert out["fused_ece"] == 0.05 and out["models"]["unimodal_image"]["ece"] == 0.2
+    assert "ece" not in out["models"]["unimodal_audio"]  # no probabilities, no ECE
+    assert out["fused_accuracy_without"] == {"audio": 0.6} and out["corruption_skipped"] == {"text": "why"}
+    assert "ece" not in report["models"]["fused"]  # the input is left as it was
+    assert "corruption_skipped" not in with_details(report, calibration, missing, {})

@@ -1,0 +1,111 @@
+"""The offline report from a real validation of a hostile manifest: self-contained, escaped, complete."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multimodal.pipeline.offline_html import external_references
+from multimodal.reporting.report import ReportInputs, build_report, json_tables
+from tests.report_run import LABELS, build_run
+from tests.unit.conftest import REPO, repo_params
+from tests.unit.hostile import HOSTILE, Tags, assert_defused
+
+
+def inputs(files: dict[str, Path], **overrides) -> ReportInputs:
+    options = repo_params().report
+    values = dict(validated=files["validated"], metrics=files["metrics"], plots=files["plots"],
+                  best_config=files["best_config"], params={"base.seed": 42, "tune": {"metric": "val_accuracy"}},
+                  title=options.title, intended_use=options.intended_use, limitations=options.limitations,
+                  max_rows=options.max_rows, dataset="data/demo", selection="val_accuracy", selection_mode="max",
+                  resamples=200)
+    return ReportInputs(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict[str, Path]:
+    return build_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def page(run) -> str:
+    return build_report(inputs(run))
+
+
+def tags(page: str) -> list[tuple[str, dict]]:
+    parser = Tags()
+    parser.feed(page)
+    return parser.tags
+
+
+def test_report_is_one_self_contained_file_without_script(page):
+    assert external_references(page) == []
+    found = tags(page)
+    assert not [t for t, _ in found if t in ("script", "iframe", "object", "embed", "link")]
+    csp = next(a["content"] for t, a in found if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
+    assert "default-src 'none'" in csp and "img-src data:" in csp  # a browser refuses any request besides
+    images = [a["src"] for t, a in found if t == "img"]
+    assert images and all(src.startswith("data:image/") for src in images)
+
+
+def test_manifest_content_is_shown_as_text_never_as_markup(page):
+    text = assert_defused(page, "report")
+    shown = text.count(HOSTILE)
+    # Classes (model card), the quarantined rows' sample id and reasons, the hostile JSON key of a new block.
+    assert shown >= 4, shown
+    assert f"bad-split{HOSTILE}" in text  # the quarantined row's sample id, verbatim
+    assert not [a for t, a in tags(page) if t == "img" and "evil" in a.get("src", "")]  # the <img> stayed text
+
+
+def test_report_has_every_section_with_figures(page):
+    text = assert_defused(page, "report")
+    for title in ("Summary", "Model card", "Intended use", "Compared with", "Limits", "Metrics",
+                  "Confusion matrix", "Validation", "Tuning", "Other results", "Parameters"):
+        assert title in text, title
+    assert repo_params().report.intended_use in text
+    assert "Measured on the test split only" in text and "chance is 50.0%" in text
+    assert "unimodal_audio" in text and "baseline_early_fusion" in text  # compared with, with figures
+    assert "fused minus model" in text and "95% interval" in text
+    pngs = [a["src"] for t, a in tags(page) if t == "img" and a["src"].startswith("data:image/png")]
+    assert len(pngs) >= 3  # accuracies, paired differences, confusion matrix
+
+
+def test_files_no_section_knows_are_rendered_generically(page):
+    text = assert_defused(page, "report")
+    assert "calibration" in text and "ece" in text  # a new evaluate.json block
+    assert "robustness.json" in text and "level" in text  # a new metrics file
+    svg = [a["src"] for t, a in tags(page) if t == "img" and a["src"].startswith("data:image/svg+xml")]
+    assert len(svg) == 1  # an image under plots/, inside <img>: its script never runs
+
+
+def test_json_tables_flatten_nested_blocks():
+    tables = json_tables({"a": 1, "per_class": {"x": {"precision": 0.5, "recall": 1.0}, "y": {"precision": 1}}},
+                         "evaluate", max_rows=1)
+    assert tables[0].columns == ["key", "value"] and tables[0].rows == [["a", 1]]
+    assert tables[1].columns == ["name", "precision", "recall"] and tables[1].rows == [["x", 0.5, 1.0]]
+    assert tables[1].more == 1  # max_rows kept one row
+
+
+def test_stage_renders_declared_params_only(run, tmp_path, monkeypatch):
+    """The real entry point on a copy of the repo's params with paths into the run: the report shows the params
+    dvc.yaml declares for it (reading any other key would raise UndeclaredParam)."""
+    from stages.report import main
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    base = run["validated"].parent
+    params["base"]["paths"].update(validated=str(run["validated"]), metrics=str(run["metrics"]),
+                                   plots=str(run["plots"]), models=str(base / "models"),
+                                   report=str(tmp_path / "out" / "report.html"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    monkeypatch.chdir(tmp_path)
+    main()
+    page = (tmp_path / "out" / "report.html").read_text()
+    text = assert_defused(page, "stage report")
+    assert "on_invalid:" in text and "bootstrap:" in text  # the validate and evaluate sections
+    assert not re.search(r"^demo:", text, re.MULTILINE)  # not declared for the report: not shown
+    assert all(label in text for label in LABELS)

@@ -1,0 +1,193 @@
+"""`predict` on real files with a saved model that reads `text` as cached features (as `align.freeze` makes it):
+the encoder bundled beside the model replaces the cache, bad cells become errors of their rows only, and the
+predictions are those evaluate makes from the cached features."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from multimodal.training.align import build_encoders, encode_present, encode_trainable, frozen_as_features, save_aligned
+from multimodal.models.bundle import bundle_inputs, load_for_raw_inputs, save_inputs
+from multimodal.storage.dataset import load_split
+from multimodal.evaluation.evaluate import FUSED, deep_predictions, inputs_for
+from multimodal.training.finetune import initial_model
+from multimodal.data.manifest import read_manifest
+from multimodal.models.model import Embedder, load_model, save_model
+from multimodal.modalities.base import FeatureInput
+from multimodal.preprocessing.preprocess import preprocess_modality
+from multimodal.shipping.predict import output_columns, predict_manifest
+from multimodal.training.train import predict
+from stages.predict import main
+from tests.unit.conftest import TINY_SPECS, align_config, train_config
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+CPU = torch.device("cpu")
+LABELS = ["x", "y", "z"]
+MODALITIES = ["image", "audio", "text"]
+NORM = {"image": "per_image", "audio": "utterance_bins", "text": "none"}
+WORDS = {"x": "red apples", "y": "blue sky above", "z": "green grass grows tall"}
+
+
+def write_dataset(root: Path, n: int = 12) -> pd.DataFrame:
+    """Real PNG/WAV files and texts for `n` rows; each row lacks one modality in turn, some have all."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 3]
+        image, audio, text = f"img/{i}.png", f"wav/{i}.wav", f"{WORDS[label]} {i}"
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        (root / "wav").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / image)
+        t = np.arange(4000) / 16000
+        sf.write(root / audio, (0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t)).astype(np.float32), 16000)
+        cells = {"image": image, "audio": audio, "text": text}
+        if i % 4 < 3:
+            cells[MODALITIES[i % 4]] = ""
+        rows.append({"sample_id": f"s{i}", "label": label, **cells})
+    frame = pd.DataFrame(rows)
+    frame.to_csv(root / "manifest.csv", index=False)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(dataset folder, models folder with `best`, aligned folder), as preprocess, align and tune write them."""
+    tmp = tmp_path_factory.mktemp("predict")
+    dataset = tmp / "dataset"
+    frame = write_dataset(dataset).assign(split="test")
+    # 1. preprocess: the real decoders and processors into shards.
+    for m in MODALITIES:
+        preprocess_modality(frame, dataset, tmp / "pre" / m, modality=m, spec=TINY_SPECS[m], batch_size=5, shard_size=8)
+    test = load_split(frame, "test", LABELS, tmp / "pre", MODALITIES)
+    # 2. align (untrained: the weights need not be good, only the same everywhere): text frozen and cached.
+    torch.manual_seed(0)
+    encoders = build_encoders(TINY_SPECS, MODALITIES, ["text"], NORM)
+    embedder = Embedder(frozen_as_features(encoders, ["text"]), dim=8)
+    features = encode_trainable(embedder, {"test": test}, 4, CPU)
+    features["test"]["text"] = encode_present(encoders["text"], test, "text", 4, CPU)
+    aligned = tmp / "aligned"
+    aligned.mkdir()
+    save_aligned(aligned, embedder, features, {"test": test.sample_ids}, align_config(dim=8, input_norm=NORM))
+    save_inputs(aligned, encoders, TINY_SPECS)
+    # 3. tune: a model that reads text as cached features, saved and given its inputs.
+    model, spec = initial_model(aligned, LABELS, MODALITIES, train_config(strategy="full", input_norm=NORM))
+    torch.nn.init.normal_(model.head.weight)  # a head far from zero: distinct probabilities per row
+    save_model(model, spec, tmp / "models" / "best")
+    bundle_inputs(aligned, tmp / "models" / "best")
+    return dataset, tmp / "models", aligned
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predictions_equal_what_evaluate_scores_from_the_cached_features(saved, tmp_path):
+    dataset, models, aligned = saved
+    cached, spec = load_model(models / "best")
+    assert spec.feature_modalities == ["text"]
+    model, _, processing = load_for_raw_inputs(models / "best")
+    assert not any(isinstance(e, FeatureInput) for e in model.embedder.encoders.values())
+    assert processing == TINY_SPECS
+
+    summary = predict_manifest(models / "best", dataset / "manifest.csv", tmp_path / "p.csv", 5, CPU)
+    rows = read_rows(tmp_path / "p.csv")
+    frame = read_manifest(dataset / "manifest.csv").assign(split="test")
+    test = load_split(frame, "test", LABELS, dataset.parent / "pre", MODALITIES)
+    expected = predict(cached, inputs_for(spec, test, aligned), 4, CPU)
+    probs = torch.tensor([[float(r[f"p_{c}"]) for c in LABELS] for r in rows])
+    assert [r["sample_id"] for r in rows] == test.sample_ids
+    assert torch.allclose(probs, expected, atol=1e-5)
+    preds, _ = deep_predictions(models, test, 4, CPU, aligned)
+    assert [LABELS.index(r["predicted"]) for r in rows] == preds[FUSED].tolist()
+    assert all(r["error"] == "" for r in rows)
+    assert [r["modalities_used"] for r in rows[:4]] == ["audio+text", "image+text", "image+audio", "image+audio+text"]
+    assert summary.labelled == 12 and summary.correct == sum(r["predicted"] == c for r, c in zip(rows, frame["label"]))
+
+
+def test_bad_cells_become_errors_of_their_rows_only(saved, tmp_path):
+    dataset, models, _ = saved
+    (dataset / "img" / "corrupt.png").write_bytes(b"not a png at all")
+    (tmp_path / "outside.wav").write_bytes((dataset / "wav" / "0.wav").read_bytes())  # exists, but outside
+    cells = [  # sample_id, image, audio, text; no label column
+        ("ok", "img/1.png", "wav/1.wav", "blue sky above"),
+        ("no-image", "", "wav/2.wav", "green grass"),
+        ("missing-file", "img/nope.png", "", "red apples"),
+        ("corrupt", "img/corrupt.png", "wav/3.wav", ""),
+        ("unsafe", "img/1.png", "../outside.wav", ""),
+        ("nothing-left", "img/corrupt.png", "../../etc/passwd", ""),
+        ("empty", "", "", ""),
+    ]
+    manifest = dataset / "new.csv"
+    pd.DataFrame(cells, columns=["sample_id", "image", "audio", "text"]).to_csv(manifest, index=False)
+    summary = predict_manifest(models / "best", manifest, tmp_path / "p.csv", 3, CPU)
+
+    rows = read_rows(tmp_path / "p.csv")
+    assert list(rows[0]) == output_columns(LABELS)
+    assert [r["sample_id"] for r in rows] == [c[0] for c in cells]
+    by_id = {r["sample_id"]: r for r in rows}
+    assert by_id["ok"]["error"] == by_id["no-image"]["error"] == ""
+    assert by_id["no-image"]["modalities_used"] == "audio+text"
+    assert by_id["missing-file"]["modalities_used"] == "text"
+    assert by_id["missing-file"]["error"].startswith("image 'img/nope.png': FileNotFoundError")
+    assert by_id["corrupt"]["modalities_used"] == "audio"
+    assert by_id["corrupt"]["error"].startswith("image 'img/corrupt.png': UnidentifiedImageError")
+    assert by_id["unsafe"]["modalities_used"] == "image"
+    assert "audio '../outside.wav': ManifestError" in by_id["unsafe"]["error"] and "escapes" in by_id["unsafe"]["error"]
+    for name in ("nothing-left", "empty"):
+        assert by_id[name]["predicted"] == by_id[name]["modalities_used"] == ""
+        assert all(by_id[name][f"p_{c}"] == "" for c in LABELS)
+        assert by_id[name]["error"].endswith("no modality left to predict from")
+    assert "image 'img/corrupt.png'" in by_id["nothing-left"]["error"]
+    assert "audio '../../etc/passwd'" in by_id["nothing-left"]["error"]
+    for r in rows:
+        if r["predicted"]:
+            p = [float(r[f"p_{c}"]) for c in LABELS]
+            assert sum(p) == pytest.approx(1.0, abs=1e-5) and r["predicted"] == LABELS[int(np.argmax(p))]
+    assert (summary.rows, summary.predicted, summary.with_errors, summary.labelled) == (7, 5, 5, 0)
+
+
+def test_the_command_prints_accuracy_and_refuses_extra_columns(saved, tmp_path, capsys):
+    dataset, models, _ = saved
+    main(["--model", str(models / "best"), "--manifest", str(dataset / "manifest.csv"),
+          "--out", str(tmp_path / "p.csv"), "--batch-size", "4", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "12 rows" in out and "accuracy on the 12 labelled rows with a prediction:" in out
+    extra = dataset / "extra.csv"
+    pd.DataFrame({"sample_id": ["a"], "text": ["hi"], "colour": ["red"]}).to_csv(extra, index=False)
+    with pytest.raises(SystemExit, match=r"unknown column\(s\) \['colour'\]"):
+        main(["--model", str(models / "best"), "--manifest", str(extra), "--out", str(tmp_path / "q.csv")])
+    assert not (tmp_path / "q.csv").exists()
+
+
+def test_a_model_saved_without_its_inputs_names_the_fix(saved, tmp_path):
+    _, models, _ = saved
+    model, spec = load_model(models / "best")
+    save_model(model, spec, tmp_path / "old")
+    with pytest.raises(FileNotFoundError, match=r"inputs\.json is missing.*re-run `dvc repro`"):
+        load_for_raw_inputs(tmp_path / "old")
+
+
+def test_a_frozen_strategy_model_gets_every_aligned_encoder_back(saved, tmp_path):
+    dataset, _, aligned = saved
+    model, spec = initial_model(aligned, LABELS, MODALITIES, train_config(strategy="frozen", input_norm=NORM))
+    torch.nn.init.normal_(model.head.weight)
+    save_model(model, spec, tmp_path / "models" / "best")
+    bundle_inputs(aligned, tmp_path / "models" / "best")
+    assert sorted(p.name for p in (tmp_path / "models" / "best" / "encoders").iterdir()) == [
+        "audio.safetensors", "image.safetensors", "text.safetensors"]
+    predict_manifest(tmp_path / "models" / "best", dataset / "manifest.csv", tmp_path / "p.csv", 5, CPU)
+    frame = read_manifest(dataset / "manifest.csv").assign(split="test")
+    test = load_split(frame, "test", LABELS, dataset.parent / "pre", MODALITIES)
+    expected = predict(model, inputs_for(spec, test, aligned), 4, CPU)
+    probs = torch.tensor([[float(r[f"p_{c}"]) for c in LABELS] for r in read_rows(tmp_path / "p.csv")])
+    assert torch.allclose(probs, expected, atol=1e-5)
