@@ -22,8 +22,8 @@ from stages.evaluate import PARAMS as EVALUATE
 from stages.ingest import PARAMS as INGEST
 from stages.preprocess import PARAMS as PREPROCESS
 from stages.report import PARAMS as REPORT
-from stages.tune import TUNE
-from stages.validate import VALIDATE
+from stages.tune import PARAMS as TUNE
+from stages.validate import PARAMS as VALIDATE
 
 # Every section, typed as the stage reading it types it (the report stage reads nearly all of them).
 ALL: Schema = DEMO | INGEST | VALIDATE | PREPROCESS | BASELINE | ALIGN | TUNE | EVALUATE | REPORT

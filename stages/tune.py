@@ -26,6 +26,8 @@ from multimodal.tuning.results import (best_checkpoint, best_trial, epochs_table
 
 logger = logging.getLogger(__name__)
 
+PARAMS = TUNE  # kept in the library: each Ray trial loads the stage's params again
+
 
 def no_trial_succeeded(table: pd.DataFrame) -> SystemExit:
     return SystemExit(f"tune: no trial succeeded; errors:\n{table[['trial', 'error']].to_string(index=False)}")
@@ -86,7 +88,7 @@ def tune(params: StageParams, project_dir: Path) -> dict:
 
 def main() -> None:
     setup_logging()
-    params = load_params(stage="tune", schema=TUNE)
+    params = load_params(stage="tune", schema=PARAMS)
     go_offline()  # trials build every model from align's saved weights: no hub access
     seed_everything(params.base.seed)
     try:

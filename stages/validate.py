@@ -40,6 +40,8 @@ from multimodal.data.validation import (
 
 log = logging.getLogger(__name__)
 
+PARAMS = VALIDATE
+
 QUARANTINE_NAME = "quarantine.csv"
 
 
@@ -132,7 +134,7 @@ def validate_into(raw: Path, target: Path, options: Validate) -> tuple[Validatio
 def main(params_path: str | Path = "params.yaml") -> None:
     go_offline()
     setup_logging()
-    params = load_params(params_path, stage="validate", schema=VALIDATE)
+    params = load_params(params_path, stage="validate", schema=PARAMS)
     paths = params.base.paths
     metrics_path = paths.metrics / "validate.json"
     try:

@@ -97,10 +97,10 @@ def _norms(value: Any, handler: Any, info: ValidationInfo) -> dict[str, str]:
     return dict(value)
 
 
-# `modalities`: {name: ModalitySpec}, each checked by its modality (keys, checkpoint names).
-ModalitySections = Annotated[dict[str, Any], WrapValidator(_sections)]
-# `modalities.<m>`: one of them.
+# `modalities.<m>`: one section (a stage reading one modality's); its name comes from the key being checked.
 ModalitySection = Annotated[Any, WrapValidator(_section)]
+# `modalities`: {name: ModalitySpec}, each checked by its modality (keys, checkpoint names), all reported together.
+ModalitySections = Annotated[dict[str, ModalitySection], WrapValidator(_sections)]
 # A list of registered modality names (`preprocess.modalities`, `align.freeze`).
 ModalityNames = Annotated[list[str], AfterValidator(_known)]
 # {modality: section} checked by the modality module's model of that name (`checks`: `validate.modalities`).

@@ -137,6 +137,19 @@ def keys_at(tp: Any, loc: tuple) -> list[str]:
     return []
 
 
+def _typo_of(raw: Mapping[str, Any], key: str) -> str:
+    """` (a typo? params.yaml has X)` when a key beside the missing one is close to its name."""
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, Mapping):
+            return ""
+        if part not in node:
+            close = difflib.get_close_matches(part, [str(k) for k in node], n=1, cutoff=0.6)
+            return f" (a typo? params.yaml has {' and '.join(close)} there)" if close else ""
+        node = node[part]
+    return ""
+
+
 def _raw_at(raw: Mapping[str, Any], key: str) -> Any:
     node: Any = raw
     for part in key.split("."):
@@ -191,10 +204,7 @@ def validate_params(raw: Mapping[str, Any], keys: tuple[str, ...], schema: Schem
         try:
             value = _raw_at(raw, key)
         except KeyError:
-            section = key.split(".")[0]
-            typo = did_you_mean(section, [str(k) for k in raw]) if section not in raw else ""
-            problems.append(f"  {key}: missing" + (f" (a typo of the section? {typo.removeprefix('; ')})"
-                                                     if "did you mean" in typo else ""))
+            problems.append(f"  {key}: missing{_typo_of(raw, key)}")
             continue
         try:
             _put(tree, key, TypeAdapter(tp).validate_python(value, context={"root": root, "raw": raw, "key": key}))

@@ -93,13 +93,22 @@ def _importers(module_file: str) -> set[str]:
     return {name for name, module in entry.items() if Path(module_file) in import_closure(REPO, module)}
 
 
+BEFORE_TUNE = {name for name in read_stages(REPO / "dvc.yaml") if name.split("@")[0] in
+               ("demo", "ingest", "validate", "preprocess", "baseline", "align")}
+
+
 @pytest.mark.parametrize(("module_file", "must_include", "must_exclude"), [
     ("multimodal/evaluation/evaluate.py", {"evaluate"}, {"tune", "align", "ingest"}),
     ("multimodal/training/train.py", {"tune", "evaluate"}, {"ingest", "validate"}),
     ("multimodal/demo/speech.py", {"demo"}, {"ingest", "validate", "tune"}),
-    # StageParams validation asks each modality module for its keys, so every stage that loads params imports them.
+    # Every stage reading a manifest imports the modality registry, which imports every modality module.
     ("multimodal/modalities/audio.py", {"preprocess@audio", "align", "validate"}, set()),
-    ("multimodal/pipeline/config_all.py", {"ingest", "validate", "align", "tune", "evaluate"}, set()),
+    # The params loader: every stage.
+    ("multimodal/pipeline/params.py", set(read_stages(REPO / "dvc.yaml")), set()),
+    # Code only tune runs (the search-space schema, the trial tables, study resume): no stage before align re-runs.
+    ("multimodal/tuning/params.py", {"tune"}, BEFORE_TUNE),
+    ("multimodal/tuning/results.py", {"tune"}, BEFORE_TUNE | {"report"}),
+    ("multimodal/tuning/resume.py", {"tune"}, BEFORE_TUNE | {"report"}),
 ])
 def test_editing_a_module_marks_exactly_the_stages_that_import_it(committed: Path, module_file: str,
                                                                     must_include: set[str],
@@ -125,6 +134,8 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(committed: Pat
     (("evaluate", "batch_size"), 100, {"evaluate", "report"}),
     (("tune", "num_samples"), 3, {"tune", "report"}),
     (("base", "device"), "cpu", {"align", "tune", "evaluate"}),
+    # tune too: a searched input_norm of a modality align caches is refused (multimodal.tuning.params).
+    (("align", "freeze"), [], {"align", "tune", "report"}),
     # evaluate too: it rebuilds a frozen encoder from its section to encode corrupted inputs (multimodal.evaluation.robustness).
     (("modalities", "audio", "num_mel_bins"), 32, {"preprocess@audio", "align", "evaluate", "report"}),
     (("report", "max_rows"), 10, {"report"}),

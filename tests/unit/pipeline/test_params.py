@@ -272,3 +272,78 @@ def test_knobs_without_a_fixed_value_must_be_searched(tmp_path, raw_params):
     del raw["tune"]["space"]["fusion"]
     with pytest.raises(ParamsError, match=r"tune\.space\.fusion: required .*choice: \[concat\]"):
         load_all(write(tmp_path, raw))
+
+
+# --- each stage checks the keys it declares --------------------------------------------------------------------
+
+def stage_schemas() -> dict[str, object]:
+    """{stage: the Schema its module declares as PARAMS}, in dvc.yaml's order (the DAG's order here)."""
+    import importlib
+
+    from multimodal.pipeline.stage_params import read_stages
+
+    return {name: importlib.import_module(stage.cmd.split()[2]).PARAMS
+            for name, stage in read_stages(REPO / "dvc.yaml").items()}
+
+
+def load_for(stage: str, schema, path: Path):
+    import shutil
+
+    from multimodal.pipeline.params import load_params
+
+    if not (path.parent / "dvc.yaml").exists():
+        shutil.copy(REPO / "dvc.yaml", path.parent / "dvc.yaml")
+    return load_params(path, stage=stage, schema=schema)
+
+
+def test_every_stage_loads_exactly_its_declared_keys(tmp_path, raw_params):
+    from multimodal.pipeline.stage_params import declared_params
+
+    path = write(tmp_path, raw_params)
+    for stage, schema in stage_schemas().items():
+        params = load_for(stage, schema, path)
+        declared = {k.split(".")[0] for k in declared_params(stage, REPO / "dvc.yaml")}
+        assert set(params._value) == declared | {"base"}, stage  # nothing else was validated
+
+
+UNKNOWN = "{key}: unknown key; did you mean {meant}\\b"
+@pytest.mark.parametrize("where,typo,meant,first,message", [
+    (("demo",), "n_sample", "n_samples", "demo", UNKNOWN),
+    (("ingest", "split"), "trian", "train", "ingest", UNKNOWN),
+    (("validate", "modalities", "audio"), "max_clipping_", "max_clipping", "validate", UNKNOWN),
+    (("modalities", "text"), "max_lenght", "max_length", "preprocess@text", UNKNOWN),
+    # preprocess@<m> reads two keys of the section, not all of it: the key it misses is named, and the typo beside it.
+    (("preprocess",), "shard_sise", "shard_size", "preprocess@image",
+     r"preprocess[.]shard_size: missing \(a typo\? params.yaml has shard_sise there\)"),
+    (("baseline",), "n_mfc", "n_mfcc", "baseline", UNKNOWN),
+    (("align",), "temprature", "temperature", "align", UNKNOWN),
+    (("tune", "fixed", "input_norm"), "audi", "audio", "align",  # align reads tune.fixed.input_norm
+     r"tune[.]fixed[.]input_norm[.]audi: unknown modality; did you mean audio\?"),
+    (("tune", "fixed"), "wieght_decay", "weight_decay", "tune", UNKNOWN),
+    (("tune", "asha"), "max_epoch", "max_epochs", "tune", UNKNOWN),
+    (("evaluate", "efficiency"), "repeat", "repeats", "evaluate", UNKNOWN),
+    (("report",), "titel", "title", "report", UNKNOWN),
+])
+def test_a_typo_is_refused_by_the_first_stage_that_reads_it(tmp_path, raw_params, where, typo, meant, first,
+                                                            message):
+    """Stages before `first` load their params untroubled (they do not read that section); `first` refuses the
+    file naming the key and the closest valid name."""
+    raw = copy.deepcopy(raw_params)
+    section = raw
+    for part in where:
+        section = section[part]
+    section[typo] = section.pop(meant) if meant in section else 1
+    path = write(tmp_path, raw)
+    order = list(stage_schemas().items())
+    position = [name for name, _ in order].index(first)
+    for stage, schema in order[:position]:
+        load_for(stage, schema, path)
+    with pytest.raises(ParamsError, match=message.format(key="[.]".join((*where, typo)), meant=meant)):
+        load_for(first, order[position][1], path)
+
+
+def test_an_undeclared_section_name_typo_is_named_by_its_reader(tmp_path, raw_params):
+    raw = copy.deepcopy(raw_params)
+    raw["evalute"] = raw.pop("evaluate")
+    with pytest.raises(ParamsError, match=r"evaluate: missing \(a typo\? params.yaml has evalute there\)"):
+        load_for("evaluate", stage_schemas()["evaluate"], write(tmp_path, raw))
