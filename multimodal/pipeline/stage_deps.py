@@ -1,8 +1,8 @@
 """Checks that each stage's code `deps` in `dvc.yaml` are exactly the project modules its entry point imports.
 
 Per-stage lists (rather than the whole library as one dependency) keep DVC's cache precise: editing
-`multimodal/evaluation/evaluate.py` re-runs `evaluate`, not the 10-minute chain before it. Hand-kept lists drift, so this module
-derives the truth from the code: the transitive closure of `import` statements (function-level imports
+`multimodal/evaluation/evaluate.py` re-runs `evaluate`, not the 10-minute chain before it. Hand-kept lists drift,
+so this module derives the truth from the code: the transitive closure of `import` statements (function-level imports
 included, as the stages import heavy modules lazily) from `stages/<name>.py` within the project's packages.
 A test runs the check; `python -m multimodal.pipeline.stage_deps` prints the lists dvc.yaml should hold, and
 `python -m multimodal.pipeline.stage_deps --write` puts them there.
