@@ -35,7 +35,7 @@ def inputs_for(spec: ModelSpec, test: SplitData, aligned_dir: Path) -> SplitData
 
 
 @dataclass
-class Reader:
+class ModelOnTestSplit:
     """A saved model and the test split in the form it reads (cached features where its spec says so)."""
 
     model: nn.Module
@@ -43,7 +43,7 @@ class Reader:
     data: SplitData
 
     @classmethod
-    def load(cls, model_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device) -> "Reader":
+    def load(cls, model_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device) -> "ModelOnTestSplit":
         model, spec = load_model(model_dir, device)
         return cls(model, spec, inputs_for(spec, test, aligned_dir))
 
@@ -61,17 +61,19 @@ class Reader:
         return top_label(self.probabilities(data, batch_size, device))
 
 
-def load_readers(models_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device) -> dict[str, Reader]:
+def load_readers(models_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device
+                 ) -> dict[str, ModelOnTestSplit]:
     """The fused model (`FUSED`, `models_dir/best`) and every saved unimodal model (`unimodal_<m>`)."""
-    readers = {FUSED: Reader.load(models_dir / "best", test, aligned_dir, device)}
+    readers = {FUSED: ModelOnTestSplit.load(models_dir / "best", test, aligned_dir, device)}
     for modality in readers[FUSED].spec.modalities:
         if (models_dir / "unimodal" / modality).exists():
-            readers[f"unimodal_{modality}"] = Reader.load(models_dir / "unimodal" / modality, test, aligned_dir,
-                                                          device)
+            readers[f"unimodal_{modality}"] = ModelOnTestSplit.load(models_dir / "unimodal" / modality, test,
+                                                                    aligned_dir, device)
     return readers
 
 
-def reader_probabilities(readers: Mapping[str, Reader], batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+def reader_probabilities(readers: Mapping[str, ModelOnTestSplit], batch_size: int, device: torch.device
+                         ) -> dict[str, np.ndarray]:
     """Class probabilities of the fused model, its ablations (`fused_only_<m>`: only modality m shown, the others
     masked as missing) and the unimodal models, each NaN on the rows it does not see."""
     fused = readers[FUSED]

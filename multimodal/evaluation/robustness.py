@@ -29,7 +29,7 @@ from torch import nn
 
 from multimodal.training.align import encode_present
 from multimodal.storage.dataset import SplitData
-from multimodal.evaluation.evaluate import FUSED, NOTHING, Reader, with_masked
+from multimodal.evaluation.evaluate import FUSED, NOTHING, ModelOnTestSplit, with_masked
 from multimodal.modalities import get_modality
 from multimodal.modalities.base import FeatureInput
 from multimodal.evaluation.scoring import paired_difference, rng_for
@@ -66,18 +66,18 @@ class Pooled:
     modality it changes: the others are read as these pooled outputs through the same projections, fusion and
     head, so a point of a curve costs one encoder pass instead of the whole model.
 
-    `clean`: the model's own predictions on its test inputs (`Reader.predict`, as `evaluate` scores them): nothing
-    removed and corruption level 0 are these, not a second pass.
+    `clean`: the model's own predictions on its test inputs (`ModelOnTestSplit.predict`, as `evaluate` scores
+    them): nothing removed and corruption level 0 are these, not a second pass.
     """
 
-    def __init__(self, reader: Reader, clean: np.ndarray, batch_size: int, device: torch.device):
+    def __init__(self, reader: ModelOnTestSplit, clean: np.ndarray, batch_size: int, device: torch.device):
         self.reader, self.clean = reader, clean
         own = reader.spec.feature_modalities
         self.outputs = {m: reader.data.inputs[m]["features"] if m in own
                         else encode_present(reader.model.embedder.encoders[m], reader.data, m, batch_size, device)
                         for m in reader.spec.modalities}
 
-    def changing(self, modality: str | None = None, inputs: dict[str, torch.Tensor] | None = None) -> Reader:
+    def changing(self, modality: str | None = None, inputs: dict[str, torch.Tensor] | None = None) -> ModelOnTestSplit:
         """The reader with `modality` fed `inputs` (raw for an encoder the model runs, `features` for a cached
         one) and every other modality its pooled outputs; `modality=None`: all pooled."""
         reader, spec = self.reader, self.reader.spec
@@ -86,7 +86,7 @@ class Pooled:
         if modality is not None:
             fed[modality] = inputs
         data = SplitData(reader.data.sample_ids, reader.data.labels, fed, reader.data.masks)
-        return Reader(_reading_features(reader.model, replaced), spec, data)
+        return ModelOnTestSplit(_reading_features(reader.model, replaced), spec, data)
 
 
 def _reading_features(model: nn.Module, modalities: list[str]) -> nn.Module:

@@ -37,7 +37,7 @@ REQUIRED = ("sample_id",)  # `label` is optional here: with it, accuracy on the 
 
 
 @dataclass(frozen=True)
-class Reader:
+class ManifestCellReader:
     """How one modality's manifest cells become model inputs: its decoder and processor, as in preprocess."""
 
     modality: str
@@ -45,7 +45,7 @@ class Reader:
     processor: Any
 
     @classmethod
-    def build(cls, modality: str, spec: ModalitySpec) -> "Reader":
+    def build(cls, modality: str, spec: ModalitySpec) -> "ManifestCellReader":
         return cls(modality, spec, get_modality(modality).build_processor(spec))
 
     def _process(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
@@ -93,7 +93,8 @@ class Reader:
         return out
 
 
-def read_batch(rows: pd.DataFrame, readers: dict[str, Reader], root: Path) -> tuple[SplitData, list[list[str]]]:
+def read_batch(rows: pd.DataFrame, readers: dict[str, ManifestCellReader], root: Path
+               ) -> tuple[SplitData, list[list[str]]]:
     """The model inputs of `rows` (every modality in `readers`; absent ones masked) and each row's errors."""
     n = len(rows)
     inputs, masks, errors = {}, {}, [[] for _ in range(n)]
@@ -169,7 +170,7 @@ def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int
     """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy."""
     # 1. The model with an encoder for every modality, and the readers preprocess used for them.
     model, spec, processing = load_for_raw_inputs(model_dir, device)
-    readers = {m: Reader.build(m, processing[m]) for m in spec.modalities}
+    readers = {m: ManifestCellReader.build(m, processing[m]) for m in spec.modalities}
     frame = read_manifest(manifest, required=REQUIRED)
     unused = [m for m in modality_columns(frame) if m not in readers]
     if unused:
