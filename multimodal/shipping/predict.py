@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from tqdm import tqdm
 from multimodal.models.bundle import load_for_raw_inputs
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.storage.dataset import SplitData
+from multimodal.storage.io import atomic_text
 from multimodal.data.manifest import modality_columns, read_manifest
 from multimodal.modalities import get_modality
 from multimodal.training.train import predict as predict_probs
@@ -129,19 +127,6 @@ def predict_batch(model: torch.nn.Module, labels: Sequence[str], data: SplitData
     return out
 
 
-@contextmanager
-def atomic_csv(path: Path) -> Iterator[csv.writer]:
-    """A CSV writer whose file replaces `path` only once the block succeeds (rows are written as they come)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            yield csv.writer(handle)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 @dataclass
 class Summary:
     rows: int = 0
@@ -181,7 +166,8 @@ def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int
     labels = [str(v) for v in frame["label"]] if "label" in frame else None
     # 2. Batches: read, process, predict, write; the manifest's folder is the root its paths may not leave.
     summary = Summary()
-    with atomic_csv(out) as writer, tqdm(total=len(frame), desc="predict", unit="sample") as bar:
+    with atomic_text(out, newline="") as handle, tqdm(total=len(frame), desc="predict", unit="sample") as bar:
+        writer = csv.writer(handle)
         writer.writerow(output_columns(spec.labels))
         for start in range(0, len(frame), batch_size):
             rows = frame.iloc[start : start + batch_size]
