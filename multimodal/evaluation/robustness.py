@@ -7,9 +7,10 @@
   of the fused model and of that modality's unimodal model as the level grows, both on the rows that have the
   modality (the others are untouched). Corruptions act on the processor outputs the models read (pixel_values,
   log-mel input_values, token ids). A model that reads a modality as features cached by `align` gets the corrupted
-  inputs encoded again by the encoder that computed those features (`align.feature_encoder`), after a check that
-  it reproduces them on clean inputs; where it does not, that modality's curves are skipped and say why. Level 0
-  is the clean input itself (the cached features, not a re-encoding), so it equals the clean accuracy exactly.
+  inputs encoded again by the encoder that computed those features, as align saved it (`bundle.load_encoders`),
+  after a check that it reproduces them on clean inputs; where it does not, that modality's curves are skipped and
+  say why. Level 0 is the clean input itself (the cached features, not a re-encoding), so it equals the clean
+  accuracy exactly.
   Draws are seeded from `base.seed` per modality and kind, the same draw at every level: curves are smooth.
 
 Each model's encoders run once on the clean rows (`Pooled`); a removal or a corruption then re-runs only what it
@@ -170,7 +171,7 @@ def _reencodes(encoder: nn.Module, raw: SplitData, modality: str, cached: torch.
     gap = f"max difference {float((again - cached[rows]).abs().max()):.3g}" if again.shape == cached[rows].shape \
         else f"width {again.shape[1]}, cached {cached.shape[1]}"
     return (f"its features are cached by align and encoding the clean inputs again does not reproduce them ({gap}; "
-            "a config-built frozen encoder's random weights are not saved): not corrupted")
+            "not the encoder align saved beside them? re-run `align`): not corrupted")
 
 
 def corruption_curves(models: Mapping[str, Pooled], raw: SplitData, y: np.ndarray,
