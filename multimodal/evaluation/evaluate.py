@@ -63,7 +63,9 @@ class ModelOnTestSplit:
 
 def load_readers(models_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device
                  ) -> dict[str, ModelOnTestSplit]:
-    """The fused model (`FUSED`, `models_dir/best`) and every saved unimodal model (`unimodal_<m>`)."""
+    """The fused model (`FUSED`, `models_dir/best`) and every saved unimodal model (`unimodal_<m>`), each with the
+    test split in its own form: a `frozen`-strategy model reads every modality from align's cached features
+    (`aligned_dir`), the others only the `align.freeze` ones."""
     readers = {FUSED: ModelOnTestSplit.load(models_dir / "best", test, aligned_dir, device)}
     for modality in readers[FUSED].spec.modalities:
         if (models_dir / "unimodal" / modality).exists():
@@ -85,24 +87,6 @@ def reader_probabilities(readers: Mapping[str, ModelOnTestSplit], batch_size: in
             reader = readers[f"unimodal_{modality}"]
             probs[f"unimodal_{modality}"] = reader.probabilities(reader.data, batch_size, device)
     return probs
-
-
-def deep_probabilities(models_dir: Path, test: SplitData, batch_size: int, device: torch.device,
-                       aligned_dir: Path) -> tuple[dict[str, np.ndarray], ModelSpec]:
-    """`reader_probabilities` of the models saved under `models_dir`.
-
-    Each saved model reads the test split in its own form: a model trained with the `frozen` strategy reads every
-    modality from `align`'s cached features (`aligned_dir`), others only the `align.freeze` ones.
-    """
-    readers = load_readers(models_dir, test, aligned_dir, device)
-    return reader_probabilities(readers, batch_size, device), readers[FUSED].spec
-
-
-def deep_predictions(models_dir: Path, test: SplitData, batch_size: int, device: torch.device,
-                     aligned_dir: Path) -> tuple[dict[str, np.ndarray], ModelSpec]:
-    """`deep_probabilities` as a class per row (ABSTAIN where a model does not see the row)."""
-    probs, spec = deep_probabilities(models_dir, test, batch_size, device, aligned_dir)
-    return {name: top_label(p) for name, p in probs.items()}, spec
 
 
 def with_masked(data: SplitData, removed: list[str]) -> SplitData:
