@@ -23,6 +23,7 @@ from multimodal.data.manifest import SPLITS, read_manifest
 from multimodal.models.model import load_model, save_model
 from multimodal.modalities.base import FeatureInput
 from multimodal.preprocessing.preprocess import preprocess_modality
+from multimodal.shipping import predict as predict_module
 from multimodal.shipping.predict import output_columns, predict_manifest
 from multimodal.evaluation.scoring import top_label
 from multimodal.training.train import predict
@@ -111,6 +112,24 @@ def test_predictions_equal_what_evaluate_scores_from_the_cached_features(saved, 
     assert all(r["error"] == "" for r in rows)
     assert [r["modalities_used"] for r in rows[:4]] == ["audio+text", "image+text", "image+audio", "image+audio+text"]
     assert summary.labelled == 12 and summary.correct == sum(r["predicted"] == c for r, c in zip(rows, frame["label"]))
+
+
+def test_a_failed_run_leaves_the_previous_output_and_no_partial_file(saved, tmp_path, monkeypatch):
+    dataset, models, _ = saved
+    out = tmp_path / "p.csv"
+    out.write_text("the previous output\n")
+    real, calls = predict_module.predict_batch, []
+
+    def failing_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed mid-run")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "predict_batch", failing_second_batch)
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        predict_manifest(models / "best", dataset / "manifest.csv", out, 5, CPU)
+    assert out.read_text() == "the previous output\n" and [p.name for p in tmp_path.iterdir()] == ["p.csv"]
 
 
 def test_bad_cells_become_errors_of_their_rows_only(saved, tmp_path):
