@@ -17,7 +17,7 @@ import torch
 
 from multimodal.models.bundle import load_for_raw_inputs
 from multimodal.data.manifest import read_manifest
-from multimodal.shipping.predict import REQUIRED, Reader, predict_batch, predict_manifest, read_batch
+from multimodal.shipping.predict import REQUIRED, ManifestCellReader, predict_batch, predict_manifest, read_batch
 from multimodal.pipeline.runtime import go_offline
 
 
@@ -34,7 +34,7 @@ def main() -> None:
         summary = predict_manifest(args.model, args.manifest, Path(tmp) / "p.csv", args.batch_size, cpu)
         total = time.perf_counter() - start
     model, spec, processing = load_for_raw_inputs(args.model, cpu)
-    readers = {m: Reader.build(m, processing[m]) for m in spec.modalities}
+    readers = {m: ManifestCellReader.build(m, processing[m]) for m in spec.modalities}
     frame = read_manifest(args.manifest, required=REQUIRED)
     reading = modelling = 0.0
     for begin in range(0, len(frame), args.batch_size):

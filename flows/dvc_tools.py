@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.reporting.experiments import Experiment, parse_exp_show
+from multimodal.storage.io import write_bytes_atomic
 from flows.workspace import project_env
 
 log = logging.getLogger(__name__)
@@ -228,17 +229,6 @@ def to_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[st
     return [str(item) for item in overrides]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
 def overridden_params(params_file: Path, overrides: Sequence[str]) -> Iterator[list[str]]:
     """Apply `-S`-style overrides to params.yaml for the block; put the original bytes back afterwards, always."""
@@ -257,7 +247,7 @@ def overridden_params(params_file: Path, overrides: Sequence[str]) -> Iterator[l
             raise OverrideError(f"invalid overrides {list(overrides)}: {err.__cause__ or err}") from None
         yield list(overrides)
     finally:
-        _write_atomic(params_file, original)
+        write_bytes_atomic(params_file, original)
 
 
 @contextmanager

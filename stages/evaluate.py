@@ -14,17 +14,17 @@ from pathlib import Path
 
 import torch
 
-from multimodal.training.align import feature_encoder
 from multimodal.evaluation.baseline import PREDICTIONS, PROBABILITIES, read_predictions, read_probabilities
 from multimodal.evaluation.calibration import reliability
 from multimodal.evaluation.params import Evaluate
-from multimodal.modalities.params import LISTED, MODALITIES
+from multimodal.modalities.params import LISTED
+from multimodal.models.bundle import load_encoders
 from multimodal.pipeline.params import Base, Schema, load_params
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.dataset import SplitData, load_split
 from multimodal.evaluation.efficiency import efficiency_report
-from multimodal.evaluation.evaluate import (FUSED, fair_report, load_readers, reader_probabilities, warn_if_baseline_wins,
-                                 with_details)
+from multimodal.evaluation.evaluate import (FUSED, fair_report, load_readers, reader_probabilities,
+                                            warn_if_baseline_wins, with_details)
 from multimodal.evaluation.plots import write_efficiency, write_tables
 from multimodal.storage.io import atomic_file, read_json, write_json
 from multimodal.pipeline.metrics_files import HEADLINE, headline_of
@@ -36,7 +36,7 @@ from multimodal.training.load_data import load_labels
 
 logger = logging.getLogger(__name__)
 
-PARAMS = Schema({"base": Base, "evaluate": Evaluate}) | LISTED | MODALITIES
+PARAMS = Schema({"base": Base, "evaluate": Evaluate}) | LISTED
 
 CONFUSION = Path("plots/sklearn/confusion_matrix.json")  # where DVCLive puts it, under evaluate's plots folder
 
@@ -81,7 +81,7 @@ def evaluate(params: StageParams) -> dict:
     pooled = {name: Pooled(reader, preds[name], cfg.batch_size, device) for name, reader in readers.items()}
     missing = missing_modality(pooled[FUSED], y, cfg.batch_size, device, cfg.bootstrap, seed)
     cached = {m for reader in readers.values() for m in reader.spec.feature_modalities}
-    encoders = {m: feature_encoder(aligned, m, params.modalities) for m in sorted(cached)}
+    encoders = load_encoders(aligned, sorted(cached))  # the ones align ran, saved beside their features
     curves, skipped = corruption_curves(pooled, test, y, cfg.corruptions, encoders, cfg.batch_size, device, seed)
     report = with_details(report, calibration, missing, skipped)
     write_json(Path(paths.metrics) / "evaluate.json", report, sort_keys=False)
@@ -113,7 +113,7 @@ def evaluate(params: StageParams) -> dict:
 def main() -> None:
     setup_logging()
     params = load_params(stage="evaluate", schema=PARAMS)
-    go_offline()  # models are rebuilt from their saved configs, a frozen encoder from the local copy align used
+    go_offline()  # models and align's encoders are rebuilt from their saved configs and weights
     evaluate(params)
 
 

@@ -138,7 +138,7 @@ def time_model(model: nn.Module, batch: SplitData, device: torch.device, warmup:
 def efficiency_report(models: Mapping[str, tuple[MultimodalModel, ModelSpec]], encoders: Mapping[str, nn.Module],
                       raw: SplitData, cfg: Efficiency, devices: list[torch.device]) -> dict:
     """`{name: {parameters, timing: [a row per device and batch size]}}` of each `(model, spec)`; `encoders[m]`:
-    the encoder behind a modality read as cached features (`align.feature_encoder`), `raw` the processor outputs."""
+    the encoder behind a modality read as cached features (`bundle.load_encoders`), `raw` the processor outputs."""
     out = {}
     for name, (model, spec) in models.items():
         # A cached modality without its encoder here is timed from its features.

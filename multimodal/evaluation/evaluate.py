@@ -35,7 +35,7 @@ def inputs_for(spec: ModelSpec, test: SplitData, aligned_dir: Path) -> SplitData
 
 
 @dataclass
-class Reader:
+class ModelOnTestSplit:
     """A saved model and the test split in the form it reads (cached features where its spec says so)."""
 
     model: nn.Module
@@ -43,7 +43,7 @@ class Reader:
     data: SplitData
 
     @classmethod
-    def load(cls, model_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device) -> "Reader":
+    def load(cls, model_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device) -> "ModelOnTestSplit":
         model, spec = load_model(model_dir, device)
         return cls(model, spec, inputs_for(spec, test, aligned_dir))
 
@@ -61,17 +61,21 @@ class Reader:
         return top_label(self.probabilities(data, batch_size, device))
 
 
-def load_readers(models_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device) -> dict[str, Reader]:
-    """The fused model (`FUSED`, `models_dir/best`) and every saved unimodal model (`unimodal_<m>`)."""
-    readers = {FUSED: Reader.load(models_dir / "best", test, aligned_dir, device)}
+def load_readers(models_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device
+                 ) -> dict[str, ModelOnTestSplit]:
+    """The fused model (`FUSED`, `models_dir/best`) and every saved unimodal model (`unimodal_<m>`), each with the
+    test split in its own form: a `frozen`-strategy model reads every modality from align's cached features
+    (`aligned_dir`), the others only the `align.freeze` ones."""
+    readers = {FUSED: ModelOnTestSplit.load(models_dir / "best", test, aligned_dir, device)}
     for modality in readers[FUSED].spec.modalities:
         if (models_dir / "unimodal" / modality).exists():
-            readers[f"unimodal_{modality}"] = Reader.load(models_dir / "unimodal" / modality, test, aligned_dir,
-                                                          device)
+            readers[f"unimodal_{modality}"] = ModelOnTestSplit.load(models_dir / "unimodal" / modality, test,
+                                                                    aligned_dir, device)
     return readers
 
 
-def reader_probabilities(readers: Mapping[str, Reader], batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+def reader_probabilities(readers: Mapping[str, ModelOnTestSplit], batch_size: int, device: torch.device
+                         ) -> dict[str, np.ndarray]:
     """Class probabilities of the fused model, its ablations (`fused_only_<m>`: only modality m shown, the others
     masked as missing) and the unimodal models, each NaN on the rows it does not see."""
     fused = readers[FUSED]
@@ -83,24 +87,6 @@ def reader_probabilities(readers: Mapping[str, Reader], batch_size: int, device:
             reader = readers[f"unimodal_{modality}"]
             probs[f"unimodal_{modality}"] = reader.probabilities(reader.data, batch_size, device)
     return probs
-
-
-def deep_probabilities(models_dir: Path, test: SplitData, batch_size: int, device: torch.device,
-                       aligned_dir: Path) -> tuple[dict[str, np.ndarray], ModelSpec]:
-    """`reader_probabilities` of the models saved under `models_dir`.
-
-    Each saved model reads the test split in its own form: a model trained with the `frozen` strategy reads every
-    modality from `align`'s cached features (`aligned_dir`), others only the `align.freeze` ones.
-    """
-    readers = load_readers(models_dir, test, aligned_dir, device)
-    return reader_probabilities(readers, batch_size, device), readers[FUSED].spec
-
-
-def deep_predictions(models_dir: Path, test: SplitData, batch_size: int, device: torch.device,
-                     aligned_dir: Path) -> tuple[dict[str, np.ndarray], ModelSpec]:
-    """`deep_probabilities` as a class per row (ABSTAIN where a model does not see the row)."""
-    probs, spec = deep_probabilities(models_dir, test, batch_size, device, aligned_dir)
-    return {name: top_label(p) for name, p in probs.items()}, spec
 
 
 def with_masked(data: SplitData, removed: list[str]) -> SplitData:

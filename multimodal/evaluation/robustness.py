@@ -7,9 +7,10 @@
   of the fused model and of that modality's unimodal model as the level grows, both on the rows that have the
   modality (the others are untouched). Corruptions act on the processor outputs the models read (pixel_values,
   log-mel input_values, token ids). A model that reads a modality as features cached by `align` gets the corrupted
-  inputs encoded again by the encoder that computed those features (`align.feature_encoder`), after a check that
-  it reproduces them on clean inputs; where it does not, that modality's curves are skipped and say why. Level 0
-  is the clean input itself (the cached features, not a re-encoding), so it equals the clean accuracy exactly.
+  inputs encoded again by the encoder that computed those features, as align saved it (`bundle.load_encoders`),
+  after a check that it reproduces them on clean inputs; where it does not, that modality's curves are skipped and
+  say why. Level 0 is the clean input itself (the cached features, not a re-encoding), so it equals the clean
+  accuracy exactly.
   Draws are seeded from `base.seed` per modality and kind, the same draw at every level: curves are smooth.
 
 Each model's encoders run once on the clean rows (`Pooled`); a removal or a corruption then re-runs only what it
@@ -29,7 +30,7 @@ from torch import nn
 
 from multimodal.training.align import encode_present
 from multimodal.storage.dataset import SplitData
-from multimodal.evaluation.evaluate import FUSED, NOTHING, Reader, with_masked
+from multimodal.evaluation.evaluate import FUSED, NOTHING, ModelOnTestSplit, with_masked
 from multimodal.modalities import get_modality
 from multimodal.modalities.base import FeatureInput
 from multimodal.evaluation.scoring import paired_difference, rng_for
@@ -66,18 +67,18 @@ class Pooled:
     modality it changes: the others are read as these pooled outputs through the same projections, fusion and
     head, so a point of a curve costs one encoder pass instead of the whole model.
 
-    `clean`: the model's own predictions on its test inputs (`Reader.predict`, as `evaluate` scores them): nothing
-    removed and corruption level 0 are these, not a second pass.
+    `clean`: the model's own predictions on its test inputs (`ModelOnTestSplit.predict`, as `evaluate` scores
+    them): nothing removed and corruption level 0 are these, not a second pass.
     """
 
-    def __init__(self, reader: Reader, clean: np.ndarray, batch_size: int, device: torch.device):
+    def __init__(self, reader: ModelOnTestSplit, clean: np.ndarray, batch_size: int, device: torch.device):
         self.reader, self.clean = reader, clean
         own = reader.spec.feature_modalities
         self.outputs = {m: reader.data.inputs[m]["features"] if m in own
                         else encode_present(reader.model.embedder.encoders[m], reader.data, m, batch_size, device)
                         for m in reader.spec.modalities}
 
-    def changing(self, modality: str | None = None, inputs: dict[str, torch.Tensor] | None = None) -> Reader:
+    def changing(self, modality: str | None = None, inputs: dict[str, torch.Tensor] | None = None) -> ModelOnTestSplit:
         """The reader with `modality` fed `inputs` (raw for an encoder the model runs, `features` for a cached
         one) and every other modality its pooled outputs; `modality=None`: all pooled."""
         reader, spec = self.reader, self.reader.spec
@@ -86,7 +87,7 @@ class Pooled:
         if modality is not None:
             fed[modality] = inputs
         data = SplitData(reader.data.sample_ids, reader.data.labels, fed, reader.data.masks)
-        return Reader(_reading_features(reader.model, replaced), spec, data)
+        return ModelOnTestSplit(_reading_features(reader.model, replaced), spec, data)
 
 
 def _reading_features(model: nn.Module, modalities: list[str]) -> nn.Module:
@@ -170,7 +171,7 @@ def _reencodes(encoder: nn.Module, raw: SplitData, modality: str, cached: torch.
     gap = f"max difference {float((again - cached[rows]).abs().max()):.3g}" if again.shape == cached[rows].shape \
         else f"width {again.shape[1]}, cached {cached.shape[1]}"
     return (f"its features are cached by align and encoding the clean inputs again does not reproduce them ({gap}; "
-            "a config-built frozen encoder's random weights are not saved): not corrupted")
+            "not the encoder align saved beside them? re-run `align`): not corrupted")
 
 
 def corruption_curves(models: Mapping[str, Pooled], raw: SplitData, y: np.ndarray,

@@ -10,7 +10,8 @@ encoders behind cached features (`data/aligned`, and every model folder `tune` w
 - `encoders/<m>.safetensors`: that encoder's weights (one file per modality: a frozen pretrained encoder's file is
   the same bytes in every run, so DVC stores it once).
 
-`load_for_raw_inputs` puts those encoders back where the model has cached-feature inputs.
+`load_for_raw_inputs` puts those encoders back where the model has cached-feature inputs; `load_encoders` reads
+them alone (evaluate re-encodes corrupted test inputs with align's).
 """
 
 from __future__ import annotations
@@ -67,24 +68,35 @@ def bundle_inputs(aligned_dir: Path, model_dir: Path) -> None:
                                     "encoders": {m: aligned["encoders"][m] for m in spec.feature_modalities}})
 
 
+def load_encoders(folder: str | Path, modalities: list[str]) -> dict[str, PooledEncoder]:
+    """The encoders of `modalities` that `save_inputs` saved in `folder` (align's or a model's), with their input
+    normalisation, in eval mode on the CPU: the very weights whose outputs were cached as features."""
+    folder = Path(folder)
+    entries = read_inputs(folder)["encoders"]
+    missing = [m for m in modalities if m not in entries]
+    if missing:
+        raise ValueError(f"{folder / INPUTS} holds no encoder of {missing}, which are read as cached features; "
+                         f"re-run the stage that wrote {folder} (`align`, or `tune` for a model)")
+    encoders = {}
+    for modality in modalities:
+        encoder = build_encoder_from_entry(modality, {"hf_config": entries[modality]["hf_config"]})
+        set_input_norm(encoder, modality, entries[modality]["input_norm"])
+        encoder.load_state_dict(load_file(str(folder / ENCODERS / f"{modality}.safetensors")))
+        encoders[modality] = encoder.eval()
+    return encoders
+
+
 def load_for_raw_inputs(model_dir: str | Path, device: torch.device | str = "cpu"
                         ) -> tuple[MultimodalModel, ModelSpec, dict[str, ModalitySpec]]:
     """The saved model with an encoder for every modality (none reads cached features), its spec, and each
     modality's processing settings. Only safetensors and JSON are read."""
     model_dir = Path(model_dir)
     model, spec = load_model(model_dir, "cpu")
-    inputs = read_inputs(model_dir)
-    for modality in spec.feature_modalities:
-        entry = inputs["encoders"].get(modality)
-        if entry is None:
-            raise ValueError(f"{model_dir / INPUTS} holds no encoder of {modality!r}, which the model reads as "
-                             "cached features; re-run `tune`")
-        encoder = build_encoder_from_entry(modality, {"hf_config": entry["hf_config"]})
-        set_input_norm(encoder, modality, entry["input_norm"])
-        encoder.load_state_dict(load_file(str(model_dir / ENCODERS / f"{modality}.safetensors")))
+    for modality, encoder in load_encoders(model_dir, spec.feature_modalities).items():
         if encoder.out_dim != model.embedder.encoders[modality].out_dim:
             raise ValueError(f"{model_dir}: the {modality} encoder gives {encoder.out_dim} features, the model reads "
                              f"{model.embedder.encoders[modality].out_dim}")
         model.embedder.encoders[modality] = encoder
+    inputs = read_inputs(model_dir)
     processing = {m: ModalitySpec.model_validate(inputs["processing"][m]) for m in spec.modalities}
     return model.to(device).eval(), spec, processing

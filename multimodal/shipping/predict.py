@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from tqdm import tqdm
 from multimodal.models.bundle import load_for_raw_inputs
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.storage.dataset import SplitData
+from multimodal.storage.io import atomic_text
 from multimodal.data.manifest import modality_columns, read_manifest
 from multimodal.modalities import get_modality
 from multimodal.training.train import predict as predict_probs
@@ -37,7 +35,7 @@ REQUIRED = ("sample_id",)  # `label` is optional here: with it, accuracy on the 
 
 
 @dataclass(frozen=True)
-class Reader:
+class ManifestCellReader:
     """How one modality's manifest cells become model inputs: its decoder and processor, as in preprocess."""
 
     modality: str
@@ -45,7 +43,7 @@ class Reader:
     processor: Any
 
     @classmethod
-    def build(cls, modality: str, spec: ModalitySpec) -> "Reader":
+    def build(cls, modality: str, spec: ModalitySpec) -> "ManifestCellReader":
         return cls(modality, spec, get_modality(modality).build_processor(spec))
 
     def _process(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
@@ -93,7 +91,8 @@ class Reader:
         return out
 
 
-def read_batch(rows: pd.DataFrame, readers: dict[str, Reader], root: Path) -> tuple[SplitData, list[list[str]]]:
+def read_batch(rows: pd.DataFrame, readers: dict[str, ManifestCellReader], root: Path
+               ) -> tuple[SplitData, list[list[str]]]:
     """The model inputs of `rows` (every modality in `readers`; absent ones masked) and each row's errors."""
     n = len(rows)
     inputs, masks, errors = {}, {}, [[] for _ in range(n)]
@@ -128,19 +127,6 @@ def predict_batch(model: torch.nn.Module, labels: Sequence[str], data: SplitData
     return out
 
 
-@contextmanager
-def atomic_csv(path: Path) -> Iterator[csv.writer]:
-    """A CSV writer whose file replaces `path` only once the block succeeds (rows are written as they come)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            yield csv.writer(handle)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 @dataclass
 class Summary:
     rows: int = 0
@@ -169,7 +155,7 @@ def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int
     """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy."""
     # 1. The model with an encoder for every modality, and the readers preprocess used for them.
     model, spec, processing = load_for_raw_inputs(model_dir, device)
-    readers = {m: Reader.build(m, processing[m]) for m in spec.modalities}
+    readers = {m: ManifestCellReader.build(m, processing[m]) for m in spec.modalities}
     frame = read_manifest(manifest, required=REQUIRED)
     unused = [m for m in modality_columns(frame) if m not in readers]
     if unused:
@@ -180,7 +166,8 @@ def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int
     labels = [str(v) for v in frame["label"]] if "label" in frame else None
     # 2. Batches: read, process, predict, write; the manifest's folder is the root its paths may not leave.
     summary = Summary()
-    with atomic_csv(out) as writer, tqdm(total=len(frame), desc="predict", unit="sample") as bar:
+    with atomic_text(out, newline="") as handle, tqdm(total=len(frame), desc="predict", unit="sample") as bar:
+        writer = csv.writer(handle)
         writer.writerow(output_columns(spec.labels))
         for start in range(0, len(frame), batch_size):
             rows = frame.iloc[start : start + batch_size]

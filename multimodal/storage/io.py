@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -133,6 +133,20 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_text(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
+    """A UTF-8 text stream (written as it comes) whose file replaces `path` only if the block succeeds.
+    `newline=""` for `csv.writer`."""
+    with atomic_file(path) as tmp:
+        with tmp.open("w", encoding="utf-8", newline=newline) as handle:
+            yield handle
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

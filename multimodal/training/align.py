@@ -8,6 +8,7 @@ aligned, their pooled outputs are cached too, so the `frozen` fine-tuning strate
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -26,6 +27,7 @@ from multimodal.modalities.spec import ModalitySpec
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.dataset import SplitData
 from multimodal.storage.io import read_json, write_json
+from multimodal.models.bundle import save_inputs
 from multimodal.models.model import Embedder, build_encoder_from_entry, encoder_entry, state_dict_for_saving
 from multimodal.modalities import PooledEncoder, build_pooled_encoder, set_input_norm
 from multimodal.modalities.base import FeatureInput
@@ -191,16 +193,6 @@ def feature_files(out_dir: Path, sample_ids: dict[str, list[str]], widths: dict[
                            {"sample_ids": json.dumps(ids)}) for split, ids in sample_ids.items()}
 
 
-def save_aligned(out_dir: Path, embedder: Embedder, features: dict[str, dict[str, torch.Tensor]],
-                 sample_ids: dict[str, list[str]], cfg: AlignConfig) -> None:
-    """`save_embedder` and the features files, from features in memory."""
-    save_embedder(out_dir, embedder, cfg)
-    widths = {m: v.shape[1] for tensors in features.values() for m, v in tensors.items()}
-    for split, file in feature_files(out_dir, {s: sample_ids[s] for s in features}, widths).items():
-        for m, values in features[split].items():
-            file.write(m, torch.arange(len(values)), values)
-
-
 def load_embedder(aligned_dir: Path) -> tuple[Embedder, dict]:
     meta = read_json(aligned_dir / "embedder.json")
     encoders = {m: build_encoder_from_entry(m, meta["encoders"][m]) for m in meta["modalities"]}
@@ -210,22 +202,6 @@ def load_embedder(aligned_dir: Path) -> tuple[Embedder, dict]:
     embedder = Embedder(encoders, meta["align"]["dim"])
     embedder.load_state_dict(load_file(str(aligned_dir / "embedder.safetensors")))
     return embedder, meta
-
-
-def feature_encoder(aligned_dir: Path, modality: str, specs: dict[str, ModalitySpec]) -> PooledEncoder:
-    """The encoder whose pooled outputs `align` cached for `modality`, to encode new inputs the same way.
-
-    A trainable encoder comes with its aligned weights from the embedder; a frozen one (`align.freeze`) was
-    never saved and is built again from its params section `specs[modality]` with align's input normalisation.
-    A config-built frozen encoder has random weights that this cannot rebuild: compare with the cached features
-    before relying on it.
-    """
-    embedder, meta = load_embedder(aligned_dir)
-    encoder = embedder.encoders[modality]
-    if isinstance(encoder, PooledEncoder):
-        return encoder.eval()
-    norm = {m: k for m, k in meta["align"].get("input_norm", {}).items() if m == modality}
-    return build_encoders(specs, [modality], [modality], norm)[modality].eval()
 
 
 def load_cached_features(aligned_dir: Path, data: SplitData, split: str, modalities: list[str]) -> SplitData:
@@ -258,3 +234,30 @@ def encode_trainable(embedder: Embedder, data: dict[str, SplitData], batch_size:
 def frozen_as_features(encoders: dict[str, torch.nn.Module], frozen: list[str]) -> dict[str, torch.nn.Module]:
     """The same encoder dict with frozen encoders replaced by cached-feature inputs."""
     return {m: FeatureInput(e.out_dim) if m in frozen else e for m, e in encoders.items()}
+
+
+def align_and_cache(out_dir: Path, raw: dict[str, SplitData], encoders: dict[str, PooledEncoder], frozen: list[str],
+                    cfg: AlignConfig, processing: dict[str, ModalitySpec], device: torch.device) -> dict[str, float]:
+    """What stage `align` writes into `out_dir` from the raw splits (train, val, test): the features of every
+    encoder, the aligned embedder, and the encoders with their processing (`save_inputs`). Returns the metrics."""
+    # 1. Frozen encoders run once; their pooled outputs, streamed to the features files, replace the raw inputs
+    #    from here on (read back batch by batch).
+    widths = {m: e.out_dim for m, e in encoders.items()}
+    files = feature_files(out_dir, {s: d.sample_ids for s, d in raw.items()}, widths)
+    for s, m in itertools.product(raw, frozen):
+        encode_present(encoders[m], raw[s], m, cfg.batch_size, device, sink=functools.partial(files[s].write, m))
+    data = {s: use_cached_features(d, {m: files[s].column(m) for m in frozen}) for s, d in raw.items()}
+    # 2. Contrastive training of projections (and trainable encoders) on train, no labels.
+    embedder = Embedder(frozen_as_features(encoders, frozen), cfg.dim)
+    losses = train_alignment(embedder, data["train"], cfg, device)
+    # 3. Retrieval quality on held-out splits.
+    metrics = {"contrastive_loss_last": losses[-1] if losses else None}
+    for split in ("val", "test"):
+        metrics.update({f"{split}/{k}": v for k, v in retrieval_recall(embedder, data[split], device).items()})
+    # 4. Every trainable encoder, with its aligned weights, run once more: the `frozen` strategy reads these.
+    encode_trainable(embedder, raw, cfg.batch_size, device, files)
+    save_embedder(out_dir, embedder.cpu(), cfg)
+    # Every encoder behind those features (frozen and aligned alike: the trainable ones are the embedder's) and the
+    # processing that fed it: evaluate re-encodes corrupted inputs with them, predict runs a model on new data.
+    save_inputs(out_dir, encoders, processing)
+    return metrics

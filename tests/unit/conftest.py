@@ -67,6 +67,16 @@ def align_config(**overrides: Any) -> AlignConfig:
     return replace(AlignConfig.from_params(repo_params()), **overrides)
 
 
+def write_aligned(out: Path, raw: dict[str, SplitData], encoders: dict[str, Any], frozen: list[str],
+                  processing: dict[str, ModalitySpec], **overrides: Any) -> dict[str, float]:
+    """`out` as stage `align` writes it (its `align_and_cache`) from `raw` (train, val, test) and `encoders`;
+    `overrides` of the AlignConfig, by default no epoch: the weights stay as built (fast, the same everywhere)."""
+    from multimodal.training.align import align_and_cache
+
+    cfg = align_config(**{"epochs": 0, **overrides})
+    return align_and_cache(out, raw, encoders, frozen, cfg, processing, torch.device("cpu"))
+
+
 def knobs(fusion: str) -> dict[str, Any]:
     """The architecture knobs of `fusion` as the repo's params set them (for `ModelSpec.fusion_knobs`)."""
     from multimodal.models.fusion import fusion_knobs

@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from multimodal.evaluation.evaluate import deep_predictions, fair_report, warn_if_baseline_wins, with_details
+from multimodal.evaluation.evaluate import (fair_report, load_readers, reader_probabilities, warn_if_baseline_wins,
+                                            with_details)
 from multimodal.models.model import ModelSpec, build_model, save_model
-from multimodal.evaluation.scoring import ABSTAIN
+from multimodal.evaluation.scoring import ABSTAIN, top_label
 from multimodal.training.train import predict
 from tests.unit.conftest import knobs, synthetic_split
 
@@ -76,7 +77,8 @@ def test_deep_models_abstain_on_rows_lacking_their_modality(tmp_path):
     fused = build_model(spec)
     save_model(fused, spec, models / "best")
     save_model(build_model(spec.restricted(["a"])), spec.restricted(["a"]), models / "unimodal" / "a")
-    preds, _ = deep_predictions(models, test, 16, torch.device("cpu"), aligned)
+    probs = reader_probabilities(load_readers(models, test, aligned, torch.device("cpu")), 16, torch.device("cpu"))
+    preds = {name: top_label(p) for name, p in probs.items()}  # as stage evaluate decides
 
     has_a = test.masks["a"].numpy()
     assert 0 < has_a.sum() < len(test)

@@ -10,22 +10,31 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from multimodal.training.align import build_encoders, encode_present, feature_encoder, frozen_as_features, save_aligned
+from multimodal.training.align import build_encoders, encode_present
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.storage.dataset import SplitData
-from multimodal.evaluation.evaluate import FUSED, deep_predictions, fair_report, load_readers, reader_probabilities, with_masked
-from multimodal.models.model import Embedder, ModelSpec, build_model, encoder_entry, save_model
+from multimodal.data.manifest import SPLITS
+from multimodal.evaluation.evaluate import FUSED, fair_report, load_readers, reader_probabilities, with_masked
+from multimodal.models.bundle import load_encoders
+from multimodal.models.model import ModelSpec, build_model, encoder_entry, save_model
 from multimodal.modalities import PooledEncoder, get_modality, names
 from multimodal.evaluation.robustness import (Pooled, check_corruptions, corrupted, corruption_curves, corruptions_of,
                                    missing_modality, reencode, removal_sets)
 from multimodal.evaluation.scoring import ABSTAIN, top_label
 from multimodal.training.train import predict
-from tests.unit.conftest import TINY_SPECS, align_config, knobs, params_section, repo_params, synthetic_split
+from tests.unit.conftest import TINY_SPECS, knobs, params_section, repo_params, synthetic_split, write_aligned
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 CPU = torch.device("cpu")
 DETERMINISTIC = {("image", "blur")}  # corruptions that draw nothing: the generator cannot change them
+MINILM = ModalitySpec(pretrained="minilm", config={}, max_length=8, tokenizer="minilm")
+
+
+def scored_predictions(models, test: SplitData, aligned) -> dict[str, np.ndarray]:
+    """The class per row of every saved model, as stage evaluate scores them."""
+    probs = reader_probabilities(load_readers(models, test, aligned, CPU), 16, CPU)
+    return {name: top_label(p) for name, p in probs.items()}
 
 
 def sample_inputs(modality: str) -> dict[str, torch.Tensor]:
@@ -133,7 +142,7 @@ def test_missing_modality_nothing_removed_is_the_plain_fused_accuracy(tmp_path):
     test = synthetic_split(60, missing=0.3, seed=3)
     models, aligned = features_models(tmp_path, test)
     y = test.labels.numpy()
-    preds, _ = deep_predictions(models, test, 16, CPU, aligned)
+    preds = scored_predictions(models, test, aligned)
     report = fair_report(y, preds, {}, 200, seed=0)
     fused = load_readers(models, test, aligned, CPU)[FUSED]
     rows = missing_modality(Pooled(fused, preds[FUSED], 16, CPU), y, 16, CPU, 200, seed=0)
@@ -148,13 +157,11 @@ def test_missing_modality_nothing_removed_is_the_plain_fused_accuracy(tmp_path):
     assert rows[1]["ci95_lo"] <= rows[1]["minus_clean"] <= rows[1]["ci95_hi"]
 
 
-@pytest.fixture(scope="module")
-def image_text(tmp_path_factory):
-    """Test rows with a raw image (a trainable tiny ViT) and text read as features cached from frozen MiniLM, as
-    `align` and `tune` leave them: the aligned embedder, the features file, a fused and two unimodal models."""
-    root = tmp_path_factory.mktemp("robustness")
-    specs = {"image": TINY_SPECS["image"],
-             "text": ModalitySpec(pretrained="minilm", config={}, max_length=8, tokenizer="minilm")}
+def save_image_text(root, text_spec: ModalitySpec) -> SplitData:
+    """Test rows with a raw image (a trainable tiny ViT) and text read as features cached from a frozen encoder of
+    `text_spec`, as `align` and `tune` leave them under `root`: the aligned folder (align's own code, the test rows
+    standing in for every split), a fused and two unimodal models."""
+    specs = {"image": TINY_SPECS["image"], "text": text_spec}
     n = 24
     y = torch.arange(n) % 3
     gen = torch.Generator().manual_seed(0)
@@ -169,28 +176,34 @@ def image_text(tmp_path_factory):
     raw = SplitData([f"t{i}" for i in range(n)], y, inputs, masks)
     torch.manual_seed(0)
     encoders = build_encoders(specs, ["image", "text"], ["text"])
-    cached = {"test": {"text": encode_present(encoders["text"], raw, "text", 16, CPU)}}
-    embedder = Embedder(frozen_as_features(encoders, ["text"]), 8)
     (root / "aligned").mkdir()
-    save_aligned(root / "aligned", embedder, cached, {"test": raw.sample_ids}, align_config(dim=8))
-    spec = ModelSpec(["image", "text"], {"image": encoder_entry(encoders["image"]), "text": {"features": 384}},
+    write_aligned(root / "aligned", {s: raw for s in SPLITS}, encoders, ["text"], specs, dim=8)
+    spec = ModelSpec(["image", "text"], {"image": encoder_entry(encoders["image"]),
+                                         "text": {"features": encoders["text"].out_dim}},
                      ["x", "y", "z"], dim=8, fusion="concat", dropout=0.0, fusion_knobs=knobs("concat"),
                      input_norm={})
     save_model(build_model(spec), spec, root / "models" / "best")
     for m in spec.modalities:
         save_model(build_model(spec.restricted([m])), spec.restricted([m]), root / "models" / "unimodal" / m)
-    return root, specs, raw
+    return raw
+
+
+@pytest.fixture(scope="module")
+def image_text(tmp_path_factory):
+    """`save_image_text` with text cached from frozen MiniLM."""
+    root = tmp_path_factory.mktemp("robustness")
+    return root, save_image_text(root, MINILM)
 
 
 def test_curves_start_at_the_clean_accuracy_and_reencode_cached_modalities(image_text):
-    root, specs, raw = image_text
+    root, raw = image_text
     readers = load_readers(root / "models", raw, root / "aligned", CPU)
     assert readers["unimodal_text"].spec.feature_modalities == ["text"]
     preds = {k: top_label(p) for k, p in reader_probabilities(readers, 16, CPU).items()}
     y = raw.labels.numpy()
-    scored = deep_predictions(root / "models", raw, 16, CPU, root / "aligned")[0]  # what evaluate scores
+    scored = scored_predictions(root / "models", raw, root / "aligned")  # what evaluate scores
     levels = {"image": {"noise": [0, 0.5, 20.0], "blur": [0, 1.0]}, "text": {"tokens": [0, 0.5, 1.0]}}
-    encoders = {"text": feature_encoder(root / "aligned", "text", specs)}
+    encoders = load_encoders(root / "aligned", ["text"])  # as stage evaluate loads them
     pooled = {name: Pooled(reader, preds[name], 16, CPU) for name, reader in readers.items()}
     rows, skipped = corruption_curves(pooled, raw, y, levels, encoders, 16, CPU, seed=0)
     assert skipped == {}
@@ -218,8 +231,8 @@ def test_curves_start_at_the_clean_accuracy_and_reencode_cached_modalities(image
 
 
 def test_reencoding_trims_padding_of_token_inputs_only_and_gives_the_same_features(image_text):
-    root, specs, raw = image_text
-    text = feature_encoder(root / "aligned", "text", specs)
+    root, raw = image_text
+    text = load_encoders(root / "aligned", ["text"])["text"]
     lengths = raw.inputs["text"]["attention_mask"][raw.masks["text"]].sum(1)
     assert lengths.min() < lengths.max() < 8  # padded, to different lengths
     full = encode_present(text, raw, "text", 5, CPU)
@@ -231,11 +244,11 @@ def test_reencoding_trims_padding_of_token_inputs_only_and_gives_the_same_featur
                        encode_present(vit, raw, "image", 5, CPU))
 
 
-def test_a_cached_modality_whose_encoder_cannot_be_rebuilt_is_skipped_with_the_reason(image_text):
-    root, _, raw = image_text
+def test_a_cached_modality_whose_encoder_does_not_reproduce_its_features_is_skipped_with_the_reason(image_text):
+    root, raw = image_text
     readers = load_readers(root / "models", raw, root / "aligned", CPU)
-    # A config-built frozen text encoder: built again with new random weights, not the ones behind the cache.
-    other = {"text": feature_encoder(root / "aligned", "text", {"text": TINY_SPECS["text"]})}
+    # Another text encoder than the one behind the cache (a config-built one, new random weights).
+    other = {"text": build_encoders({"text": TINY_SPECS["text"]}, ["text"], ["text"])["text"].eval()}
     preds = {k: top_label(p) for k, p in reader_probabilities(readers, 16, CPU).items()}
     pooled = {name: Pooled(reader, preds[name], 16, CPU) for name, reader in readers.items()}
     rows, skipped = corruption_curves(pooled, raw, raw.labels.numpy(), {"image": {"noise": [0, 1.0]},
@@ -243,3 +256,18 @@ def test_a_cached_modality_whose_encoder_cannot_be_rebuilt_is_skipped_with_the_r
                                       other, 16, CPU, seed=0)
     assert set(skipped) == {"text"} and "does not reproduce them" in skipped["text"]
     assert {r["modality"] for r in rows} == {"image"}
+
+
+def test_a_config_built_frozen_encoder_is_saved_by_align_so_its_curves_are_drawn(tmp_path):
+    """Its random weights cannot be built again from params: the ones align saved re-encode the cache exactly."""
+    raw = save_image_text(tmp_path, TINY_SPECS["text"])
+    readers = load_readers(tmp_path / "models", raw, tmp_path / "aligned", CPU)
+    preds = {k: top_label(p) for k, p in reader_probabilities(readers, 16, CPU).items()}
+    pooled = {name: Pooled(reader, preds[name], 16, CPU) for name, reader in readers.items()}
+    encoders = load_encoders(tmp_path / "aligned", ["text"])
+    cached = pooled["unimodal_text"].outputs["text"]
+    assert torch.allclose(encode_present(encoders["text"], raw, "text", 16, CPU), cached[:], atol=1e-6)
+    rows, skipped = corruption_curves(pooled, raw, raw.labels.numpy(), {"text": {"tokens": [0, 1.0]}}, encoders, 16,
+                                      CPU, seed=0)
+    assert skipped == {}
+    assert [(r["modality"], r["level"]) for r in rows] == [("text", 0.0), ("text", 1.0)]

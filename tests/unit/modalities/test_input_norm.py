@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from multimodal.training.align import build_encoders, encode_trainable, load_embedder, save_aligned
+from multimodal.training.align import build_encoders, load_embedder
 from multimodal.pipeline.params import ParamsError
 from stages.check_params import load_all
 from multimodal.storage.dataset import SplitData
@@ -19,7 +19,7 @@ from multimodal.modalities import get_modality, input_norm, input_norm_of
 from multimodal.modalities.audio import utterance, utterance_bins
 from multimodal.modalities.image import per_image
 from multimodal.training.train import predict
-from tests.unit.conftest import TINY_SPECS, align_config, knobs, train_config
+from tests.unit.conftest import TINY_SPECS, knobs, train_config, write_aligned
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -118,13 +118,12 @@ def test_normalisation_is_saved_and_reloaded_with_the_model(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def aligned(tmp_path_factory) -> Path:
-    """An aligned directory written by the real `save_aligned`, aligned (and features cached) with NORMS."""
+    """An aligned directory written by align's own `align_and_cache`, aligned (and features cached) with NORMS."""
     torch.manual_seed(0)
-    embedder = Embedder(build_encoders(TINY_SPECS, ["image", "audio"], [], NORMS), dim=8)
-    raw = {"train": split(8, 0), "val": split(8, 1)}
+    encoders = build_encoders(TINY_SPECS, ["image", "audio"], [], NORMS)
+    raw = {"train": split(8, 0), "val": split(8, 1), "test": split(8, 2)}
     out = tmp_path_factory.mktemp("aligned")
-    save_aligned(out, embedder, encode_trainable(embedder, raw, 4, CPU), {s: d.sample_ids for s, d in raw.items()},
-                 align_config(dim=8, input_norm=NORMS))
+    write_aligned(out, raw, encoders, [], {m: TINY_SPECS[m] for m in encoders}, dim=8, input_norm=NORMS)
     return out
 
 

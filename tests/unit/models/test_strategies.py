@@ -1,4 +1,4 @@
-"""Fine-tuning strategies on a tiny aligned directory written by the real `save_aligned`, with raw image/audio
+"""Fine-tuning strategies on a tiny aligned directory written by align's own `align_and_cache`, with raw image/audio
 inputs (config-built ViT with two blocks, AST with one) and a cached-feature `text` modality (as `align.freeze`)."""
 
 from __future__ import annotations
@@ -13,18 +13,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from multimodal.training.align import encode_trainable, load_cached_features, save_aligned
+from multimodal.training.align import build_encoders, load_cached_features
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.storage.dataset import SplitData
 from multimodal.evaluation.evaluate import inputs_for
 from multimodal.training.finetune import check_inputs, finetune, initial_model
 from multimodal.storage.io import read_json
-from multimodal.models.model import Embedder, load_model, save_model
-from multimodal.modalities import build_pooled_encoder
+from multimodal.models.model import load_model, save_model
 from multimodal.modalities.base import FeatureInput
 from multimodal.models.strategies import STRATEGIES, feature_modalities, train_last_blocks
 from multimodal.training.train import TrainConfig, predict
-from tests.unit.conftest import align_config, train_config
+from tests.unit.conftest import TINY_SPECS, train_config, write_aligned
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -37,15 +36,16 @@ SPECS = {
     "audio": ModalitySpec(pretrained=None, sampling_rate=16000, num_mel_bins=16, max_length=16,
                           config={"patch_size": 8, "frequency_stride": 8, "time_stride": 8, "hidden_size": 16,
                                   "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}),
+    "text": TINY_SPECS["text"],  # frozen (`align.freeze`): read as the features align cached
 }
 SIZES = {"train": 48, "val": 24, "test": 24}
 NO_NORM = {"image": "none", "audio": "none"}  # the raw inputs here are synthetic tensors, not log-mel features
 
 
 def raw_split(n: int, seed: int) -> SplitData:
-    """Class centre + noise per modality; 'text' as cached 6-d features; ~15% of each modality missing."""
+    """Class centre + noise per image/audio; 'text' as 6 tokens, words of its class; ~15% of each modality missing."""
     centres = torch.Generator().manual_seed(7)
-    shapes = {"image": ("pixel_values", (3, 8, 8)), "audio": ("input_values", (16, 16)), "text": ("features", (6,))}
+    shapes = {"image": ("pixel_values", (3, 8, 8)), "audio": ("input_values", (16, 16))}
     means = {m: torch.randn(3, *shape, generator=centres) for m, (_, shape) in shapes.items()}
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 3
@@ -56,6 +56,12 @@ def raw_split(n: int, seed: int) -> SplitData:
         x = means[m][labels] + 0.5 * torch.randn(n, *shape, generator=gen)
         x[~present[:, i]] = 0.0
         inputs[m], masks[m] = {key: x}, present[:, i].clone()
+    ids = 1000 + 10 * labels[:, None] + torch.randint(0, 4, (n, 6), generator=gen)  # [CLS] 4 words [SEP]
+    ids[:, 0], ids[:, -1] = 101, 102
+    attended = present[:, 2:].long().expand(n, 6)
+    inputs["text"] = {"input_ids": ids * attended, "attention_mask": attended.clone(),
+                      "token_type_ids": torch.zeros_like(ids)}
+    masks["text"] = present[:, 2].clone()
     return SplitData([f"{seed}-{i}" for i in range(n)], labels, inputs, masks)
 
 
@@ -63,14 +69,10 @@ def raw_split(n: int, seed: int) -> SplitData:
 def aligned(tmp_path_factory) -> tuple[Path, dict[str, SplitData]]:
     """An aligned directory as the `align` stage writes it, and the raw splits it was computed from."""
     torch.manual_seed(0)
-    encoders = {m: build_pooled_encoder(m, spec) for m, spec in SPECS.items()}
-    embedder = Embedder({**encoders, "text": FeatureInput(6)}, dim=8)
+    encoders = build_encoders(SPECS, list(SPECS), ["text"])
     raw = {split: raw_split(n, seed) for seed, (split, n) in enumerate(SIZES.items())}
-    features = encode_trainable(embedder, raw, 16, CPU)
-    for split, data in raw.items():
-        features[split]["text"] = data.inputs["text"]["features"]
     out = tmp_path_factory.mktemp("aligned")
-    save_aligned(out, embedder, features, {s: d.sample_ids for s, d in raw.items()}, align_config(dim=8, input_norm=NO_NORM))
+    write_aligned(out, raw, encoders, ["text"], SPECS, dim=8, input_norm=NO_NORM)
     return out, raw
 
 

@@ -14,19 +14,21 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from multimodal.training.align import build_encoders, encode_present, encode_trainable, frozen_as_features, save_aligned
-from multimodal.models.bundle import bundle_inputs, load_for_raw_inputs, save_inputs
+from multimodal.training.align import build_encoders
+from multimodal.models.bundle import bundle_inputs, load_for_raw_inputs
 from multimodal.storage.dataset import load_split
-from multimodal.evaluation.evaluate import FUSED, deep_predictions, inputs_for
+from multimodal.evaluation.evaluate import FUSED, inputs_for, load_readers, reader_probabilities
 from multimodal.training.finetune import initial_model
-from multimodal.data.manifest import read_manifest
-from multimodal.models.model import Embedder, load_model, save_model
+from multimodal.data.manifest import SPLITS, read_manifest
+from multimodal.models.model import load_model, save_model
 from multimodal.modalities.base import FeatureInput
 from multimodal.preprocessing.preprocess import preprocess_modality
+from multimodal.shipping import predict as predict_module
 from multimodal.shipping.predict import output_columns, predict_manifest
+from multimodal.evaluation.scoring import top_label
 from multimodal.training.train import predict
 from stages.predict import main
-from tests.unit.conftest import TINY_SPECS, align_config, train_config
+from tests.unit.conftest import TINY_SPECS, train_config, write_aligned
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -68,16 +70,14 @@ def saved(tmp_path_factory) -> tuple[Path, Path, Path]:
     for m in MODALITIES:
         preprocess_modality(frame, dataset, tmp / "pre" / m, modality=m, spec=TINY_SPECS[m], batch_size=5, shard_size=8)
     test = load_split(frame, "test", LABELS, tmp / "pre", MODALITIES)
-    # 2. align (untrained: the weights need not be good, only the same everywhere): text frozen and cached.
+    # 2. align (untrained: the weights need not be good, only the same everywhere): text frozen and cached; the
+    #    test rows stand in for every split.
     torch.manual_seed(0)
     encoders = build_encoders(TINY_SPECS, MODALITIES, ["text"], NORM)
-    embedder = Embedder(frozen_as_features(encoders, ["text"]), dim=8)
-    features = encode_trainable(embedder, {"test": test}, 4, CPU)
-    features["test"]["text"] = encode_present(encoders["text"], test, "text", 4, CPU)
     aligned = tmp / "aligned"
     aligned.mkdir()
-    save_aligned(aligned, embedder, features, {"test": test.sample_ids}, align_config(dim=8, input_norm=NORM))
-    save_inputs(aligned, encoders, TINY_SPECS)
+    write_aligned(aligned, {s: test for s in SPLITS}, encoders, ["text"], TINY_SPECS, dim=8, input_norm=NORM,
+                  batch_size=4)
     # 3. tune: a model that reads text as cached features, saved and given its inputs.
     model, spec = initial_model(aligned, LABELS, MODALITIES, train_config(strategy="full", input_norm=NORM))
     torch.nn.init.normal_(model.head.weight)  # a head far from zero: distinct probabilities per row
@@ -107,11 +107,29 @@ def test_predictions_equal_what_evaluate_scores_from_the_cached_features(saved, 
     probs = torch.tensor([[float(r[f"p_{c}"]) for c in LABELS] for r in rows])
     assert [r["sample_id"] for r in rows] == test.sample_ids
     assert torch.allclose(probs, expected, atol=1e-5)
-    preds, _ = deep_predictions(models, test, 4, CPU, aligned)
-    assert [LABELS.index(r["predicted"]) for r in rows] == preds[FUSED].tolist()
+    scored = reader_probabilities(load_readers(models, test, aligned, CPU), 4, CPU)  # what evaluate scores
+    assert [LABELS.index(r["predicted"]) for r in rows] == top_label(scored[FUSED]).tolist()
     assert all(r["error"] == "" for r in rows)
     assert [r["modalities_used"] for r in rows[:4]] == ["audio+text", "image+text", "image+audio", "image+audio+text"]
     assert summary.labelled == 12 and summary.correct == sum(r["predicted"] == c for r, c in zip(rows, frame["label"]))
+
+
+def test_a_failed_run_leaves_the_previous_output_and_no_partial_file(saved, tmp_path, monkeypatch):
+    dataset, models, _ = saved
+    out = tmp_path / "p.csv"
+    out.write_text("the previous output\n")
+    real, calls = predict_module.predict_batch, []
+
+    def failing_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed mid-run")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "predict_batch", failing_second_batch)
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        predict_manifest(models / "best", dataset / "manifest.csv", out, 5, CPU)
+    assert out.read_text() == "the previous output\n" and [p.name for p in tmp_path.iterdir()] == ["p.csv"]
 
 
 def test_bad_cells_become_errors_of_their_rows_only(saved, tmp_path):
