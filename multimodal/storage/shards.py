@@ -1,7 +1,8 @@
 """Sharded safetensors per split: `<dir>/<split>-00000.safetensors`, sample ids kept in the shard metadata.
 
-Tensors are stored compactly (`multimodal.storage.codecs`): integers as int32, pixels as uint8 where the modality declares
-it (`Modality.store`); each shard records its codecs in its metadata (`codecs`), so reading needs nothing else.
+Tensors are stored compactly (`multimodal.storage.codecs`): integers as int32, pixels as uint8 where the modality
+declares it (`Modality.store`); each shard records its codecs in its metadata (`codecs`), so reading needs nothing
+else.
 `split_columns` reads a split lazily (`multimodal.storage.columns.LazyColumn`: rows are read and decoded when
 indexed); `multimodal.storage.dataset.load_split` joins the modalities' columns onto the manifest.
 """

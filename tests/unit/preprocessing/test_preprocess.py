@@ -50,4 +50,5 @@ def test_a_sampling_rate_that_disagrees_with_the_pretrained_extractor_is_refused
     audio = get_modality("audio")
     with pytest.raises(ValueError, match=r"modalities\.audio\.sampling_rate is 16000 Hz .* expects 24000 Hz"):
         audio.build_processor(ModalitySpec(pretrained=str(extractor_24k), config={}, sampling_rate=16000))
-    assert audio.build_processor(ModalitySpec(pretrained=str(extractor_24k), config={}, sampling_rate=24000)).sampling_rate == 24000
+    at_24k_spec = ModalitySpec(pretrained=str(extractor_24k), config={}, sampling_rate=24000)
+    assert audio.build_processor(at_24k_spec).sampling_rate == 24000
