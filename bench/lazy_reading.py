@@ -4,8 +4,8 @@
 
 Writes the split twice (random pixels, a fifth of the rows without an image): compact (uint8 + codec, as
 preprocess writes now) and float32 without codecs (as it wrote before). Then, each in a fresh process: `memory`
-reads the float32 shards the way `read_split` did (every shard loaded and concatenated, then placed into dense
-(N, ...) tensors as `load_split` did) and batches from memory; `lazy` reads the compact shards with `load_split`
+reads the float32 shards the way the pipeline did before lazy reading (every shard loaded and concatenated,
+then placed into dense (N, ...) tensors) and batches from memory; `lazy` reads the compact shards with `load_split`
 (pread per batch). Both iterate the same seeded batch order.
 
 Measured on the 2-core dev machine, 5000 samples (4000 images), batches of 64: lazy 430 MiB peak, 10.2 batches/s

@@ -43,25 +43,33 @@ def _place(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def copy_user_files(frame: pd.DataFrame, src_root: Path, dest: Path) -> None:
-    """Copy (hard-link where possible) every referenced file to the path its cell names; refuse escapes.
-
-    The copy lands at the cell's own (normalised) path, not at a symlink's target, so the manifest's cells stay
-    valid under `dest`. Missing files and non-files are skipped: `validate` reports them with their row.
-    """
+def user_files(frame: pd.DataFrame, src_root: Path) -> list[tuple[str, Path, Path]]:
+    """(where, source, target) of every referenced file: `where` names its manifest row and column, `target` is
+    the cell's own (normalised) path, not a symlink's target, so the manifest's cells stay valid under the copy.
+    Refuses escapes, naming the row; reads no file and writes nothing. Missing files and non-files are skipped:
+    `validate` reports them with their row."""
+    out = []
     for column in file_columns(frame):
         for index, cell in enumerate(frame[column]):
             if not cell:
                 continue
-            row = index + 2  # manifest row as a spreadsheet shows it: the header is row 1
+            where = f"manifest row {index + 2}, column {column!r}"  # as a spreadsheet shows it: the header is row 1
             try:
                 source = resolve_inside(src_root, cell)
                 if source.is_file():
-                    _place(source, dest / relative_target(cell))
+                    out.append((where, source, relative_target(cell)))
             except ManifestError as err:
-                raise ManifestError(f"manifest row {row}, column {column!r}: {err}") from None
-            except OSError as err:
-                raise ManifestError(f"manifest row {row}, column {column!r}: cannot copy {cell!r}: {err}") from None
+                raise ManifestError(f"{where}: {err}") from None
+    return out
+
+
+def copy_user_files(files: list[tuple[str, Path, Path]], dest: Path) -> None:
+    """Copy (hard-link where possible) each of `user_files` to its target under `dest`."""
+    for where, source, target in files:
+        try:
+            _place(source, dest / target)
+        except OSError as err:
+            raise ManifestError(f"{where}: cannot copy {str(target)!r}: {err}") from None
 
 
 def with_splits(frame: pd.DataFrame, cfg: Ingest, seed: int) -> pd.DataFrame:
@@ -90,11 +98,13 @@ def ingest(cfg: Ingest, out_dir: Path, seed: int) -> pd.DataFrame:
     if not dataset.is_dir():
         raise ManifestError(f"ingest.dataset {str(dataset)!r} is not a folder; it must hold the manifest and its files")
     manifest = resolve_inside(dataset, cfg.manifest)
+    # Everything that may refuse the manifest runs first: a refused one leaves no trace, not even out_dir's parent.
+    # Cells that are not UTF-8 are kept (byte for byte) for `validate` to report with their rows.
+    frame = read_manifest(manifest, errors="surrogateescape", max_rows=cfg.max_rows)
+    files = user_files(frame, manifest.parent)
+    frame = with_splits(frame, cfg, seed)
     with atomic_dir(out_dir) as tmp:
-        # Cells that are not UTF-8 are kept (byte for byte) for `validate` to report with their rows.
-        frame = read_manifest(manifest, errors="surrogateescape", max_rows=cfg.max_rows)
-        copy_user_files(frame, manifest.parent, tmp)
-        frame = with_splits(frame, cfg, seed)
+        copy_user_files(files, tmp)
         write_manifest(frame, tmp / MANIFEST_NAME)
     logger.info("ingested %d samples into %s (%s)", len(frame), out_dir, frame["split"].value_counts().to_dict())
     return frame

@@ -1,8 +1,10 @@
 """Sharded safetensors per split: `<dir>/<split>-00000.safetensors`, sample ids kept in the shard metadata.
 
-Tensors are stored compactly (`multimodal.storage.codecs`): integers as int32, pixels as uint8 where the modality declares
-it (`Modality.store`); each shard records its codecs in its metadata (`codecs`), so reading needs nothing else.
-`split_columns` reads a split lazily (`multimodal.storage.columns.LazyColumn`); `read_split` all of it, decoded.
+Tensors are stored compactly (`multimodal.storage.codecs`): integers as int32, pixels as uint8 where the modality
+declares it (`Modality.store`); each shard records its codecs in its metadata (`codecs`), so reading needs nothing
+else.
+`split_columns` reads a split lazily (`multimodal.storage.columns.LazyColumn`: rows are read and decoded when
+indexed); `multimodal.storage.dataset.load_split` joins the modalities' columns onto the manifest.
 """
 
 from __future__ import annotations
@@ -93,11 +95,3 @@ def split_columns(in_dir: Path, split: str, tensors: bool = True) -> tuple[list[
                                   torch.cat([torch.arange(s.rows) for s in parts]))
     return ids, columns
 
-
-def read_split(in_dir: Path, split: str, tensors: bool = True) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """All shards of one split, concatenated and decoded; ([], {}) when the split has none.
-
-    `tensors=False` reads only the sample ids (from the metadata): enough where cached features replace the inputs.
-    """
-    ids, columns = split_columns(in_dir, split, tensors)
-    return ids, {k: v.materialize() for k, v in columns.items()}

@@ -47,6 +47,20 @@ def search_algorithm(cfg: Tune, seed: int):
     return BasicVariantGenerator(random_state=seed, max_concurrent=cfg.max_concurrent_trials)
 
 
+def build_scheduler(cfg: Tune, study: Path):
+    """The trial scheduler of `tune.scheduler`: ASHA stopping weak trials at rungs of `epoch` (its decisions
+    replayed from `study` when that is resumed), or FIFO: every trial runs to completion (bench/tune_search.py
+    compares the two)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from multimodal.tuning.resume import ResumableASHA
+
+    if cfg.scheduler == "asha":
+        return ResumableASHA(str(study), time_attr="epoch", max_t=cfg.asha.max_epochs,
+                             grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
+    return FIFOScheduler()
+
+
 def start_ray(cfg: Tune, project_dir: Path) -> str | None:
     """Join `tune.address` / RAY_ADDRESS, or start a local Ray; returns the address joined (None: local)."""
     return join_ray(cluster_address(cfg.address), project_dir, num_cpus=os.cpu_count(),
@@ -110,9 +124,8 @@ def run_search(params: StageParams, project_dir: Path, storage: Path):
     cfg = params.tune
     start_ray(cfg, project_dir)  # first: it sets the environment Ray reads when imported
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
 
-    from multimodal.tuning.resume import ResumableASHA, prepare_study, study_fingerprint
+    from multimodal.tuning.resume import prepare_study, study_fingerprint
     from multimodal.tuning.workers import trial_on_workers
 
     # 1. Resources, decided once: the device every trial trains on follows from them.
@@ -134,16 +147,11 @@ def run_search(params: StageParams, project_dir: Path, storage: Path):
     if prepare_study(study, study_fingerprint(params, project_dir)):
         logger.info("resuming the study in %s: finished trials are kept, unfinished ones continue", study)
         return tune.Tuner.restore(str(study), trainable, resume_unfinished=True, resume_errored=False).fit()
-    # 3. A new study: the search and ASHA decide which trials run and how long.
-    if cfg.scheduler == "asha":
-        scheduler = ResumableASHA(str(study), time_attr="epoch", max_t=cfg.asha.max_epochs,
-                                  grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
-    else:  # every trial runs to completion (bench/tune_search.py compares the two)
-        scheduler = FIFOScheduler()
+    # 3. A new study: the search and the scheduler (ASHA or FIFO) decide which trials run and how long.
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(cfg.space),
-        tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=build_scheduler(cfg, study),
                                     num_samples=cfg.num_samples, search_alg=search_algorithm(cfg, params.base.seed),
                                     # One worker process runs trial after trial: no re-import of torch per trial.
                                     # A trial on Ray Train workers starts new workers anyway.

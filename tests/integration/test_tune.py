@@ -65,13 +65,29 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tuned) -> None:
     assert failed and ok
     assert all(t["error"] == "ValueError: Invalid learning rate: -1.0" and t["epochs"] == "0" for t in failed)
     # ASHA (grace period 1, max 2 epochs) may stop a trial after its first epoch.
-    assert all(t["seed"] == "42" and t["epochs"] in ("1", "2") and float(t["val_accuracy"]) >= 0 for t in ok)
+    assert all(t["seed"] == "42" and t["epochs"] in ("1", "2") for t in ok)
     epochs = read_csv(project / "metrics/tune_epochs.csv")
     assert [(e["trial"], e["epoch"]) for e in epochs] == \
         [(t["trial"], str(n)) for t in ok for n in range(1, int(t["epochs"]) + 1)]
+    # Every accuracy is a count of the validation rows a model sees (those with any input) over their number; a
+    # trial's is its best epoch's (the first of equals), the study's best that of its best trial, in every file.
+    validated = read_csv(project / "data/validated/manifest.csv")
+    n_val = sum(1 for r in validated if r["split"] == "val" and any(r[m] for m in ("image", "audio", "text")))
+    assert n_val > 0
+    for trial in ok:
+        scores = [float(e["val_accuracy"]) for e in epochs if e["trial"] == trial["trial"]]
+        assert all(0 <= v <= 1 and abs(v * n_val - round(v * n_val)) < 1e-4 for v in scores), (scores, n_val)
+        assert float(trial["val_accuracy"]) == max(scores)
+        assert int(trial["best_epoch"]) == scores.index(max(scores)) + 1
+    best_row = max(ok, key=lambda t: float(t["val_accuracy"]))  # the first of equals, as trials are in order
     summary = json.loads((project / "metrics/tune.json").read_text())
     assert summary["trials"] == 4 and summary["trials_failed"] == len(failed)
+    assert (summary["best_val_accuracy"], summary["best_trial"], summary["best_epoch"]) == \
+        (float(best_row["val_accuracy"]), best_row["trial"], int(best_row["best_epoch"]))
     best = project / "models/best"
+    recorded = json.loads((best / "trial.json").read_text())
+    assert (recorded["value"], recorded["trial"], recorded["best_epoch"], recorded["metric"]) == \
+        (summary["best_val_accuracy"], summary["best_trial"], summary["best_epoch"], "val_accuracy")
     assert {"model.safetensors", "model.json", "best_config.yaml", "trial.json"} <= {p.name for p in best.iterdir()}
     assert {p.name for p in (project / "plots/tune").iterdir()} == {
         "val_accuracy_vs_epoch.png", "val_accuracy_vs_lr.png", "val_accuracy_vs_dropout.png",
@@ -110,8 +126,8 @@ def test_an_impossible_resource_request_fails_fast(aligned) -> None:
 def test_trials_run_on_an_existing_cluster(aligned) -> None:
     with ray_head(aligned) as (address, node_ids):
         assert len(node_ids) == 1
-        done = stage(with_tune(aligned, address=address, num_samples=2, space={**FAILING_SPACE, "lr": {"choice": [0.001]}}),
-                     "stages.tune")
+        space = {**FAILING_SPACE, "lr": {"choice": [0.001]}}
+        done = stage(with_tune(aligned, address=address, num_samples=2, space=space), "stages.tune")
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"joined the Ray cluster at {address}" in done.stderr
         results = sorted((aligned / ".ray/results/tune").glob("*/result.json"))

@@ -131,18 +131,29 @@ def test_escaping_path_is_refused_with_its_row(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside.png", "user"]
 
 
-def test_cell_reentering_the_folder_writes_nothing_outside_the_output(tmp_path):
+def tree(root: Path) -> dict[str, tuple]:
+    """Every path under `root` with its kind, bytes and modification time: any write shows up."""
+    return {str(p.relative_to(root)): ("dir", None, p.stat().st_mtime_ns) if p.is_dir() and not p.is_symlink()
+            else ("file", p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_cell_reentering_the_folder_is_refused_and_nothing_is_written(tmp_path):
+    """`images/../../user/...` leaves the dataset folder and comes back only by its name, which a copy of the
+    dataset does not share: refused naming its row and cell, before anything is written, anywhere."""
     root = tmp_path / "user"
     manifest = user_dataset(root)
     frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    frame.loc[1, "image"] = "images/../../user/images/c1/001.png"
+    cell = "images/../../user/images/c1/001.png"
+    frame.loc[1, "image"] = cell  # manifest row 3 (header is row 1)
     frame.to_csv(manifest, index=False)
     out = tmp_path / "out" / "raw"
-    try:
+    before = tree(tmp_path)
+    with pytest.raises(ManifestError) as err:
         ingest(cfg_for(manifest), out, seed=0)
-    except ManifestError:
-        pass  # refusing the cell is fine too
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) in ([], ["raw"])
+    assert "row 3, column 'image'" in str(err.value) and repr(cell) in str(err.value)
+    assert "escapes the dataset folder" in str(err.value)
+    assert not out.exists() and not out.parent.exists()
+    assert tree(tmp_path) == before
 
 
 def test_failed_ingest_keeps_the_previous_output(tmp_path):

@@ -14,7 +14,7 @@ from transformers import ASTFeatureExtractor
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.modalities import get_modality
 from multimodal.preprocessing.preprocess import preprocess_modality
-from multimodal.storage.shards import read_split
+from multimodal.storage.shards import split_columns
 
 
 @pytest.fixture
@@ -37,10 +37,11 @@ def test_a_16khz_wav_is_resampled_to_the_pretrained_extractors_24khz(tmp_path, e
     frame = pd.DataFrame({"sample_id": ["s0"], "split": ["train"], "label": ["x"], "audio": ["a.wav"]})
     spec = ModalitySpec(pretrained=str(extractor_24k), config={})
     preprocess_modality(frame, tmp_path, tmp_path / "out", modality="audio", spec=spec, batch_size=4, shard_size=8)
-    _, tensors = read_split(tmp_path / "out", "train")
+    ids, columns = split_columns(tmp_path / "out", "train")
+    assert ids == ["s0"]
     at_24k = resample_poly(wave, 3, 2).astype(np.float32)
     expected = ASTFeatureExtractor.from_pretrained(extractor_24k)([at_24k], sampling_rate=24000, return_tensors="np")
-    np.testing.assert_allclose(tensors["input_values"].numpy(), expected["input_values"], atol=1e-5)
+    np.testing.assert_allclose(columns["input_values"][:].numpy(), expected["input_values"], atol=1e-5)
     audio = get_modality("audio")
     assert len(audio.load("a.wav", tmp_path, spec, audio.build_processor(spec))) == len(at_24k)
 
@@ -49,4 +50,5 @@ def test_a_sampling_rate_that_disagrees_with_the_pretrained_extractor_is_refused
     audio = get_modality("audio")
     with pytest.raises(ValueError, match=r"modalities\.audio\.sampling_rate is 16000 Hz .* expects 24000 Hz"):
         audio.build_processor(ModalitySpec(pretrained=str(extractor_24k), config={}, sampling_rate=16000))
-    assert audio.build_processor(ModalitySpec(pretrained=str(extractor_24k), config={}, sampling_rate=24000)).sampling_rate == 24000
+    at_24k_spec = ModalitySpec(pretrained=str(extractor_24k), config={}, sampling_rate=24000)
+    assert audio.build_processor(at_24k_spec).sampling_rate == 24000

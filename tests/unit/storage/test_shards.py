@@ -10,7 +10,8 @@ import torch
 from safetensors import safe_open
 
 from multimodal.storage.dataset import SplitData, load_split
-from multimodal.storage.shards import ShardWriter, read_split
+from multimodal.storage.columns import LazyColumn
+from multimodal.storage.shards import ShardWriter, split_columns
 
 
 def sample(i: int) -> dict[str, torch.Tensor]:
@@ -35,29 +36,36 @@ def test_writer_flushes_every_shard_size_samples(tmp_path):
     assert sizes == [3, 3, 1]
 
 
-def test_read_split_returns_ids_and_tensors_in_order(tmp_path):
+def read(in_dir, split):
+    """A split through `split_columns`, the production reader: ids and each lazy column read whole."""
+    ids, columns = split_columns(in_dir, split)
+    assert all(isinstance(c, LazyColumn) and len(c) == len(ids) for c in columns.values())
+    return ids, {k: c[:] for k, c in columns.items()}
+
+
+def test_split_columns_give_ids_and_tensors_in_order(tmp_path):
     writer = ShardWriter(tmp_path, "val", shard_size=4)
     for start in range(0, 10, 2):  # batches of 2
         ids = [f"{i:03d}" for i in range(start, start + 2)]
         writer.add(ids, {k: torch.cat([sample(i)[k] for i in range(start, start + 2)]) for k in ("x", "ids")})
     writer.flush()
     assert writer.shards == 3  # 4 + 4 + 2
-    ids, tensors = read_split(tmp_path, "val")
+    ids, tensors = read(tmp_path, "val")
     assert ids == [f"{i:03d}" for i in range(10)]
     assert tensors["x"].shape == (10, 2, 3)
     assert tensors["x"][:, 0, 0].tolist() == [float(i) for i in range(10)]
     assert tensors["ids"].dtype == torch.long
     assert tensors["ids"][:, 0].tolist() == list(range(10))
     # Other splits in the same folder are not mixed in; a split without shards is empty.
-    assert read_split(tmp_path, "train") == ([], {})
+    assert split_columns(tmp_path, "train") == ([], {})
 
 
-def test_read_split_orders_more_than_ten_shards(tmp_path):
+def test_split_columns_order_more_than_ten_shards(tmp_path):
     writer = ShardWriter(tmp_path, "train", shard_size=1)
     for i in range(12):
         writer.add([str(i)], sample(i))
     writer.flush()
-    ids, tensors = read_split(tmp_path, "train")
+    ids, tensors = read(tmp_path, "train")
     assert ids == [str(i) for i in range(12)]
     assert tensors["x"][:, 0, 0].tolist() == [float(i) for i in range(12)]
 

@@ -17,7 +17,8 @@ from multimodal.storage.codecs import IntCodec, PixelCodec, compact_pixels
 from multimodal.storage.columns import LazyColumn, read_header
 from multimodal.storage.dataset import SplitData, load_split
 from multimodal.modalities import get_modality
-from multimodal.storage.shards import ShardWriter, read_split
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.storage.shards import ShardWriter, split_columns
 from tests.unit.conftest import TINY_SPECS
 
 CODEC = PixelCodec(1 / 255, (0.5, 0.4, 0.3), (0.5, 0.25, 0.2))
@@ -37,13 +38,13 @@ def write(root, modality, split, ids, tensors_of, codecs=None, shard_size=7):
     return writer.shards
 
 
-def dense(frame, split, labels, root, modalities) -> SplitData:
-    """What `load_split` held before lazy reading: every shard read and placed into (N, ...) zeros."""
+def dense(frame, split, labels, written) -> SplitData:
+    """What `load_split` held before lazy reading, built from what was written (no shard is read):
+    `written[modality]` = (sample ids, their decoded tensors), placed into (N, ...) zeros."""
     rows = frame[frame["split"] == split]
     position = {s: i for i, s in enumerate(rows["sample_id"])}
     inputs, masks = {}, {}
-    for m in modalities:
-        ids, tensors = read_split(root / m, split)
+    for m, (ids, tensors) in written.items():
         at = torch.tensor([position[s] for s in ids], dtype=torch.long)
         masks[m] = torch.zeros(len(rows), dtype=torch.bool)
         masks[m][at] = True
@@ -70,10 +71,13 @@ def test_lazy_batches_equal_in_memory_batches(tmp_path):
         return {"input_ids": ids_, "attention_mask": (ids_ > 0).long(), "x": ids_.float() / 3}
 
     # Shards in another order than the manifest, rows absent from each modality.
-    write(tmp_path, "image", "train", [s for s in reversed(ids) if value[s] % 4], pixels, {"pixel_values": CODEC})
-    write(tmp_path, "text", "train", [s for s in ids if value[s] % 3], tokens)
+    image_ids, text_ids = [s for s in reversed(ids) if value[s] % 4], [s for s in ids if value[s] % 3]
+    write(tmp_path, "image", "train", image_ids, pixels, {"pixel_values": CODEC})
+    write(tmp_path, "text", "train", text_ids, tokens)
     lazy = load_split(frame, "train", ["a", "b", "c"], tmp_path, ["image", "text"])
-    memory = dense(frame, "train", ["a", "b", "c"], tmp_path, ["image", "text"])
+    memory = dense(frame, "train", ["a", "b", "c"], {
+        "image": (image_ids, {"pixel_values": CODEC.decode(pixels(image_ids)["pixel_values"])}),
+        "text": (text_ids, tokens(text_ids))})
     assert isinstance(lazy.inputs["image"]["pixel_values"], LazyColumn)
     assert lazy.inputs["image"]["pixel_values"].shape == (n, 3, 4, 5)
     seen = 0
@@ -99,22 +103,47 @@ def test_lazy_batches_equal_in_memory_batches(tmp_path):
         lazy.to(torch.device("cpu"))
 
 
-def test_image_pixels_are_stored_as_uint8_and_decode_to_the_processor_output(tmp_path):
-    image = get_modality("image")
-    spec = TINY_SPECS["image"]
-    processor = image.build_processor(spec)
-    items = pictures(5)
-    stored = image.stored(processor, items, spec)
-    assert stored.tensors["pixel_values"].dtype == torch.uint8
-    expected = processor(images=items, return_tensors="pt")["pixel_values"]  # what shards held before: float32
-    assert torch.allclose(stored.decoded()["pixel_values"], expected, rtol=0, atol=1e-6)
-    assert torch.equal(image.process(processor, items, spec)["pixel_values"], stored.decoded()["pixel_values"])
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # uneven per-channel factors, unlike the default 0.5s
+VIDEO_SPEC = ModalitySpec(pretrained=None, config={}, image_size=8, num_frames=3, encoder="video")
+
+
+def clips(n: int, frames: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (frames, 13 + i % 5, 11, 3), dtype=np.uint8) for i in range(n)]
+
+
+@pytest.mark.parametrize("mean_std", [None, IMAGENET], ids=["default", "imagenet"])
+@pytest.mark.parametrize("modality", ["image", "video"])
+def test_compact_pixels_decode_to_the_processors_own_float_output_bit_for_bit(tmp_path, modality, mean_std):
+    """The uint8 form and its codec give exactly what the HF processor, called normally (rescale + normalise in
+    float), outputs: stored, decoded, through `process`, and read back from a shard."""
+    handler = get_modality(modality)
+    spec = TINY_SPECS["image"] if modality == "image" else VIDEO_SPEC
+    processor = handler.build_processor(spec)
+    if mean_std is not None:
+        processor.image_mean, processor.image_std = (list(v) for v in mean_std)
+    items = pictures(5) if modality == "image" else clips(5, int(spec.options["num_frames"]))
+    # The processor's own float32 output (what shards held before): images as a batch, clips as videos.
+    expected = (processor(images=items, return_tensors="pt") if modality == "image"
+                else processor(items, return_tensors="pt"))["pixel_values"]
+    assert expected.dtype == torch.float32 and expected.shape[0] == 5
+    assert mean_std is None or expected.abs().max() > 1  # the ImageNet statistics took effect (0.5s stay in -1..1)
+
+    stored = handler.store(processor, items, spec)
+    assert stored.tensors["pixel_values"].dtype == torch.uint8  # the compact form, not the float32 fallback
+    mean, std = mean_std or ((0.5,) * 3, (0.5,) * 3)
+    assert stored.codecs["pixel_values"] == PixelCodec(processor.rescale_factor, mean, std)
+    assert torch.equal(stored.decoded()["pixel_values"], expected)
+    assert torch.equal(handler.process(processor, items, spec)["pixel_values"], expected)
+
     ShardWriter(tmp_path, "train", 4).add([str(i) for i in range(5)], stored.tensors, stored.codecs)
-    _, tensors = read_split(tmp_path, "train")  # nothing pending yet: 4 rows in one shard
-    assert torch.allclose(tensors["pixel_values"], expected[:4], rtol=0, atol=1e-6)
+    ids, columns = split_columns(tmp_path, "train")  # nothing pending yet: 4 rows in one shard
+    assert ids == ["0", "1", "2", "3"] and isinstance(columns["pixel_values"], LazyColumn)
+    assert torch.equal(columns["pixel_values"][:], expected[:4])
+    assert torch.equal(columns["pixel_values"][torch.tensor([3, 1])], expected[[3, 1]])
     metadata, segments = read_header(tmp_path / "train-00000.safetensors")
     assert segments["pixel_values"].stored_dtype == torch.uint8  # 1 byte a value on disk
-    assert segments["pixel_values"].codec == PixelCodec(processor.rescale_factor, (0.5,) * 3, (0.5,) * 3)
+    assert segments["pixel_values"].codec == stored.codecs["pixel_values"]
 
 
 def test_integer_tensors_are_stored_as_int32_and_restored_exactly(tmp_path):
@@ -122,8 +151,9 @@ def test_integer_tensors_are_stored_as_int32_and_restored_exactly(tmp_path):
     write(tmp_path, "text", "val", ["a", "b"], lambda batch: {"input_ids": ids, "attention_mask": (ids > 0).long()})
     _, segments = read_header(tmp_path / "text" / "val-00000.safetensors")
     assert segments["input_ids"].stored_dtype == torch.int32 and segments["input_ids"].codec == IntCodec()
-    got, tensors = read_split(tmp_path / "text", "val")
-    assert got == ["a", "b"] and tensors["input_ids"].dtype == torch.int64 and torch.equal(tensors["input_ids"], ids)
+    got, columns = split_columns(tmp_path / "text", "val")
+    read = columns["input_ids"][:]
+    assert got == ["a", "b"] and read.dtype == torch.int64 and torch.equal(read, ids)
 
 
 def test_values_that_do_not_fit_the_stored_form_are_refused_naming_the_key(tmp_path):

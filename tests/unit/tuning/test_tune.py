@@ -12,7 +12,7 @@ import yaml
 from multimodal.pipeline.params import ParamsError
 from stages.check_params import load_all
 from multimodal.tuning.params import Tune
-from multimodal.tuning.search import decide_resources, search_algorithm, search_space
+from multimodal.tuning.search import build_scheduler, decide_resources, search_algorithm, search_space
 from multimodal.tuning.results import (best_checkpoint, best_trial, epochs_table, error_message, trial_table,
                                      write_plots)
 from tests.unit.conftest import params_section, repo_params
@@ -61,17 +61,31 @@ def test_bad_space_entries_are_reported_with_their_key(tmp_path, entry, message)
     assert "tune.space.dropout" in str(err.value) and message in str(err.value)
 
 
-def test_metric_gpu_and_search_are_checked(tmp_path) -> None:
-    path = write_params(tmp_path, metric="val_f1", gpus_per_trial=1.5, search="grid")
+def test_our_own_rules_are_reported_together_with_their_keys(tmp_path) -> None:
+    """Beyond the types: a GPU count that is neither a fraction nor whole, and a mode against the metric."""
+    path = write_params(tmp_path, metric="val_loss", mode="max", gpus_per_trial=1.5)
     with pytest.raises(ParamsError) as err:
         load_all(path)
     message = str(err.value)
-    assert "tune.metric" in message and "tune.gpus_per_trial" in message and "tune.search" in message
+    assert "tune.gpus_per_trial" in message and "a fraction of one GPU or whole GPUs, got 1.5" in message
+    assert "tune.mode" in message and "val_loss is better lower, so tune.mode must be 'min', not 'max'" in message
+    load_all(write_params(tmp_path, metric="val_loss", mode="min", gpus_per_trial=2))  # both fine this way
 
 
-def test_the_committed_params_validate_with_the_new_keys() -> None:
-    cfg = load_all(REPO / "params.yaml").tune
-    assert cfg.search in ("random", "optuna") and cfg.max_failures >= 0 and cfg.keep_checkpoints >= 1
+def test_the_committed_space_samples_into_trial_configs() -> None:
+    """Each sample of the committed `tune.space` is a training config (no knob unknown to `TrainConfig`)."""
+    from multimodal.tuning.trial import trial_train_config
+
+    params = repo_params()
+    space = search_space(params.tune.space)
+    for _ in range(5):
+        sample = {name: domain.sample() for name, domain in space.items()}
+        cfg = trial_train_config(params, sample)
+        for name, value in sample.items():
+            got = cfg
+            for part in name.split("."):  # `augment.audio.time_mask`: one entry of a nested knob
+                got = got[part] if isinstance(got, dict) else getattr(got, part)
+            assert got == value, name
 
 
 def test_a_trial_config_is_the_params_plus_its_sample() -> None:
@@ -157,9 +171,27 @@ def test_cpu_device_leaves_gpus_alone() -> None:
     assert decide_resources(tune_cfg(cpus_per_trial=1), "cpu", [GPU_NODE]) == {"cpu": 1, "gpu": 0.0}
 
 
-def test_workers_per_trial_works_with_either_scheduler() -> None:
-    for scheduler in ("asha", "fifo"):  # ASHA once refused several workers per trial (their resources leaked)
-        assert tune_cfg(workers_per_trial=2, scheduler=scheduler).workers_per_trial == 2
+@pytest.mark.parametrize("scheduler", ["asha", "fifo"])
+def test_workers_per_trial_works_with_either_scheduler(tmp_path, scheduler) -> None:
+    """What `run_search` hands the Tuner, built for a study of 2-worker trials (ASHA once refused several workers
+    per trial: their resources leaked)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from multimodal.tuning.resume import ResumableASHA
+
+    cfg = tune_cfg(workers_per_trial=2, scheduler=scheduler, max_concurrent_trials=2,
+                   asha={"max_epochs": 8, "grace_period": 2, "reduction_factor": 2})
+    built = build_scheduler(cfg, tmp_path / "tune")
+    assert built.set_search_properties(cfg.metric, cfg.mode)  # as the Tuner sets them
+    if scheduler == "asha":
+        assert isinstance(built, ResumableASHA) and built._study == str(tmp_path / "tune")
+        assert (built._time_attr, built._max_t) == ("epoch", 8)
+        assert [len(built._brackets)] == [1] and sorted(r for r, _ in built._brackets[0]._rungs) == [2, 4, 8]
+    else:
+        assert type(built) is FIFOScheduler
+    searcher = search_algorithm(cfg, 42)
+    assert searcher.max_concurrent == 2
+    assert not (tmp_path / "tune").exists()  # building writes nothing: a fresh study starts empty
 
 
 def test_workers_of_a_trial_may_span_nodes_but_must_fit_at_once() -> None:
