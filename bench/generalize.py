@@ -28,14 +28,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: make `multimodal` importable
-from stages.check_params import load_all
-from multimodal.training.finetune import finetune
+from flows.workspace import copy_project, run, set_params
 from multimodal.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from multimodal.evaluation.scoring import model_scores
+from multimodal.training.finetune import finetune
 from multimodal.training.load_data import load_labels, load_splits
 from multimodal.training.train import predict
 from multimodal.tuning.trial import trial_train_config
-from flows.workspace import copy_project, run, set_params
+from stages.check_params import load_all
 
 # The harder setting: noisier speech, fewer training voices, fainter images.
 SETTINGS = {

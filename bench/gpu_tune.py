@@ -40,10 +40,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: make `multimodal` importable
 import multimodal.training.train as train_module
-from multimodal.storage.io import write_json
-from multimodal.data.manifest import SPLITS
-from multimodal.storage.shards import ShardWriter
 from flows.workspace import project_env, set_params
+from multimodal.data.manifest import SPLITS
+from multimodal.storage.io import write_json
+from multimodal.storage.shards import ShardWriter
 
 CLASSES = 10
 SPLIT_SHARES = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -234,10 +234,10 @@ def tune_run(project: Path, out: Path, args: argparse.Namespace, gpus: float, pr
 # --- 4. the training loop alone: tune.fixed.precision bf16 (autocast on CUDA) vs fp32 --------------------------------------
 
 def loop_throughput(project: Path, device: torch.device, epochs: int, batch_sizes: list[int]) -> list[dict]:
-    from stages.check_params import load_all
     from multimodal.training.finetune import initial_model
     from multimodal.training.load_data import load_labels, load_splits
     from multimodal.tuning.trial import trial_train_config
+    from stages.check_params import load_all
 
     os.chdir(project)  # params paths are relative to the project
     params = load_all(project / "params.yaml")

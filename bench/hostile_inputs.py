@@ -1,6 +1,7 @@
 """Hostile inputs are refused from what they declare, before they are read or decoded: time and peak memory.
 
-Each case profiles one cell in a fresh process (`multimodal.data.profile.profile_cell`, what `validate` runs per row) and
+Each case profiles one cell in a fresh process (`multimodal.data.profile.profile_cell`, what `validate` runs per row)
+and
 records its wall time, peak RSS (the process's own, over a bare interpreter that imported the same modules) and the
 reason the row gets. A manifest far beyond `ingest.max_rows` is read the same way by `read_manifest`.
 

@@ -23,20 +23,20 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from multimodal.training.align import load_embedder
-from stages.check_params import load_all
-from multimodal.tuning.params import FUSIONS, STRATEGIES
-from multimodal.storage.dataset import SplitData, load_split
-from multimodal.training.finetune import finetune
-from multimodal.models.fusion import fusion_knobs
-from multimodal.evaluation.scoring import scores
 from multimodal.data.manifest import read_manifest
+from multimodal.evaluation.scoring import scores
 from multimodal.modalities import PooledEncoder, build_pooled_encoder
+from multimodal.models.fusion import fusion_knobs
 from multimodal.models.model import Embedder, MultimodalModel
 from multimodal.pipeline.runtime import go_offline_for, pick_device
+from multimodal.storage.dataset import SplitData, load_split
+from multimodal.training.align import load_embedder
+from multimodal.training.finetune import finetune
 from multimodal.training.load_data import load_labels, load_splits
 from multimodal.training.train import fit, predict
+from multimodal.tuning.params import FUSIONS, STRATEGIES
 from multimodal.tuning.trial import trial_train_config
+from stages.check_params import load_all
 
 
 def early_fusion_matrix(data: SplitData, vocabulary: dict[int, int]) -> np.ndarray:

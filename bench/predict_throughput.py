@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from multimodal.models.bundle import load_for_raw_inputs
 from multimodal.data.manifest import read_manifest
-from multimodal.shipping.predict import REQUIRED, ManifestCellReader, predict_batch, predict_manifest, read_batch
+from multimodal.models.bundle import load_for_raw_inputs
 from multimodal.pipeline.runtime import go_offline
+from multimodal.shipping.predict import REQUIRED, ManifestCellReader, predict_batch, predict_manifest, read_batch
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ The manifest sits inside the demo folder and `ingest.dataset` points there, so i
 once, whatever N. Every stage then runs as the real entry point in its own process, in the environment dvc gives
 it (`flows.workspace.project_env`: `python -m multimodal.pipeline.offline`'s switches): `ingest`, `validate`,
 `preprocess <m>` per modality (one process each, as `preprocess@<m>`), `align`, and one tune trial: what a Ray
-trial runs (`multimodal.tuning.search.prepare_trial` + `multimodal.training.train.fit`, the fixed knobs plus TRIAL_KNOBS, one epoch
+trial runs (`multimodal.tuning.trial.prepare_trial` + `multimodal.training.train.fit`, the fixed knobs plus
+TRIAL_KNOBS, one epoch
 over the train split via `epoch_limit`) in a process of its own, without Ray, so its RSS is the trial's own.
 
 Peak RSS is `ru_maxrss` from `os.wait4` on the stage's process: the largest of that process and any children it
@@ -103,8 +104,8 @@ def disk_per_sample(project: Path, modalities: list[str], n: int) -> dict[str, f
 def run_size(workdir: Path, demo_dir: Path, n: int, results: dict, save) -> None:
     """One scratch project of N samples, every stage measured in turn."""
     from flows.workspace import copy_project
-    from stages.check_params import load_all
     from multimodal.data.manifest import read_manifest, write_manifest
+    from stages.check_params import load_all
 
     name = f"scale-{n}.csv"
     write_manifest(scaled_manifest(read_manifest(demo_dir / "manifest.csv"), n), demo_dir / name)
@@ -133,9 +134,9 @@ def trial() -> None:
     import torch
 
     from multimodal.pipeline.params import load_params
-    from multimodal.tuning.params import TUNE
     from multimodal.pipeline.runtime import go_offline, pick_device, seed_everything, setup_logging
     from multimodal.training.train import fit
+    from multimodal.tuning.params import TUNE
     from multimodal.tuning.trial import prepare_trial, trial_train_config
 
     setup_logging()

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from multimodal.pipeline.params import load_params
-from multimodal.tuning.params import TUNE
 from multimodal.pipeline.runtime import go_offline_for
-from multimodal.tuning.search import run_search
+from multimodal.tuning.params import TUNE
 from multimodal.tuning.results import best_trial, trial_table
+from multimodal.tuning.search import run_search
 
 
 def study(params, scheduler: str, storage: Path) -> dict:

@@ -74,11 +74,11 @@ def _write_manifest(path: Path, rows: list[tuple[str, ...]]) -> None:
 def worker(root: Path, n: int) -> dict[str, float]:
     """In a fresh process: validate `manifest_<n>.csv` once; time, peak RSS and RSS after imports."""
     start = time.perf_counter()
-    import multimodal.data.validation as validation
     import yaml
 
-    from multimodal.data.params import Validate
+    import multimodal.data.validation as validation
     from multimodal.data.manifest import read_manifest
+    from multimodal.data.params import Validate
 
     thresholds = Validate.model_validate(yaml.safe_load((REPO / "params.yaml").read_text())["validate"])
 

@@ -77,10 +77,9 @@ def main() -> None:
 
     import torch
 
-    from multimodal.modalities.spec import ModalitySpec
-    from multimodal.modalities import get_modality
-    from multimodal.modalities import video
+    from multimodal.modalities import get_modality, video
     from multimodal.modalities.base import Modality
+    from multimodal.modalities.spec import ModalitySpec
 
     torch.set_num_threads(args.threads)
     # Assembled here until the registry lists video (issue 12); the same functions the registry will call.

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows.workspace import project_env
 from multimodal.reporting.experiments import Experiment, parse_exp_show
 from multimodal.storage.io import write_bytes_atomic
-from flows.workspace import project_env
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,8 @@ def stage_changes(workspace: Path, stage: str) -> list[Any]:
 
 
 def describe_changes(changes: Sequence[Any]) -> str:
-    """`dvc status --json` entries in one line: `changed deps: multimodal/training/train.py (modified); params: tune.lr`."""
+    """`dvc status --json` entries in one line, e.g.
+    `changed deps: multimodal/training/train.py (modified); params: tune.lr`."""
     parts = []
     for change in changes:
         if isinstance(change, str):  # "changed command", "always changed"

@@ -102,7 +102,8 @@ def best_config_markdown(text: str, path: str) -> str:
 def experiments_rows(experiments: Sequence[Experiment], metrics: Sequence[Metric], limit: int,
                      ranking: Ranking, current: str | None = None) -> list[dict[str, Any]]:
     """The `limit` best runs by `ranking` (this run added if it ranks lower) as `python -m stages.compare` shows
-    them (`multimodal.reporting.experiments.comparison`): rank, name, rev, created, kind, the params that differ among them
+    them (`multimodal.reporting.experiments.comparison`): rank, name, rev, created, kind, the params that differ among
+    them
     (full keys), the validation metric, then `metrics`."""
     order = ranked(experiments, ranking)
     chosen = order[:limit] + [e for e in order[limit:] if e.name == current]

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from multimodal.training.align import AlignConfig, align_and_cache, build_encoders
+from multimodal.data.manifest import SPLITS, read_manifest
 from multimodal.modalities.params import INPUT_NORM, LISTED, MODALITIES
 from multimodal.pipeline.params import Base, Schema, load_params
-from multimodal.training.params import Align
+from multimodal.pipeline.runtime import go_offline_for, pick_device, seed_everything, setup_logging
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.dataset import load_split
 from multimodal.storage.io import atomic_dir, write_json
-from multimodal.data.manifest import SPLITS, read_manifest
-from multimodal.pipeline.runtime import go_offline_for, pick_device, seed_everything, setup_logging
+from multimodal.training.align import AlignConfig, align_and_cache, build_encoders
 from multimodal.training.load_data import load_labels
+from multimodal.training.params import Align
 
 logger = logging.getLogger(__name__)
 

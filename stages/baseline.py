@@ -5,15 +5,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from multimodal.evaluation.baseline import PREDICTIONS, PROBABILITIES, fit_baselines, write_predictions, write_probabilities
+from multimodal.data.manifest import SPLITS, read_manifest
+from multimodal.evaluation.baseline import (
+    PREDICTIONS,
+    PROBABILITIES,
+    fit_baselines,
+    write_predictions,
+    write_probabilities,
+)
 from multimodal.evaluation.params import Baseline
 from multimodal.modalities.params import LISTED
 from multimodal.pipeline.params import Base, Schema, load_params
+from multimodal.pipeline.runtime import setup_logging
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.dataset import load_split
 from multimodal.storage.io import atomic_dir, write_json
-from multimodal.data.manifest import SPLITS, read_manifest
-from multimodal.pipeline.runtime import setup_logging
 from multimodal.training.load_data import load_labels
 
 logger = logging.getLogger(__name__)

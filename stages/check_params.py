@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from pathlib import Path
 
 from multimodal.pipeline.params import ParamsError, Schema, load_keys, validate_params

@@ -16,8 +16,8 @@ import textwrap
 from pathlib import Path
 
 from multimodal.pipeline.params import Schema, load_keys
-from multimodal.tuning.params import Tune
 from multimodal.reporting.experiments import Metric, comparison, exp_show, headline_metrics, ranking_for, render
+from multimodal.tuning.params import Tune
 
 LEGEND = ("{val}: the validation figure tune selected on (runs are ranked by it); test_fused: the fused model's "
           "test accuracy; fused-unimodal: minus the best unimodal model's (chosen on validation); baseline: "

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from multimodal.data.manifest import MANIFEST_NAME, write_manifest
 from multimodal.demo.params import DEMO, Demo
 from multimodal.pipeline.params import Base, Schema, load_params
-from multimodal.storage.io import atomic_dir
-from multimodal.data.manifest import MANIFEST_NAME, write_manifest
 from multimodal.pipeline.runtime import go_offline, setup_logging
+from multimodal.storage.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 

@@ -14,24 +14,30 @@ from pathlib import Path
 
 import torch
 
+from multimodal.data.manifest import read_manifest
 from multimodal.evaluation.baseline import PREDICTIONS, PROBABILITIES, read_predictions, read_probabilities
 from multimodal.evaluation.calibration import reliability
+from multimodal.evaluation.efficiency import efficiency_report
+from multimodal.evaluation.evaluate import (
+    FUSED,
+    fair_report,
+    load_readers,
+    reader_probabilities,
+    warn_if_baseline_wins,
+    with_details,
+)
 from multimodal.evaluation.params import Evaluate
+from multimodal.evaluation.plots import write_efficiency, write_tables
+from multimodal.evaluation.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
+from multimodal.evaluation.scoring import ABSTAIN, per_class_scores, top_label
 from multimodal.modalities.params import LISTED
 from multimodal.models.bundle import load_encoders
+from multimodal.pipeline.metrics_files import HEADLINE, headline_of
 from multimodal.pipeline.params import Base, Schema, load_params
+from multimodal.pipeline.runtime import go_offline, pick_device, setup_logging
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.dataset import SplitData, load_split
-from multimodal.evaluation.efficiency import efficiency_report
-from multimodal.evaluation.evaluate import (FUSED, fair_report, load_readers, reader_probabilities,
-                                            warn_if_baseline_wins, with_details)
-from multimodal.evaluation.plots import write_efficiency, write_tables
 from multimodal.storage.io import atomic_file, read_json, write_json
-from multimodal.pipeline.metrics_files import HEADLINE, headline_of
-from multimodal.data.manifest import read_manifest
-from multimodal.evaluation.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
-from multimodal.pipeline.runtime import go_offline, pick_device, setup_logging
-from multimodal.evaluation.scoring import ABSTAIN, per_class_scores, top_label
 from multimodal.training.load_data import load_labels
 
 logger = logging.getLogger(__name__)

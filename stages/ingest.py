@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from multimodal.data.params import INGEST, Ingest
-from multimodal.pipeline.params import Base, Schema, load_params
-from multimodal.storage.io import atomic_dir
 from multimodal.data.manifest import (
     MANIFEST_NAME,
     SPLITS,
@@ -25,7 +22,10 @@ from multimodal.data.manifest import (
     resolve_inside,
     write_manifest,
 )
+from multimodal.data.params import INGEST, Ingest
+from multimodal.pipeline.params import Base, Schema, load_params
 from multimodal.pipeline.runtime import go_offline, setup_logging
+from multimodal.storage.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from multimodal.data.manifest import ManifestError
-from multimodal.shipping.predict import predict_manifest
 from multimodal.pipeline.runtime import go_offline, pick_device, setup_logging
+from multimodal.shipping.predict import predict_manifest
 
 
 def main(argv: list[str] | None = None) -> None:

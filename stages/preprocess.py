@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from multimodal.data.manifest import read_manifest
 from multimodal.modalities.params import ModalitySections
 from multimodal.pipeline.params import Schema, load_params
-from multimodal.preprocessing.params import Preprocess
-from multimodal.storage.io import atomic_dir, write_json
-from multimodal.data.manifest import read_manifest
-from multimodal.preprocessing.preprocess import preprocess_modality
 from multimodal.pipeline.ray_cluster import RayAddress, cluster_address
 from multimodal.pipeline.runtime import go_offline_for, setup_logging
-
+from multimodal.preprocessing.params import Preprocess
+from multimodal.preprocessing.preprocess import preprocess_modality
+from multimodal.storage.io import atomic_dir, write_json
 
 PARAMS = Schema({"preprocess": Preprocess, "modalities": ModalitySections, "tune.address": RayAddress})
 

@@ -13,15 +13,14 @@ from multimodal.data.params import INGEST, VALIDATE
 from multimodal.evaluation.params import Baseline, Evaluate
 from multimodal.modalities.params import MODALITIES
 from multimodal.pipeline.params import Base, Schema, load_params
+from multimodal.pipeline.runtime import setup_logging
+from multimodal.pipeline.stage_params import StageParams, declared_params
 from multimodal.preprocessing.params import Preprocess
 from multimodal.reporting.params import Report
+from multimodal.reporting.report import ReportInputs, build_report
+from multimodal.storage.io import write_text_atomic
 from multimodal.training.params import Align
 from multimodal.tuning.params import TUNE
-from multimodal.pipeline.stage_params import StageParams
-from multimodal.storage.io import write_text_atomic
-from multimodal.reporting.report import ReportInputs, build_report
-from multimodal.pipeline.runtime import setup_logging
-from multimodal.pipeline.stage_params import declared_params
 
 logger = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ import torch
 import yaml
 
 from multimodal.pipeline.params import load_params
-from multimodal.tuning.params import TUNE
-from multimodal.pipeline.stage_params import StageParams
-from multimodal.training.finetune import train_config
-from multimodal.storage.io import read_json
 from multimodal.pipeline.runtime import go_offline, pick_device, seed_everything, setup_logging
+from multimodal.pipeline.stage_params import StageParams
+from multimodal.storage.io import read_json
+from multimodal.training.finetune import train_config
 from multimodal.training.train import fit
-from multimodal.tuning.trial import prepare_trial
+from multimodal.tuning.params import TUNE
 from multimodal.tuning.results import best_of
+from multimodal.tuning.trial import prepare_trial
 
 logger = logging.getLogger(__name__)
 

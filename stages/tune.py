@@ -11,18 +11,17 @@ import pandas as pd
 import yaml
 
 from multimodal.models.bundle import bundle_inputs
-from multimodal.pipeline.params import load_params
-from multimodal.tuning.params import TUNE
-from multimodal.pipeline.stage_params import StageParams
-from multimodal.training.finetune import finetune
-from multimodal.storage.io import atomic_dir, write_csv_atomic, write_json, write_text_atomic
 from multimodal.models.model import save_model
+from multimodal.pipeline.params import load_params
 from multimodal.pipeline.runtime import go_offline, pick_device, seed_everything, setup_logging
+from multimodal.pipeline.stage_params import StageParams
+from multimodal.storage.io import atomic_dir, write_csv_atomic, write_json, write_text_atomic
+from multimodal.training.finetune import finetune
 from multimodal.training.load_data import load_labels, load_splits
+from multimodal.tuning.params import TUNE
+from multimodal.tuning.results import best_checkpoint, best_trial, epochs_table, trial_number, trial_table, write_plots
 from multimodal.tuning.search import run_search
 from multimodal.tuning.trial import trial_train_config
-from multimodal.tuning.results import (best_checkpoint, best_trial, epochs_table, trial_number, trial_table,
-                                     write_plots)
 
 logger = logging.getLogger(__name__)
 

@@ -23,12 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from multimodal.data.params import VALIDATE, Validate
-from multimodal.pipeline.params import load_params
-from multimodal.storage.io import atomic_dir, write_json
 from multimodal.data.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
+from multimodal.data.params import VALIDATE, Validate
 from multimodal.data.profile import missing_sections
-from multimodal.pipeline.runtime import go_offline, setup_logging
 from multimodal.data.validation import (
     ValidationResult,
     check_counts,
@@ -37,6 +34,9 @@ from multimodal.data.validation import (
     split_rows,
     validate_dataset,
 )
+from multimodal.pipeline.params import load_params
+from multimodal.pipeline.runtime import go_offline, setup_logging
+from multimodal.storage.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from multimodal.evaluation.evaluate import fair_report
 from multimodal.storage.io import write_json
 from stages.validate import validate_into
 from tests.unit.conftest import params_section
-from tests.unit.hostile import HOSTILE
 from tests.unit.data.test_validation import OVERRIDES, row, write_dataset, write_png, write_wav
+from tests.unit.hostile import HOSTILE
 
 LABELS = ["cat", HOSTILE]
 

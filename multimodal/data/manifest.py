@@ -1,6 +1,7 @@
 """The dataset contract: a CSV/Parquet manifest beside its files (see DESIGN.md).
 
-Columns: `sample_id`, `label` (required); `split`, `group` (optional); one column per modality (`multimodal.modalities`).
+Columns: `sample_id`, `label` (required); `split`, `group` (optional); one column per modality
+(`multimodal.modalities`).
 A file modality's cells are paths relative to the manifest's folder that may not escape it; an inline modality's
 cells (text) hold the value itself.
 An empty modality cell means the sample lacks that modality.
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal.modalities import get_modality, names
+
 # Re-exported: a manifest's path cells are resolved by the storage layer, which the modality modules use too.
 from multimodal.storage.paths import ManifestError, relative_target, resolve_inside  # noqa: F401
 

@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from multimodal.data.params import Validate
 from multimodal.data.manifest import ManifestError, modality_columns, resolve_inside
+from multimodal.data.params import Validate
 from multimodal.modalities import Modality, get_modality
 
 _IN_MEMORY = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")

@@ -19,12 +19,12 @@ from typing import Any
 
 import pandas as pd
 
-from multimodal.modalities.checks import Check, at, duplicate_of, shown
-from multimodal.data.params import Validate
 from multimodal.data.manifest import SPLITS
-from multimodal.modalities import get_modality
-from multimodal.pipeline.offline import TELEMETRY_OFF
+from multimodal.data.params import Validate
 from multimodal.data.profile import PRESENT_COUNT
+from multimodal.modalities import get_modality
+from multimodal.modalities.checks import Check, at, duplicate_of, shown
+from multimodal.pipeline.offline import TELEMETRY_OFF
 
 ROW_SUITE = "sample_checks"
 DATASET_SUITE = "dataset_checks"

@@ -18,13 +18,22 @@ from typing import Any
 
 import pandas as pd
 
-from multimodal.modalities.checks import Check, manifest_row, row_index, shown
-from multimodal.data.params import Validate
 from multimodal.data.manifest import group_overlap, modality_columns
-from multimodal.modalities import get_modality, names
+from multimodal.data.params import Validate
 from multimodal.data.profile import display, profile_samples
-from multimodal.data.suites import (DATASET_SUITE, ROW_SUITE, build_suite, copy_docs, dataset_checks, gx_context, gx_json,
-                               row_checks, run_checkpoint)
+from multimodal.data.suites import (
+    DATASET_SUITE,
+    ROW_SUITE,
+    build_suite,
+    copy_docs,
+    dataset_checks,
+    gx_context,
+    gx_json,
+    row_checks,
+    run_checkpoint,
+)
+from multimodal.modalities import get_modality, names
+from multimodal.modalities.checks import Check, manifest_row, row_index, shown
 
 log = logging.getLogger(__name__)
 

@@ -58,9 +58,9 @@ from scipy.signal import firwin, resample_poly
 from tqdm import tqdm
 
 from multimodal.demo.speakers import Speaker, deal_speakers, make_speakers
+from multimodal.demo.speech import Utterance, synthesize_fresh
 from multimodal.demo.text import hint
 from multimodal.demo.video import other_writer_digit, video_cell, write_moving_digit_clip
-from multimodal.demo.speech import Utterance, synthesize_fresh
 
 __all__ = ["build_demo_dataset", "DIGIT_NAMES", "MANIFEST_COLUMNS"]
 

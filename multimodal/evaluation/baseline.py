@@ -28,10 +28,10 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from multimodal.evaluation.params import Baseline
+from multimodal.evaluation.scoring import ABSTAIN
+from multimodal.modalities import get_modality
 from multimodal.storage.columns import absent_like, concat_rows
 from multimodal.storage.dataset import Column, SplitData, in_row_chunks
-from multimodal.modalities import get_modality
-from multimodal.evaluation.scoring import ABSTAIN
 
 logger = logging.getLogger(__name__)
 

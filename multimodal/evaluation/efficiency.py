@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from multimodal.evaluation.params import Efficiency
-from multimodal.storage.dataset import SplitData
 from multimodal.models.model import ModelSpec, MultimodalModel
+from multimodal.storage.dataset import SplitData
 from multimodal.training.train import autocast
 
 PROC = Path("/proc/self")

@@ -1,6 +1,7 @@
 """Test-split evaluation: the fused model, its single-modality ablations, unimodal and classical baselines.
 
-Every model is scored on the rows where its inputs exist (`multimodal.evaluation.scoring`); the fused model is compared with
+Every model is scored on the rows where its inputs exist (`multimodal.evaluation.scoring`); the fused model is compared
+with
 each other model on the rows both see, with paired bootstrap intervals. Which unimodal model is "best" is decided
 on validation accuracy, never on test.
 """
@@ -16,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from multimodal.training.align import load_cached_features
-from multimodal.storage.dataset import SplitData
-from multimodal.models.model import ModelSpec, load_model
 from multimodal.evaluation.scoring import best_by_validation, compare, model_scores, top_label
+from multimodal.models.model import ModelSpec, load_model
+from multimodal.storage.dataset import SplitData
+from multimodal.training.align import load_cached_features
 from multimodal.training.train import predict
 
 logger = logging.getLogger(__name__)

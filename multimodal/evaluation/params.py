@@ -8,7 +8,8 @@ from multimodal.pipeline.params import Strict
 
 
 class Baseline(Strict):
-    """The classical baseline (multimodal.evaluation.baseline): logistic regression on standard features per modality."""
+    """The classical baseline (multimodal.evaluation.baseline): logistic regression on standard features per
+    modality."""
 
     c_grid: list[PositiveFloat] = Field(min_length=1)  # LogisticRegression C values; val picks one per model
     max_iter: int = Field(ge=1)
@@ -18,7 +19,8 @@ class Baseline(Strict):
 
 
 class Efficiency(Strict):
-    """Latency, throughput and peak memory of the saved models (multimodal.evaluation.efficiency): a report, not a metric."""
+    """Latency, throughput and peak memory of the saved models (multimodal.evaluation.efficiency): a report, not a
+    metric."""
 
     batch_sizes: list[int] = Field(min_length=1)
     warmup: int = Field(ge=0)  # untimed forward passes before the timed ones

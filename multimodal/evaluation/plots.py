@@ -8,7 +8,8 @@
   removed, accuracy, minus_clean, ci95_lo, ci95_hi, n, n_left_empty (rows left with no modality, counted wrong).
 - `corruption/<modality>_<kind>.csv`, a row per corruption level (0: clean): level, fused, unimodal (accuracies
   on the n rows having the modality), n.
-- `efficiency.json`: `multimodal.evaluation.efficiency.efficiency_report` (parameters per component, latency, throughput,
+- `efficiency.json`: `multimodal.evaluation.efficiency.efficiency_report` (parameters per component, latency,
+throughput,
   peak memory per device and batch size), not deterministic.
 
 `<model>` is evaluate's name of a model: `fused`, `fused_only_<m>`, `unimodal_<m>`, `baseline_<m>`,
@@ -38,7 +39,8 @@ def _table_dir(target: Path, tables: Mapping[str, pd.DataFrame]) -> None:
 
 def write_tables(out_dir: Path, per_class: Mapping[str, list[dict]], reliability: Mapping[str, dict],
                  missing: list[dict], curves: list[dict]) -> None:
-    """Every deterministic table above (`reliability[model]` as `multimodal.evaluation.calibration.reliability` returns it,
+    """Every deterministic table above (`reliability[model]` as `multimodal.evaluation.calibration.reliability` returns
+    it,
     `curves` as `multimodal.evaluation.robustness.corruption_curves` does)."""
     _table_dir(out_dir / PER_CLASS, {name: pd.DataFrame(rows) for name, rows in per_class.items() if rows})
     _table_dir(out_dir / RELIABILITY, {name: pd.DataFrame(r["bins"]) for name, r in reliability.items() if r["bins"]})

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from multimodal.training.align import encode_present
-from multimodal.storage.dataset import SplitData
 from multimodal.evaluation.evaluate import FUSED, NOTHING, ModelOnTestSplit, with_masked
+from multimodal.evaluation.scoring import paired_difference, rng_for
 from multimodal.modalities import get_modality
 from multimodal.modalities.base import FeatureInput
-from multimodal.evaluation.scoring import paired_difference, rng_for
+from multimodal.storage.dataset import SplitData
+from multimodal.training.align import encode_present
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails
 
+from multimodal.modalities.base import InputNorm, Modality, PooledEncoder, load_pretrained
 from multimodal.modalities.checkpoints import checkpoint_problem, revision_problem
 from multimodal.modalities.spec import MODALITY_KEYS, ModalitySpec
 from multimodal.pipeline.params import did_you_mean, keys_at, params_error
-from multimodal.modalities.base import InputNorm, Modality, PooledEncoder, load_pretrained
 
 # The packages this one may import (tests/unit/test_architecture.py enforces it).
 MAY_IMPORT = ("pipeline", "storage")

@@ -18,11 +18,11 @@ from scipy.signal import resample_poly
 from torch import nn
 from transformers import ASTFeatureExtractor, AutoFeatureExtractor, AutoModel
 
-from multimodal.modalities.transforms import band_mask, noise_at_snr, per_sample, roll, uniform
+from multimodal.modalities.base import Modality, config_built, load_pretrained, standardize
 from multimodal.modalities.checks import Check, between, one_of
 from multimodal.modalities.spec import ModalitySpec
+from multimodal.modalities.transforms import band_mask, noise_at_snr, per_sample, roll, uniform
 from multimodal.storage.paths import resolve_inside
-from multimodal.modalities.base import Modality, config_built, load_pretrained, standardize
 
 # One dB of power in the extractor's feature units: AST features are (ln mel power - mean) / (2 std), with the
 # AudioSet std below as ASTFeatureExtractor's default. An extractor with other constants only rescales `gain_db`.
@@ -228,7 +228,8 @@ def utterance_bins(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**inputs, "input_values": standardize(x, (1,), signal_frames(x))}
 
 
-# --- test-time corruptions: evaluate's noise robustness curves (multimodal.evaluation.robustness) --------------------------
+# --- test-time corruptions: evaluate's noise robustness curves (multimodal.evaluation.robustness)
+# --------------------------
 
 
 def corrupt_noise(inputs: dict[str, torch.Tensor], level: float, generator: torch.Generator) -> dict[str, torch.Tensor]:

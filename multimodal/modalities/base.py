@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from multimodal.storage.codecs import Stored
 from multimodal.modalities.checkpoints import HUB_PREFIX, checkpoint_problem, is_hub, local_path, revision_problem
 from multimodal.modalities.spec import ModalitySpec
+from multimodal.storage.codecs import Stored
 
 
 def load_pretrained(loader: Any, name: str, revision: str | None, *, weights: bool) -> Any:
@@ -65,10 +65,12 @@ class Modality:
       wrapper at train, validation and prediction time alike; `none` is always there.
     - `baseline_features(tensors, fit_rows, cfg)`: optional classical features for `multimodal.evaluation.baseline`
       (default: chosen by the processor's output key there). `tensors[key]` holds every row of every split but is
-      read on demand (`multimodal.storage.columns.LazyColumn`): `column[rows]` reads those rows (`column[:]` all of them),
+      read on demand (`multimodal.storage.columns.LazyColumn`): `column[rows]` reads those rows (`column[:]` all of
+      them),
       so a module can bound its memory by working a chunk of rows at a time.
     - `corruptions`: optional {kind: corrupt(inputs, level, generator)} for evaluate's noise robustness curves
-      (`multimodal.evaluation.robustness`; the levels are params `evaluate.corruptions.<name>.<kind>`, level 0 = unchanged).
+      (`multimodal.evaluation.robustness`; the levels are params `evaluate.corruptions.<name>.<kind>`, level 0 =
+      unchanged).
     """
 
     name: str

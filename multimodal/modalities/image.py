@@ -15,12 +15,12 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from transformers import AutoImageProcessor, AutoModel, ViTImageProcessorPil
 
-from multimodal.modalities.transforms import gaussian_noise, random_affine, random_cutout
-from multimodal.storage.codecs import Stored, compact_pixels
+from multimodal.modalities.base import Modality, config_built, load_pretrained, standardize
 from multimodal.modalities.checks import Check, between, one_of
 from multimodal.modalities.spec import ModalitySpec
+from multimodal.modalities.transforms import gaussian_noise, random_affine, random_cutout
+from multimodal.storage.codecs import Stored, compact_pixels
 from multimodal.storage.paths import resolve_inside
-from multimodal.modalities.base import Modality, config_built, load_pretrained, standardize
 
 
 class ImageChecks(BaseModel):
@@ -127,7 +127,8 @@ def per_image(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**inputs, "pixel_values": standardize(inputs["pixel_values"], (1, 2, 3))}
 
 
-# --- test-time corruptions: evaluate's noise robustness curves (multimodal.evaluation.robustness) --------------------------
+# --- test-time corruptions: evaluate's noise robustness curves (multimodal.evaluation.robustness)
+# --------------------------
 # Each takes the processor outputs of a batch, a level (0: the inputs unchanged; larger: stronger) and a seeded
 # generator. With the same generator state a larger level corrupts more of the same draw, so a curve is smooth.
 

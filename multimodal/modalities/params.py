@@ -13,8 +13,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, ValidationError, ValidationInfo, WrapValidator
 from pydantic_core import InitErrorDetails
 
-from multimodal.modalities import (get_modality, keyed_sections, names, norm_errors, register_plugins,
-                                   section_errors)
+from multimodal.modalities import get_modality, keyed_sections, names, norm_errors, register_plugins, section_errors
 from multimodal.modalities.spec import MODALITY_KEYS, ModalitySpec
 from multimodal.pipeline.params import CrossCheck, Schema
 

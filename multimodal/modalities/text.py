@@ -11,9 +11,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import AutoModel, AutoTokenizer
 
+from multimodal.modalities.base import Modality, config_built, load_pretrained
 from multimodal.modalities.checks import Check, between
 from multimodal.modalities.spec import ModalitySpec
-from multimodal.modalities.base import Modality, config_built, load_pretrained
 
 
 class TextChecks(BaseModel):
@@ -119,7 +119,8 @@ def augment(inputs: dict[str, torch.Tensor], generator: torch.Generator, strengt
 
 
 # tokenizer: the vocabulary of a config-built encoder (pretrained: null); a checkpoint name like `pretrained`.
-# --- test-time corruptions: evaluate's noise robustness curves (multimodal.evaluation.robustness) --------------------------
+# --- test-time corruptions: evaluate's noise robustness curves (multimodal.evaluation.robustness)
+# --------------------------
 
 
 def corrupt_tokens(inputs: dict[str, torch.Tensor], level: float,

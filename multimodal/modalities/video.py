@@ -23,14 +23,14 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedConfig, VideoMAEImageProcessorPil
 from transformers.modeling_outputs import BaseModelOutput
 
-from multimodal.modalities.transforms import gaussian_noise, random_affine, random_cutout
+from multimodal.modalities.base import Modality, PooledEncoder, config_built, load_pretrained
 from multimodal.modalities.checks import Check, between
-from multimodal.storage.codecs import Stored, compact_pixels
 from multimodal.modalities.spec import ModalitySpec
+from multimodal.modalities.transforms import gaussian_noise, random_affine, random_cutout
 from multimodal.pipeline.params import Strict
+from multimodal.storage.codecs import Stored, compact_pixels
 from multimodal.storage.dataset import in_row_chunks
 from multimodal.storage.paths import resolve_inside
-from multimodal.modalities.base import Modality, PooledEncoder, config_built, load_pretrained
 
 OPTIONS = ("image_size", "num_frames", "encoder")
 ENCODERS = ("video", "per_frame")

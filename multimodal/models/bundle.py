@@ -23,11 +23,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from multimodal.modalities.spec import ModalitySpec
-from multimodal.storage.io import read_json, write_json
-from multimodal.models.model import ModelSpec, MultimodalModel, build_encoder_from_entry, encoder_entry, load_model
-from multimodal.models.model import state_dict_for_saving
 from multimodal.modalities import PooledEncoder, input_norm_of, set_input_norm
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.models.model import (
+    ModelSpec,
+    MultimodalModel,
+    build_encoder_from_entry,
+    encoder_entry,
+    load_model,
+    state_dict_for_saving,
+)
+from multimodal.storage.io import read_json, write_json
 
 INPUTS = "inputs.json"
 ENCODERS = "encoders"

@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from multimodal.models.fusion import build_fusion
-from multimodal.storage.io import read_json, write_json
 from multimodal.modalities import rebuild_pooled_encoder, set_input_norm
 from multimodal.modalities.base import FeatureInput
+from multimodal.models.fusion import build_fusion
 from multimodal.models.strategies import without_adapters
+from multimodal.storage.io import read_json, write_json
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The one table of switches that keep every tool from calling out: telemetry off, Hugging Face hub offline.
 
-Python reads it here (`multimodal.pipeline.runtime.go_offline`, the scratch workspaces, the Prefect server, Ray's workers);
-the shell scripts take it from `python -m multimodal.pipeline.offline` (prints `export` lines), so no list is kept twice.
+Python reads it here (`multimodal.pipeline.runtime.go_offline`, the scratch workspaces, the Prefect server, Ray's
+workers);
+the shell scripts take it from `python -m multimodal.pipeline.offline` (prints `export` lines), so no list is kept
+twice.
 Kept free of heavy imports: the scripts run it before anything else.
 """
 

@@ -15,7 +15,6 @@ import torch
 from multimodal.pipeline.offline import HUB_ENV, TELEMETRY_OFF
 
 
-
 def go_offline(allow_hub: bool = False) -> None:
     """Telemetry off, and the Hugging Face hub offline unless params named a `hub:` id (`allow_hub`).
 

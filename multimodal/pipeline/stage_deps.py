@@ -24,7 +24,8 @@ DISCOVERING = ("multimodal.modalities",)
 
 
 def module_file(root: Path, module: str) -> Path | None:
-    """The file of a project module (`multimodal.training.align` -> multimodal/training/align.py), None outside the project."""
+    """The file of a project module (`multimodal.training.align` -> multimodal/training/align.py); None outside
+    the project."""
     if module.split(".")[0] not in PACKAGES:
         return None
     base = root.joinpath(*module.split("."))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from multimodal.modalities.spec import ModalitySpec
 from multimodal.data.manifest import SPLITS
 from multimodal.modalities import get_modality
+from multimodal.modalities.spec import ModalitySpec
 from multimodal.preprocessing.ray_tasks import run_on_ray
 from multimodal.preprocessing.shard_tasks import ShardTask, shard_tasks, write_shard
 
@@ -39,7 +39,8 @@ def preprocess_modality(
 ) -> dict[str, int]:
     """Write `<out_dir>/<split>-NNNNN.safetensors` for the rows that have `modality`; return counts per split.
 
-    `address`: a Ray cluster to run the shard tasks on (see `multimodal.preprocessing.ray_tasks` for what its nodes need;
+    `address`: a Ray cluster to run the shard tasks on (see `multimodal.preprocessing.ray_tasks` for what its nodes
+    need;
     `project_dir` is where Ray keeps its HOME); None runs them here, in plain Python, never on a local Ray.
     """
     tasks = shard_tasks(frame, modality, shard_size)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from multimodal.modalities.spec import ModalitySpec
 from multimodal.modalities import register_module
-from multimodal.preprocessing.shard_tasks import ShardError, ShardTask, write_shard
+from multimodal.modalities.spec import ModalitySpec
 from multimodal.pipeline.ray_cluster import join_ray
 from multimodal.pipeline.runtime import go_offline_for
+from multimodal.preprocessing.shard_tasks import ShardError, ShardTask, write_shard
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multimodal.pipeline.metrics_files import HEADLINE
 from flows.workspace import project_env
+from multimodal.pipeline.metrics_files import HEADLINE
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -15,7 +15,8 @@ from multimodal.data.manifest import SPLITS, modality_columns
 from multimodal.reporting.template import Bullets, Facts, Heading, Section, Table, Text, fmt
 
 FUSED = "fused"  # the model names multimodal.evaluation.evaluate writes into evaluate.json
-# Kinds of the other models, by the prefix of their evaluate.json name (multimodal.evaluation.evaluate, multimodal.evaluation.baseline).
+# Kinds of the other models, by the prefix of their evaluate.json name (multimodal.evaluation.evaluate,
+# multimodal.evaluation.baseline).
 KINDS = (("fused_only_", "the fused model shown one modality"), ("unimodal_", "deep model of one modality"),
          ("baseline_early_fusion", "classical: logistic regression on all modalities' features"),
          ("baseline_", "classical: logistic regression on one modality's features"))

@@ -8,7 +8,8 @@ from multimodal.pipeline.params import Strict
 
 
 class Report(Strict):
-    """The offline report and its model card (multimodal.reporting.report): what only a person can say about the model."""
+    """The offline report and its model card (multimodal.reporting.report): what only a person can say about the
+    model."""
 
     title: str = Field(min_length=1)
     intended_use: str = Field(min_length=1)

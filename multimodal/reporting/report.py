@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from multimodal.storage.io import read_json
 from multimodal.data.manifest import MANIFEST_NAME, read_manifest
-from multimodal.reporting.model_card import FUSED, headline, interval, model_card, model_kind, pct, pts
 from multimodal.reporting.figures import IMAGE_TYPES, confusion_chart, image_uri, interval_chart
+from multimodal.reporting.model_card import FUSED, headline, interval, model_card, model_kind, pct, pts
 from multimodal.reporting.template import Bullets, Code, Facts, Figure, Heading, Section, Table, Text, render_page
+from multimodal.storage.io import read_json
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from multimodal.models.bundle import load_for_raw_inputs
-from multimodal.modalities.spec import ModalitySpec
-from multimodal.storage.dataset import SplitData
-from multimodal.storage.io import atomic_text
 from multimodal.data.manifest import modality_columns, read_manifest
 from multimodal.modalities import get_modality
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.models.bundle import load_for_raw_inputs
+from multimodal.storage.dataset import SplitData
+from multimodal.storage.io import atomic_text
 from multimodal.training.train import predict as predict_probs
 
 logger = logging.getLogger(__name__)

@@ -22,15 +22,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from multimodal.storage.columns import LazyColumn, RowFile, read_header
-from multimodal.modalities.spec import ModalitySpec
-from multimodal.pipeline.stage_params import StageParams
-from multimodal.storage.dataset import SplitData
-from multimodal.storage.io import read_json, write_json
-from multimodal.models.bundle import save_inputs
-from multimodal.models.model import Embedder, build_encoder_from_entry, encoder_entry, state_dict_for_saving
 from multimodal.modalities import PooledEncoder, build_pooled_encoder, set_input_norm
 from multimodal.modalities.base import FeatureInput
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.models.bundle import save_inputs
+from multimodal.models.model import Embedder, build_encoder_from_entry, encoder_entry, state_dict_for_saving
+from multimodal.pipeline.stage_params import StageParams
+from multimodal.storage.columns import LazyColumn, RowFile, read_header
+from multimodal.storage.dataset import SplitData
+from multimodal.storage.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ text `input_ids` / `attention_mask`), on the training device, just before the fo
 - batched tensor operations on the device (the GPU when training runs there); nothing decoded again;
 - deterministic: every draw derives from `fit`'s seeded `torch.Generator` (one seed per batch for a generator on
   the device), whose state the training checkpoints save, so a resumed run continues identically. kornia's
-  augmentations sample from torch's global RNG, which also drives dropout, hence the few primitives of `multimodal.modalities.transforms`
+  augmentations sample from torch's global RNG, which also drives dropout, hence the few primitives of
+  `multimodal.modalities.transforms`
   (`affine_grid` / `grid_sample` for the affine).
 
 The price: only transforms of processor outputs (no waveform speed or pitch change, no re-crop of the original
@@ -20,7 +21,8 @@ Not augmented: rows lacking a modality (they stay zeros) and modalities read as 
 (`align.freeze`, every modality under the `frozen` strategy): no encoder sees their input while training.
 
 Each modality owns its transform (`Modality.augment` in `multimodal/modalities/<m>.py`), composed of the
-primitives of `multimodal.modalities.transforms`; its knobs are `tune.fixed.augment.<m>` and `augment_strength` scales every magnitude (0: off).
+primitives of `multimodal.modalities.transforms`; its knobs are `tune.fixed.augment.<m>` and `augment_strength` scales
+every magnitude (0: off).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Supervised fine-tuning on top of the aligned embedder: fused models and unimodal baselines, one code path.
 
-Step two of the tune story (`multimodal.training.train` has it whole): builds the model a strategy trains from what `align`
+Step two of the tune story (`multimodal.training.train` has it whole): builds the model a strategy trains from what
+`align`
 saved, then hands it to `train.fit`; `tune` calls this once per trial.
 """
 
@@ -13,13 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from multimodal.training.align import load_embedder
-from multimodal.storage.dataset import SplitData
-from multimodal.models.fusion import fusion_knobs
-from multimodal.models.model import Embedder, ModelSpec, MultimodalModel, encoder_entry
 from multimodal.modalities import set_input_norm
 from multimodal.modalities.base import FeatureInput
+from multimodal.models.fusion import fusion_knobs
+from multimodal.models.model import Embedder, ModelSpec, MultimodalModel, encoder_entry
 from multimodal.models.strategies import apply_strategy, feature_modalities
+from multimodal.storage.dataset import SplitData
+from multimodal.training.align import load_embedder
 from multimodal.training.train import FitResult, TrainConfig, fit
 
 
@@ -81,7 +82,8 @@ def check_inputs(spec: ModelSpec, data: SplitData) -> None:
     wrong = [m for m in spec.modalities if data.inputs[m] and ("features" in data.inputs[m]) != (m in features)]
     if wrong:
         raise ValueError(f"the model reads {sorted(features)} as cached features but the data differs for {wrong}; "
-                         "load it with multimodal.training.load_data.load_splits(..., strategy=<the config's strategy>)")
+                         "load it with multimodal.training.load_data.load_splits(..., "
+                         "strategy=<the config's strategy>)")
 
 
 def finetune(aligned_dir: Path, labels: list[str], train: SplitData, val: SplitData, cfg: TrainConfig,

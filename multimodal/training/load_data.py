@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from multimodal.training.align import load_cached_features
+from multimodal.data.manifest import SPLITS, read_manifest
+from multimodal.models.strategies import feature_modalities
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.dataset import SplitData, load_split
 from multimodal.storage.io import read_json
-from multimodal.data.manifest import SPLITS, read_manifest
-from multimodal.models.strategies import feature_modalities
+from multimodal.training.align import load_cached_features
 
 
 def load_labels(params: StageParams) -> list[str]:
     return [str(v) for v in read_json(Path(params.base.paths.validated) / "labels.json")]
 
 
-def load_splits(params: StageParams, splits: tuple[str, ...] = SPLITS, *, strategy: str = "full") -> dict[str, SplitData]:
+def load_splits(params: StageParams, splits: tuple[str, ...] = SPLITS, *,
+                strategy: str = "full") -> dict[str, SplitData]:
     """Joined splits in the form a model of fine-tuning `strategy` reads (`initial_model` builds that model).
 
     The modalities `feature_modalities(strategy, ...)` names (the `align.freeze` ones, every one for `frozen`)

@@ -5,7 +5,8 @@ aligned embedder for a fine-tuning strategy and calls `fit`; `tune` runs `finetu
 `tune_results` turns what the study left into tables and the chosen trial.
 
 AdamW with linear warm-up then cosine decay, dropout, modality dropout, seeded per-modality augmentation of the
-training batches (`multimodal.training.augment`), gradient accumulation and clipping, early stopping on validation accuracy,
+training batches (`multimodal.training.augment`), gradient accumulation and clipping, early stopping on validation
+accuracy,
 bf16 autocast on CUDA when asked (`precision`). The complete training state can be saved after
 any epoch (safetensors + JSON, no pickle) and a run resumed from it ends exactly as an uninterrupted one on CPU.
 """
@@ -24,10 +25,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from multimodal.training.augment import Augmenter
-from multimodal.training.data_parallel import DataParallel
 from multimodal.storage.dataset import SplitData
 from multimodal.storage.io import read_json, write_json
+from multimodal.training.augment import Augmenter
+from multimodal.training.data_parallel import DataParallel
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainConfig:
     """Every knob of one training run, without defaults: built from the validated params (`tune.fixed`, the
-    sampled `tune.space` knobs, `base.seed`, `tune.asha.max_epochs`) by `multimodal.tuning.search.trial_train_config`."""
+    sampled `tune.space` knobs, `base.seed`, `tune.asha.max_epochs`) by
+    `multimodal.tuning.trial.trial_train_config`."""
 
     lr: float
     fusion: str
@@ -175,7 +177,8 @@ def fit(
     training state there, and `fit(..., resume_from=directory)` continues with the next epoch.
 
     Inside a torch.distributed process group of several processes the run is data-parallel
-    (`multimodal.training.data_parallel`): every rank calls `fit` with the same data and config, trains on its share of each
+    (`multimodal.training.data_parallel`): every rank calls `fit` with the same data and config, trains on its share of
+    each
     batch, and gets the same metrics and weights, hence the same `on_epoch` calls (one of them saves).
     """
     # 1. Everything random is seeded from the config; a resumed run then overwrites it with the saved state.

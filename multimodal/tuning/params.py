@@ -7,12 +7,11 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from multimodal.modalities.params import AUGMENT_FOR_LISTED, INPUT_NORM, LISTED, AugmentKnobs, InputNorms, ModalityNames
 from multimodal.models.fusion import FUSIONS as FUSION_CLASSES
 from multimodal.models.strategies import STRATEGIES
-from multimodal.modalities.params import (AUGMENT_FOR_LISTED, INPUT_NORM, LISTED, AugmentKnobs, InputNorms,
-                                          ModalityNames)
-from multimodal.pipeline.ray_cluster import RayAddress
 from multimodal.pipeline.params import Base, CrossCheck, Schema, Strict
+from multimodal.pipeline.ray_cluster import RayAddress
 
 FUSIONS = tuple(FUSION_CLASSES)  # what `fusion` may name: the fusions multimodal.models.fusion implements
 
@@ -48,7 +47,8 @@ class TrainFixed(Strict):
     grad_clip: float = Field(gt=0)
     modality_dropout: float = Field(ge=0, lt=1)
     precision: Literal["fp32", "bf16"]  # bf16: autocast of the training steps on CUDA (never on CPU)
-    # Fine-tuning strategy of the encoders (multimodal.models.strategies); searchable too, e.g. {choice: [frozen, lora]}.
+    # Fine-tuning strategy of the encoders (multimodal.models.strategies); searchable too, e.g. {choice: [frozen,
+    # lora]}.
     strategy: Literal[STRATEGIES]
     last_k: int = Field(ge=1)  # last_k: blocks trained per encoder
     lora_rank: int = Field(ge=1)

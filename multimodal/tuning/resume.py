@@ -17,8 +17,8 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
 
-from multimodal.storage.io import write_json
 from multimodal.pipeline.stage_deps import import_closure
+from multimodal.storage.io import write_json
 
 logger = logging.getLogger(__name__)
 

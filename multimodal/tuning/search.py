@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from multimodal.pipeline.ray_cluster import cluster_address, join_ray
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.tuning.params import Tune
-from multimodal.pipeline.ray_cluster import cluster_address, join_ray
 from multimodal.tuning.trial import run_trial
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The Ray Train V2 way of tuning distributed runs: the Tune trial is a function that builds a `TorchTrainer` and
 calls `fit()`; its workers (a process group, gloo on CPU, nccl on CUDA) each run the trial's training
-(`multimodal.tuning.search.train_trial`, hence `multimodal.training.train.fit` data-parallel) and report every epoch with
+(`multimodal.tuning.trial.train_trial`, hence `multimodal.training.train.fit` data-parallel) and report every epoch with
 `ray.train.report`, rank 0 with the checkpoint (model + full training state).
 
 Ray's own `TuneReportCallback` passes only metrics and a checkpoint *path* on to Tune. Here a Train callback hands

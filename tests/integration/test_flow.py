@@ -147,7 +147,8 @@ def second_run(workspace: Path, first_run: FlowRun) -> FlowRun:
 def test_describe_changes_reads_dvc_status_json() -> None:
     changes = [{"changed deps": {"multimodal/training/train.py": "modified", "params.yaml": {"tune.lr": "modified"}}},
                {"changed outs": {"models": "deleted"}}, "changed command"]
-    assert dvc_tools.describe_changes(changes) == ("changed deps: multimodal/training/train.py (modified), tune.lr (modified); "
+    assert dvc_tools.describe_changes(changes) == ("changed deps: multimodal/training/train.py (modified), "
+                                                   "tune.lr (modified); "
                                                    "changed outs: models (deleted); changed command")
 
 

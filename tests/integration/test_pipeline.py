@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from flows.workspace import run
 from multimodal.data.data_docs import external_in_site
 from multimodal.pipeline.offline_html import external_references
-from flows.workspace import run
 
 pytestmark = pytest.mark.integration
 

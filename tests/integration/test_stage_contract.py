@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.workspace import REPO, copy_project, run
 from multimodal.pipeline.params import load_params
-from stages.evaluate import PARAMS as EVALUATE
-from stages.preprocess import PARAMS as PREPROCESS
 from multimodal.pipeline.stage_deps import check, import_closure, suggested_deps
 from multimodal.pipeline.stage_params import UndeclaredParam, read_stages
-from flows.workspace import REPO, copy_project, run
+from stages.evaluate import PARAMS as EVALUATE
+from stages.preprocess import PARAMS as PREPROCESS
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,9 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutput
 
-from multimodal.modalities.checks import Check, one_of
-from multimodal.modalities.base import Modality
 from flows.workspace import copy_project, run
+from multimodal.modalities.base import Modality
+from multimodal.modalities.checks import Check, one_of
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ import mistune
 import pytest
 
 from multimodal.data.data_docs import ASSETS, VENDOR, offline_page
+from multimodal.data.validation import validate_dataset
 from multimodal.pipeline.escape import markdown_literal
 from multimodal.pipeline.offline_html import css_urls, external_references, html_urls, is_external
-from multimodal.data.validation import validate_dataset
-from tests.unit.hostile import HOSTILE, Tags, assert_defused
 from tests.unit.data.test_validation import OPTIONS, clean_rows, row, write_dataset
+from tests.unit.hostile import HOSTILE, Tags, assert_defused
 
 
 @pytest.fixture(scope="module")

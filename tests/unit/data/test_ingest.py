@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from multimodal.data.params import Ingest
 from multimodal.data.manifest import MANIFEST_NAME, ManifestError, read_manifest, resolve_inside
+from multimodal.data.params import Ingest
 from stages.demo import build_demo
 from stages.ingest import ingest
 from tests.unit.conftest import params_section

@@ -22,13 +22,12 @@ import pytest
 import soundfile as sf
 import yaml
 
+from flows.workspace import project_env
 from multimodal.data.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
 from multimodal.data.validation import ValidationResult, validate_dataset
-from flows.workspace import project_env
 from stages.ingest import ingest
 from stages.validate import QUARANTINE_NAME, ValidationFailed, apply_policy, validate_into
-from tests.unit.conftest import params_section
-from tests.unit.conftest import merged
+from tests.unit.conftest import merged, params_section
 from tests.unit.data.test_validation import OPTIONS, OVERRIDES, RATE, TEXT_MAX, clean_rows, row, write_png, write_wav
 
 REPO = Path(__file__).resolve().parents[3]

@@ -12,16 +12,22 @@ import torch
 import yaml
 from PIL import Image
 
-from multimodal.evaluation.baseline import PREDICTIONS, PROBABILITIES, fit_baselines, read_predictions, read_probabilities
-from multimodal.evaluation.params import Baseline
-from multimodal.pipeline.stage_params import StageParams
-from stages.check_params import check_all
-from multimodal.storage.dataset import SplitData, load_split
+from multimodal.evaluation.baseline import (
+    PREDICTIONS,
+    PROBABILITIES,
+    fit_baselines,
+    read_predictions,
+    read_probabilities,
+)
 from multimodal.evaluation.evaluate import fair_report
-from multimodal.storage.io import read_json, write_json
-from multimodal.preprocessing.preprocess import preprocess_modality
+from multimodal.evaluation.params import Baseline
 from multimodal.evaluation.scoring import ABSTAIN
+from multimodal.pipeline.stage_params import StageParams
+from multimodal.preprocessing.preprocess import preprocess_modality
+from multimodal.storage.dataset import SplitData, load_split
+from multimodal.storage.io import read_json, write_json
 from stages.baseline import baseline
+from stages.check_params import check_all
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,11 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from multimodal.training.align import build_encoders, encode_present, use_cached_features
-from multimodal.storage.dataset import SplitData
-from multimodal.evaluation.efficiency import (EndToEnd, count, efficiency_report, parameter_counts, time_model,
-                                              timing_batch)
+from multimodal.evaluation.efficiency import (
+    EndToEnd,
+    count,
+    efficiency_report,
+    parameter_counts,
+    time_model,
+    timing_batch,
+)
 from multimodal.models.model import ModelSpec, build_model, encoder_entry
+from multimodal.storage.dataset import SplitData
+from multimodal.training.align import build_encoders, encode_present, use_cached_features
 from tests.unit.conftest import TINY_SPECS, knobs, params_section
 
 pytestmark = pytest.mark.usefixtures("single_thread")

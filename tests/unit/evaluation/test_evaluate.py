@@ -10,10 +10,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from multimodal.evaluation.evaluate import (fair_report, load_readers, reader_probabilities, warn_if_baseline_wins,
-                                            with_details)
-from multimodal.models.model import ModelSpec, build_model, save_model
+from multimodal.evaluation.evaluate import (
+    fair_report,
+    load_readers,
+    reader_probabilities,
+    warn_if_baseline_wins,
+    with_details,
+)
 from multimodal.evaluation.scoring import ABSTAIN, top_label
+from multimodal.models.model import ModelSpec, build_model, save_model
 from multimodal.training.train import predict
 from tests.unit.conftest import knobs, synthetic_split
 

@@ -10,17 +10,25 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from multimodal.training.align import build_encoders, encode_present
-from multimodal.modalities.spec import ModalitySpec
-from multimodal.storage.dataset import SplitData
 from multimodal.data.manifest import SPLITS
 from multimodal.evaluation.evaluate import FUSED, fair_report, load_readers, reader_probabilities, with_masked
+from multimodal.evaluation.robustness import (
+    Pooled,
+    check_corruptions,
+    corrupted,
+    corruption_curves,
+    corruptions_of,
+    missing_modality,
+    reencode,
+    removal_sets,
+)
+from multimodal.evaluation.scoring import ABSTAIN, top_label
+from multimodal.modalities import PooledEncoder, get_modality, names
+from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.bundle import load_encoders
 from multimodal.models.model import ModelSpec, build_model, encoder_entry, save_model
-from multimodal.modalities import PooledEncoder, get_modality, names
-from multimodal.evaluation.robustness import (Pooled, check_corruptions, corrupted, corruption_curves, corruptions_of,
-                                   missing_modality, reencode, removal_sets)
-from multimodal.evaluation.scoring import ABSTAIN, top_label
+from multimodal.storage.dataset import SplitData
+from multimodal.training.align import build_encoders, encode_present
 from multimodal.training.train import predict
 from tests.unit.conftest import TINY_SPECS, knobs, params_section, repo_params, synthetic_split, write_aligned
 

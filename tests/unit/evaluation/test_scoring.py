@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multimodal.evaluation.scoring import (ABSTAIN, accuracy_interval, best_by_validation, compare, model_scores,
-                                paired_difference, per_class_scores, rng_for, top_label)
+from multimodal.evaluation.scoring import (
+    ABSTAIN,
+    accuracy_interval,
+    best_by_validation,
+    compare,
+    model_scores,
+    paired_difference,
+    per_class_scores,
+    rng_for,
+    top_label,
+)
 
 A = ABSTAIN
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 1])

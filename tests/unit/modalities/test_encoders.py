@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from multimodal.modalities import PooledEncoder, build_pooled_encoder
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.model import build_encoder_from_entry, encoder_entry
-from multimodal.modalities import PooledEncoder, build_pooled_encoder
 from multimodal.models.strategies import add_lora, train_last_blocks
 from tests.unit.conftest import train_config
 

@@ -9,16 +9,16 @@ import pytest
 import torch
 import yaml
 
-from multimodal.training.align import build_encoders, load_embedder
-from multimodal.pipeline.params import ParamsError
-from stages.check_params import load_all
-from multimodal.storage.dataset import SplitData
-from multimodal.training.finetune import initial_model
-from multimodal.models.model import Embedder, ModelSpec, MultimodalModel, encoder_entry, load_model, save_model
 from multimodal.modalities import get_modality, input_norm, input_norm_of
 from multimodal.modalities.audio import utterance, utterance_bins
 from multimodal.modalities.image import per_image
+from multimodal.models.model import Embedder, ModelSpec, MultimodalModel, encoder_entry, load_model, save_model
+from multimodal.pipeline.params import ParamsError
+from multimodal.storage.dataset import SplitData
+from multimodal.training.align import build_encoders, load_embedder
+from multimodal.training.finetune import initial_model
 from multimodal.training.train import predict
+from stages.check_params import load_all
 from tests.unit.conftest import TINY_SPECS, knobs, train_config, write_aligned
 
 pytestmark = pytest.mark.usefixtures("single_thread")

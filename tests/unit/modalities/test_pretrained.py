@@ -7,9 +7,9 @@ snapshots of `org/tiny`, and the hub stays offline, so a pinned `revision` must 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
-import os
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from multimodal.modalities.spec import ModalitySpec
 from multimodal.modalities import get_modality, load_pretrained
+from multimodal.modalities.spec import ModalitySpec
 from multimodal.pipeline.runtime import go_offline, go_offline_for
 
 pytestmark = pytest.mark.usefixtures("single_thread")

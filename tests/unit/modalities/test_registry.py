@@ -14,10 +14,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from multimodal.data.profile import profile_cell
+from multimodal.modalities import get_modality, register_module, registry
 from multimodal.pipeline.params import ParamsError
 from stages.check_params import load_all
-from multimodal.modalities import get_modality, register_module, registry
-from multimodal.data.profile import profile_cell
 from tests.unit.conftest import params_section
 
 REPO = Path(__file__).resolve().parents[3]

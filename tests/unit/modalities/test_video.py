@@ -14,12 +14,12 @@ import soundfile as sf
 import torch
 from pydantic import ValidationError
 
-from multimodal.modalities.spec import ModalitySpec
 from multimodal.demo.dataset import _load_mnist
 from multimodal.demo.video import FPS, moving_digit_frames, other_writer_digit, video_cell, write_moving_digit_clip
-from multimodal.models.model import Embedder, ModelSpec, MultimodalModel, encoder_entry, load_model, save_model
 from multimodal.modalities import video
 from multimodal.modalities.base import PooledEncoder
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.models.model import Embedder, ModelSpec, MultimodalModel, encoder_entry, load_model, save_model
 from tests.unit.conftest import knobs
 
 pytestmark = pytest.mark.usefixtures("single_thread")

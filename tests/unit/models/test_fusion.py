@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multimodal.tuning.params import FUSIONS as CONFIG_FUSIONS
-from multimodal.tuning.params import TrainFixed
 from multimodal.models.fusion import FUSIONS, build_fusion
 from multimodal.models.model import ModelSpec, build_model
 from multimodal.training.train import fit
+from multimodal.tuning.params import FUSIONS as CONFIG_FUSIONS
+from multimodal.tuning.params import TrainFixed
 from tests.unit.conftest import knobs, train_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")

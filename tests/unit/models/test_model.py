@@ -10,11 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from multimodal.models.fusion import FUSIONS, build_fusion
-from multimodal.models.model import (Embedder, ModelSpec, MultimodalModel, build_encoder_from_entry, build_model,
-                              encoder_entry, load_model, save_model)
 from multimodal.modalities import PooledEncoder, build_pooled_encoder, get_modality
 from multimodal.modalities.base import FeatureInput
+from multimodal.models.fusion import FUSIONS, build_fusion
+from multimodal.models.model import (
+    Embedder,
+    ModelSpec,
+    MultimodalModel,
+    build_encoder_from_entry,
+    build_model,
+    encoder_entry,
+    load_model,
+    save_model,
+)
 from tests.unit.conftest import knobs
 
 pytestmark = pytest.mark.usefixtures("single_thread")

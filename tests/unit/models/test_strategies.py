@@ -13,15 +13,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from multimodal.training.align import build_encoders, load_cached_features
-from multimodal.modalities.spec import ModalitySpec
-from multimodal.storage.dataset import SplitData
 from multimodal.evaluation.evaluate import inputs_for
-from multimodal.training.finetune import check_inputs, finetune, initial_model
-from multimodal.storage.io import read_json
-from multimodal.models.model import load_model, save_model
 from multimodal.modalities.base import FeatureInput
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.models.model import load_model, save_model
 from multimodal.models.strategies import STRATEGIES, feature_modalities, train_last_blocks
+from multimodal.storage.dataset import SplitData
+from multimodal.storage.io import read_json
+from multimodal.training.align import build_encoders, load_cached_features
+from multimodal.training.finetune import check_inputs, finetune, initial_model
 from multimodal.training.train import TrainConfig, predict
 from tests.unit.conftest import TINY_SPECS, train_config, write_aligned
 

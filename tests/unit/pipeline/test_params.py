@@ -11,14 +11,14 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from multimodal.training.align import AlignConfig
-from multimodal.modalities.spec import ModalitySpec
-from multimodal.pipeline.params import ParamsError
-from stages.check_params import ALL, load_all
-from multimodal.pipeline.stage_params import Section
 from multimodal.modalities import registry
+from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.model import ModelSpec
+from multimodal.pipeline.params import ParamsError
+from multimodal.pipeline.stage_params import Section
+from multimodal.training.align import AlignConfig
 from multimodal.training.train import TrainConfig
+from stages.check_params import ALL, load_all
 
 REPO = Path(__file__).resolve().parents[3]
 PARAMS = REPO / "params.yaml"

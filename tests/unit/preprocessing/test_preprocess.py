@@ -11,8 +11,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 from transformers import ASTFeatureExtractor
 
-from multimodal.modalities.spec import ModalitySpec
 from multimodal.modalities import get_modality
+from multimodal.modalities.spec import ModalitySpec
 from multimodal.preprocessing.preprocess import preprocess_modality
 from multimodal.storage.shards import split_columns
 

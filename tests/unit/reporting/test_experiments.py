@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from multimodal.reporting.experiments import (Ranking, comparison, headline_metrics, parse_exp_show, ranking_for, render,
-                                    short_names)
 from multimodal.pipeline.metrics_files import headline_of
+from multimodal.reporting.experiments import (
+    Ranking,
+    comparison,
+    headline_metrics,
+    parse_exp_show,
+    ranking_for,
+    render,
+    short_names,
+)
 
 RANK = ranking_for("metrics", "val_accuracy", "max")
 

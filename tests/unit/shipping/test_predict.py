@@ -14,18 +14,18 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from multimodal.training.align import build_encoders
-from multimodal.models.bundle import bundle_inputs, load_for_raw_inputs
-from multimodal.storage.dataset import load_split
-from multimodal.evaluation.evaluate import FUSED, inputs_for, load_readers, reader_probabilities
-from multimodal.training.finetune import initial_model
 from multimodal.data.manifest import SPLITS, read_manifest
-from multimodal.models.model import load_model, save_model
+from multimodal.evaluation.evaluate import FUSED, inputs_for, load_readers, reader_probabilities
+from multimodal.evaluation.scoring import top_label
 from multimodal.modalities.base import FeatureInput
+from multimodal.models.bundle import bundle_inputs, load_for_raw_inputs
+from multimodal.models.model import load_model, save_model
 from multimodal.preprocessing.preprocess import preprocess_modality
 from multimodal.shipping import predict as predict_module
 from multimodal.shipping.predict import output_columns, predict_manifest
-from multimodal.evaluation.scoring import top_label
+from multimodal.storage.dataset import load_split
+from multimodal.training.align import build_encoders
+from multimodal.training.finetune import initial_model
 from multimodal.training.train import predict
 from stages.predict import main
 from tests.unit.conftest import TINY_SPECS, train_config, write_aligned

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from multimodal.storage.dataset import SplitData, load_split
 from multimodal.storage.columns import LazyColumn
+from multimodal.storage.dataset import SplitData, load_split
 from multimodal.storage.shards import ShardWriter, split_columns
 
 
@@ -129,8 +129,8 @@ def test_load_split_rejects_shards_of_unknown_samples(tmp_path):
 
 
 def test_modality_absent_from_a_whole_split_still_runs_through_the_model(tmp_path):
-    from multimodal.models.model import Embedder, MultimodalModel
     from multimodal.modalities.base import FeatureInput
+    from multimodal.models.model import Embedder, MultimodalModel
 
     frame = pd.DataFrame({"sample_id": ["1", "2", "3"], "label": ["a", "a", "b"],
                           "split": ["train", "val", "val"]})

@@ -12,13 +12,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import ASTFeatureExtractor
 
-from multimodal.training.align import build_encoders, encode_present, feature_files
+from multimodal.modalities import get_modality
+from multimodal.modalities.spec import ModalitySpec
 from multimodal.storage.codecs import IntCodec, PixelCodec, compact_pixels
 from multimodal.storage.columns import LazyColumn, read_header
 from multimodal.storage.dataset import SplitData, load_split
-from multimodal.modalities import get_modality
-from multimodal.modalities.spec import ModalitySpec
 from multimodal.storage.shards import ShardWriter, split_columns
+from multimodal.training.align import build_encoders, encode_present, feature_files
 from tests.unit.conftest import TINY_SPECS
 
 CODEC = PixelCodec(1 / 255, (0.5, 0.4, 0.3), (0.5, 0.25, 0.2))

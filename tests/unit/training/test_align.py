@@ -7,13 +7,20 @@ import pytest
 import torch
 from PIL import Image
 
-from multimodal.training.align import (AlignConfig, build_encoders, encode_present, load_cached_features, pair_loss,
-                                       retrieval_recall, train_alignment)
-from multimodal.storage.dataset import SplitData
-from multimodal.models.bundle import load_encoders
-from multimodal.models.model import Embedder
 from multimodal.modalities import get_modality
 from multimodal.modalities.base import FeatureInput
+from multimodal.models.bundle import load_encoders
+from multimodal.models.model import Embedder
+from multimodal.storage.dataset import SplitData
+from multimodal.training.align import (
+    AlignConfig,
+    build_encoders,
+    encode_present,
+    load_cached_features,
+    pair_loss,
+    retrieval_recall,
+    train_alignment,
+)
 from tests.unit.conftest import TINY_SPECS, align_config, repo_params, write_aligned
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -9,16 +9,16 @@ import pytest
 import torch
 import yaml
 
-from multimodal.training.augment import Augmenter
-from multimodal.pipeline.params import ParamsError
-from stages.check_params import load_all
-from multimodal.storage.dataset import SplitData
-from multimodal.models.model import Embedder, MultimodalModel
 from multimodal.modalities import build_pooled_encoder
 from multimodal.modalities.audio import FEATURES_PER_DB
 from multimodal.modalities.base import FeatureInput
+from multimodal.models.model import Embedder, MultimodalModel
+from multimodal.pipeline.params import ParamsError
+from multimodal.storage.dataset import SplitData
+from multimodal.training.augment import Augmenter
 from multimodal.training.train import TrainConfig, fit, predict
 from multimodal.tuning.trial import trial_train_config
+from stages.check_params import load_all
 from tests.unit.conftest import TINY_SPECS, knobs, train_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from multimodal.training.data_parallel import DataParallel
 from multimodal.models.model import ModelSpec, build_model
+from multimodal.training.data_parallel import DataParallel
 from multimodal.training.train import fit, predict
 from tests.unit.conftest import knobs, synthetic_split, train_config
 

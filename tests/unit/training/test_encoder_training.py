@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from multimodal.training.align import build_encoders, train_alignment
-from multimodal.modalities.spec import ModalitySpec
-from stages.check_params import load_all
-from multimodal.storage.dataset import SplitData
-from multimodal.models.model import Embedder, MultimodalModel
 from multimodal.modalities import PooledEncoder, build_pooled_encoder
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.models.model import Embedder, MultimodalModel
 from multimodal.models.strategies import apply_strategy, train_last_blocks
+from multimodal.storage.dataset import SplitData
+from multimodal.training.align import build_encoders, train_alignment
 from multimodal.training.train import fit
+from stages.check_params import load_all
 from tests.unit.conftest import align_config, knobs, train_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multimodal.models.model import Embedder, MultimodalModel
 from multimodal.modalities.base import FeatureInput
+from multimodal.models.model import Embedder, MultimodalModel
 from multimodal.pipeline.runtime import pick_device
 from multimodal.training.train import fit, predict
 from tests.unit.conftest import knobs, train_config

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from multimodal.storage.dataset import SplitData
 from multimodal.models.model import ModelSpec, build_model
+from multimodal.storage.dataset import SplitData
 from multimodal.training.train import drop_modalities, fit, predict, warmup_cosine
 from tests.unit.conftest import knobs, train_config
 

@@ -10,11 +10,10 @@ import pytest
 import yaml
 
 from multimodal.pipeline.params import ParamsError
-from stages.check_params import load_all
 from multimodal.tuning.params import Tune
+from multimodal.tuning.results import best_checkpoint, best_trial, epochs_table, error_message, trial_table, write_plots
 from multimodal.tuning.search import build_scheduler, decide_resources, search_algorithm, search_space
-from multimodal.tuning.results import (best_checkpoint, best_trial, epochs_table, error_message, trial_table,
-                                     write_plots)
+from stages.check_params import load_all
 from tests.unit.conftest import params_section, repo_params
 
 REPO = Path(__file__).resolve().parents[3]
