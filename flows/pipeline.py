@@ -92,10 +92,12 @@ def _data_docs(ws: Path, report: dict[str, Any], params: Any) -> Path | None:
 def publish_artifacts(workspace: str, pipeline: dvc_tools.Pipeline, experiment: str | None, recent: int) -> list[str]:
     """Validation summary, metrics, best config, confusion matrix and recent experiments, as UI artifacts."""
     from multimodal.data.params import VALIDATE
-    from multimodal.pipeline.params import load_keys
+    from multimodal.pipeline.params import Schema, load_keys
+    from multimodal.tuning.params import Tune
 
     ws = Path(workspace)
-    params = load_keys(ws / "params.yaml", VALIDATE, keys=("validate.docs_dir",))
+    params = load_keys(ws / "params.yaml", VALIDATE | Schema({"tune": Tune}),
+                       keys=("validate.docs_dir", "tune.metric", "tune.mode"))
     paths = params.base.paths  # the same paths dvc.yaml templates its outs from
     published = []
 
