@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from multimodal.data.manifest import read_manifest
-from multimodal.modalities.params import ModalitySections
+from multimodal.modalities.params import PLUGINS, ModalitySections
 from multimodal.pipeline.params import Schema, load_params
 from multimodal.pipeline.ray_cluster import RayAddress, cluster_address
 from multimodal.pipeline.runtime import go_offline_for, setup_logging
@@ -14,7 +14,8 @@ from multimodal.preprocessing.params import Preprocess
 from multimodal.preprocessing.preprocess import preprocess_modality
 from multimodal.storage.io import atomic_dir, write_json
 
-PARAMS = Schema({"preprocess": Preprocess, "modalities": ModalitySections, "tune.address": RayAddress})
+PARAMS = Schema({"preprocess": Preprocess, "modalities": ModalitySections, "tune.address": RayAddress}) \
+    | PLUGINS
 
 
 def main(argv: list[str] | None = None) -> None:

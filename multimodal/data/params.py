@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from multimodal.modalities.params import ValidateSections
+from multimodal.modalities.params import PLUGINS, ValidateSections
 from multimodal.pipeline.params import Schema, Strict
 
 
@@ -55,5 +55,5 @@ class Validate(Strict):
         return value
 
 
-INGEST = Schema({"ingest": Ingest})
-VALIDATE = Schema({"validate": Validate})
+INGEST = Schema({"ingest": Ingest}) | PLUGINS
+VALIDATE = Schema({"validate": Validate}) | PLUGINS

@@ -7,6 +7,7 @@ the whole raw params `multimodal.pipeline.params` passes as validation context.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,13 +19,16 @@ from multimodal.modalities.spec import MODALITY_KEYS, ModalitySpec
 from multimodal.pipeline.params import CrossCheck, Schema
 
 
+def plugin_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Register the modules `modalities.<m>.module` of the raw params names; what failed, as `key: message`."""
+    return [f"modalities.{'.'.join(map(str, e['loc']))}: {e['type'].message()}"
+            for e in register_plugins(raw.get("modalities"))]
+
+
 def _plugins(info: ValidationInfo) -> None:
-    """Register `modalities.<m>.module` of the raw params before any modality name is looked up."""
-    raw = (info.context or {}).get("raw") or {}
-    errors = register_plugins(raw.get("modalities"))
-    if errors:
-        raise ValueError("; ".join(f"modalities.{'.'.join(map(str, e['loc']))}: {e['type'].message()}"
-                                   for e in errors))
+    """Register the user's modalities before any modality name is looked up (a type checked on its own)."""
+    if problems := plugin_problems((info.context or {}).get("raw") or {}):
+        raise ValueError("; ".join(problems))
 
 
 def _raise(errors: list[InitErrorDetails], title: str) -> None:
@@ -133,8 +137,11 @@ LISTED_HAVE_SECTIONS = CrossCheck(("preprocess.modalities", "modalities"), _list
 NORMS_FOR_LISTED = CrossCheck(("preprocess.modalities", "tune.fixed.input_norm"), _norms_for_listed)
 AUGMENT_FOR_LISTED = CrossCheck(("preprocess.modalities", "tune.fixed.augment"), _augment_for_listed)
 
+# Every stage that reads a manifest or a modality's section registers the user's modalities first: a manifest column
+# of one is unknown otherwise (ingest reads no `modalities` key, yet must know the column).
+PLUGINS = Schema({}, prepare=(plugin_problems,))
 # The types of the keys that several stages read; a stage's own section types come from its package.
-MODALITIES = Schema({"modalities": ModalitySections}, (LISTED_HAVE_SECTIONS,))
-LISTED = Schema({"preprocess.modalities": ModalityNames})
-INPUT_NORM = Schema({"tune.fixed.input_norm": InputNorms}, (NORMS_FOR_LISTED,))
+MODALITIES = Schema({"modalities": ModalitySections}, (LISTED_HAVE_SECTIONS,)) | PLUGINS
+LISTED = Schema({"preprocess.modalities": ModalityNames}) | PLUGINS
+INPUT_NORM = Schema({"tune.fixed.input_norm": InputNorms}, (NORMS_FOR_LISTED,)) | PLUGINS
 

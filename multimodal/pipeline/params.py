@@ -76,13 +76,16 @@ class CrossCheck:
 @dataclass(frozen=True)
 class Schema:
     """What a stage's params are: the type of each key it reads (a section such as `tune`, or a key inside one such
-    as `tune.fixed.input_norm`) and the rules spanning keys. `a | b` merges two."""
+    as `tune.fixed.input_norm`), the rules spanning keys, and steps run on the raw params before any key is checked
+    (`prepare`: registering the user's modality modules). `a | b` merges two."""
 
     types: Mapping[str, Any]
     checks: tuple[CrossCheck, ...] = field(default=())
+    prepare: tuple[Callable[[Mapping[str, Any]], list[str]], ...] = field(default=())
 
     def __or__(self, other: Schema) -> Schema:
-        return Schema({**self.types, **other.types}, (*self.checks, *other.checks))
+        return Schema({**self.types, **other.types}, (*self.checks, *other.checks),
+                      tuple(dict.fromkeys((*self.prepare, *other.prepare))))
 
 
 def _field_type(model: type[BaseModel], name: str) -> Any:
@@ -192,7 +195,7 @@ def validate_params(raw: Mapping[str, Any], keys: tuple[str, ...], schema: Schem
     keys = tuple(k for k in keys if not any(k.startswith(other + ".") for other in keys))  # a section holds its keys
     types = {"base.paths": Paths, **schema.types}
     tree: dict[str, Any] = _Node()
-    problems: list[str] = []
+    problems = [f"  {line}" for step in schema.prepare for line in step(raw)]
     if whole:  # every section of the file: one that no schema types is a typo (or a leftover)
         sections = sorted({k.split(".")[0] for k in types})
         problems += [f"  {k}: unknown key{did_you_mean(str(k), sections)}" for k in raw if k not in sections]
@@ -241,10 +244,9 @@ def stage_params(raw: Mapping[str, Any], *, stage: str, schema: Schema, dvc_yaml
     """`load_params` of params already read (`raw`): what a Ray trial does with the params its driver loaded."""
     keys = declared_params(stage, dvc_yaml)
     loaded = validate_params(raw, keys, schema, root=root, where=where)
-    subset: dict[str, Any] = {}
-    for key in (*keys, *ALWAYS_READABLE):
-        _put(subset, key, _raw_at(raw, key))
-    return StageParams(loaded, stage, (*keys, *ALWAYS_READABLE), raw=subset)
+    # The whole file travels with the view: a trial checks the same keys again, after the same `prepare` steps
+    # (which read beyond them: the user's modality modules).
+    return StageParams(loaded, stage, (*keys, *ALWAYS_READABLE), raw=dict(raw))
 
 
 def load_keys(path: str | Path, schema: Schema, keys: tuple[str, ...] | None = None, *, whole: bool = False

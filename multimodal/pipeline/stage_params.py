@@ -210,7 +210,7 @@ class StageParams:
         return [self[k] for k in self._value]
 
     def raw_params(self) -> dict[str, Any]:
-        """The declared keys as params.yaml has them, to hand to a process that loads them again (Ray trials)."""
+        """params.yaml as read, to hand to a process that loads the stage's keys again (Ray trials)."""
         if self._raw is None:
             raise ValueError("raw_params() is kept on the whole view only")
         return self._raw

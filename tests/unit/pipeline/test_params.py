@@ -347,3 +347,26 @@ def test_an_undeclared_section_name_typo_is_named_by_its_reader(tmp_path, raw_pa
     raw["evalute"] = raw.pop("evaluate")
     with pytest.raises(ParamsError, match=r"evaluate: missing \(a typo\? params.yaml has evalute there\)"):
         load_for("evaluate", stage_schemas()["evaluate"], write(tmp_path, raw))
+
+
+def test_every_stage_but_demo_registers_the_users_modalities_first(tmp_path, raw_params):
+    """A modality module named by `modalities.<m>.module` is registered by every stage that reads a manifest, even
+    one that reads no `modalities` key (ingest must know the column): checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    from multimodal.modalities.params import plugin_problems
+
+    assert [s for s, schema in stage_schemas().items() if plugin_problems not in schema.prepare] == ["demo"]
+    raw = copy.deepcopy(raw_params)
+    raw["modalities"]["toy"] = {"pretrained": None, "config": {}, "module": "tests.integration.test_toy_modality",
+                                "n_values": 4, "hidden": 8}
+    raw["validate"]["modalities"]["toy"] = {"n_values": 4}
+    path = write(tmp_path, raw)
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    code = ("import sys; from multimodal.pipeline.params import load_params; from stages.ingest import PARAMS; "
+            "from multimodal.modalities import names; load_params(sys.argv[1], stage='ingest', schema=PARAMS); "
+            "print(sorted(names()))")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'toy'" in done.stdout
