@@ -78,6 +78,8 @@ def test_the_pipeline_and_the_flow_reach_nothing_beyond_this_machine(tmp_path: P
     project = copy_project(tmp_path / "project", TINY_PARAMS)
     env = {**project_env(), **OFFLINE_ENV}
     env.pop("PREFECT_API_URL", None)  # the flow starts its own temporary server, traced with it
+    # Under strace on a loaded machine the temporary server can take over the default 20 s to come up.
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     runs = {"dvc repro": ["dvc", "repro"],
             "flow": [sys.executable, "-m", "flows.pipeline", "--workspace", str(project)]}
     for name, cmd in runs.items():
