@@ -148,7 +148,7 @@ def _typo_of(raw: Mapping[str, Any], key: str) -> str:
             return ""
         if part not in node:
             close = difflib.get_close_matches(part, [str(k) for k in node], n=1, cutoff=0.6)
-            return f" (a typo? params.yaml has {' and '.join(close)} there)" if close else ""
+            return f" (a typo? params.yaml has {close[0]} there)" if close else ""
         node = node[part]
     return ""
 
