@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,8 +53,10 @@ def tune(params: StageParams, project_dir: Path) -> dict:
     storage = project_dir / ".ray" / "results"
     # 1. The search (an interrupted one of the same inputs resumes). Failed trials are rows of the table; only a
     # study without a success fails the stage.
+    started = time.monotonic()
     results = run_search(params, project_dir, storage)
     table, epochs = trial_table(results, cfg.metric, cfg.mode), epochs_table(results)
+    logger.info("search: %d trials, %d epochs in %.0f s", len(table), len(epochs), time.monotonic() - started)
     best_row = best_trial(table, cfg.metric, cfg.mode)
     if best_row is None:
         raise no_trial_succeeded(table)
@@ -66,6 +69,7 @@ def tune(params: StageParams, project_dir: Path) -> dict:
     data = load_splits(params, ("train", "val"), strategy=baseline_cfg.strategy)
     labels = load_labels(params)
     device = pick_device(params.base.device)
+    started = time.monotonic()
     with atomic_dir(Path(paths.models)) as tmp:
         write_best(best, best_row, params, tmp / "best")
         bundle_inputs(Path(paths.aligned), tmp / "best")
@@ -75,6 +79,8 @@ def tune(params: StageParams, project_dir: Path) -> dict:
             save_model(model, spec, tmp / "unimodal" / modality)
             bundle_inputs(Path(paths.aligned), tmp / "unimodal" / modality)
             metrics[f"unimodal/{modality}/val_accuracy"] = fit_result.best.val_accuracy
+            logger.info("unimodal %s: %d epochs, %.0f s since the search", modality, len(fit_result.history),
+                        time.monotonic() - started)
     # 3. Tables, plots and metrics DVC declares.
     write_csv_atomic(Path(paths.metrics) / "tune_trials.csv", table)
     write_csv_atomic(Path(paths.metrics) / "tune_epochs.csv", epochs)

@@ -1,4 +1,4 @@
-"""A fresh git + DVC copy of this repository with tiny params, per test."""
+"""Tiny params, and the one reproduced tiny project a test run shares (each test takes a copy of it)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.workspace import copy_project
+from tests.integration.built import Built, build, copy_built
 
 # Small enough for CI on two cores, big enough that every class lands in every split.
 TINY_PARAMS = {
@@ -18,6 +18,13 @@ TINY_PARAMS = {
 }
 
 
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """One tiny `dvc repro` of every stage per test run (tests/integration/built.py); read it, never write into it."""
+    return build(tmp_path_factory.mktemp("built"), TINY_PARAMS)
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    return copy_project(tmp_path / "project", TINY_PARAMS)
+def reproduced(built: Built, tmp_path: Path) -> Path:
+    """A private copy of the built project, right after its `dvc repro` (nothing committed since)."""
+    return copy_built(built, tmp_path / "project")

@@ -37,8 +37,8 @@ def file_hashes(project: Path, paths: list[str]) -> dict[str, str]:
     return hashes
 
 
-def test_push_clone_pull_gives_every_output_and_nothing_to_run(project: Path, tmp_path: Path) -> None:
-    run(["dvc", "repro"], project)
+def test_push_clone_pull_gives_every_output_and_nothing_to_run(reproduced: Path, tmp_path: Path) -> None:
+    project = reproduced  # a copy of the test run's shared `dvc repro`, nothing committed after it
     outs = lock_outs(project)
     original = file_hashes(project, outs)
     assert {"models/best/model.safetensors", "metrics/headline.json", "data/aligned/embedder.safetensors"} <= set(

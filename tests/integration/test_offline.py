@@ -1,5 +1,8 @@
 """Nothing leaves the machine: the tiny pipeline (Ray included) and the Prefect flow, traced with strace.
 
+The pipeline is the test run's shared tiny `dvc repro` (tests/integration/built.py traces it where strace is
+installed); the flow runs here, over a copy of it, with its own temporary Prefect server.
+
 Every `connect`, `sendto`, `sendmsg` of the command and all its descendants (Python and C++ alike: DVC, Ray's GCS,
 raylet and workers, the temporary Prefect server) is recorded; an address other than loopback or one of this
 machine's own fails the test. Unix sockets and netlink are local by construction. A UDP `connect()` sends nothing
@@ -18,13 +21,12 @@ from pathlib import Path
 import pytest
 
 from flows.local_server import OFFLINE_ENV
-from flows.workspace import copy_project, project_env
-from tests.integration.conftest import TINY_PARAMS
+from flows.workspace import project_env
+from tests.integration.built import Built, traced
 
 NO_STRACE = "strace is not installed (.ci/run installs it)"
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("strace") is None, reason=NO_STRACE)]
 
-SYSCALLS = "trace=connect,sendto,sendmsg,sendmmsg"
 ADDRESS = re.compile(r'sin6?_port=htons\((\d+)\).*?(?:inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)")')
 
 
@@ -57,12 +59,6 @@ def outside(log: Path) -> list[str]:
     return bad
 
 
-def traced(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    # --seccomp-bpf: only the traced calls stop the process, so the run is barely slower.
-    return subprocess.run(["strace", "-f", "--seccomp-bpf", "-qq", "-e", SYSCALLS, "-e", "signal=none", "-o", str(log),
-                           *cmd], cwd=cwd, env=env, capture_output=True, text=True)
-
-
 def test_the_parser_flags_a_public_address_and_passes_local_ones(tmp_path: Path) -> None:
     log = tmp_path / "trace"
     log.write_text(
@@ -74,19 +70,25 @@ def test_the_parser_flags_a_public_address_and_passes_local_ones(tmp_path: Path)
     assert outside(log) == [log.read_text().splitlines()[0]]
 
 
-def test_the_pipeline_and_the_flow_reach_nothing_beyond_this_machine(tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "project", TINY_PARAMS)
+def assert_local(name: str, log: Path) -> None:
+    calls = log.read_text().count("\n")
+    assert calls > 100, f"{name}: only {calls} traced calls; is strace tracing?"
+    assert outside(log) == [], f"{name} reached outside this machine"
+    print(f"{name}: {calls} socket calls traced, all local")
+
+
+def test_the_pipeline_reaches_nothing_beyond_this_machine(built: Built) -> None:
+    assert built.trace is not None and built.stages_run(), "the shared run was not traced"
+    assert_local("dvc repro", built.trace)
+
+
+def test_the_flow_reaches_nothing_beyond_this_machine(reproduced: Path, tmp_path: Path) -> None:
     env = {**project_env(), **OFFLINE_ENV}
     env.pop("PREFECT_API_URL", None)  # the flow starts its own temporary server, traced with it
     # Under strace on a loaded machine the temporary server can take over the default 20 s to come up.
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
-    runs = {"dvc repro": ["dvc", "repro"],
-            "flow": [sys.executable, "-m", "flows.pipeline", "--workspace", str(project)]}
-    for name, cmd in runs.items():
-        log = tmp_path / f"{name.replace(' ', '-')}.trace"
-        done = traced(cmd, project, log, env)
-        assert done.returncode == 0, f"{name}: {done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-        calls = log.read_text().count("\n")
-        assert calls > 100, f"{name}: only {calls} traced calls; is strace tracing?"
-        assert outside(log) == [], f"{name} reached outside this machine"
-        print(f"{name}: {calls} socket calls traced, all local")
+    log = tmp_path / "flow.trace"
+    cmd = [sys.executable, "-m", "flows.pipeline", "--workspace", str(reproduced)]
+    done = subprocess.run(traced(cmd, log), cwd=reproduced, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"flow: {done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert_local("flow", log)

@@ -1,4 +1,5 @@
-"""The whole pipeline through a real `dvc repro` in a temporary copy of the repo (tiny params)."""
+"""The whole pipeline through a real `dvc repro` in a temporary copy of the repo (tiny params): the test run's
+shared run (tests/integration/built.py), checked in a copy of it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from flows.workspace import run
 from multimodal.data.data_docs import external_in_site
 from multimodal.pipeline.offline_html import external_references
+from tests.integration.built import Built
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +25,10 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def test_pipeline_end_to_end_then_noop_then_experiment(project: Path) -> None:
+def test_pipeline_end_to_end_then_noop(built: Built, reproduced: Path) -> None:
     # 1. A full run produces every stage's outputs.
-    first = run(["dvc", "repro"], project)
-    assert stages_run(first.stdout) == STAGES
+    assert built.stages_run() == STAGES
+    project = reproduced
 
     manifest = (project / "data/raw/manifest.csv").read_text().splitlines()
     assert manifest[0] == "sample_id,label,group,image,audio,text,split" and len(manifest) == 121
@@ -91,27 +93,16 @@ def test_pipeline_end_to_end_then_noop_then_experiment(project: Path) -> None:
              "plots/evaluate/missing_modality.csv", "plots/evaluate/per_class/fused.csv"}
     assert not plots.get("errors") and drawn <= set(plots["data"])
 
-    # 2. Nothing changed: nothing runs.
+    # 2. Nothing changed: nothing runs (in a copy of the run: DVC hashes the copied files again, finds them equal).
     second = run(["dvc", "repro"], project)
     assert stages_run(second.stdout) == set()
     assert "Data and pipelines are up to date" in second.stdout
-
-    # 3. A tune knob changed as an experiment: only tune, evaluate and the report re-run (not the classical
-    # baseline); both runs are comparable.
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline run"], project)
-    exp = run(["dvc", "exp", "run", "-S", "tune.fixed.patience=1", "-n", "patience-1"], project)
-    assert stages_run(exp.stdout) == {"tune", "evaluate", "report"}
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
-    experiments = {e["name"]: e for rev in shown for e in (rev.get("experiments") or [])}
-    assert "patience-1" in experiments
-    exp_metrics = experiments["patience-1"]["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]
-    assert 0.0 <= exp_metrics["fused_accuracy"] <= 1.0
+    # 3. Experiments (a tune knob changed): test_use_model.py, over another copy of the same run.
 
 
 @pytest.mark.slow
-def test_same_params_and_data_give_the_same_metrics(project: Path) -> None:
-    run(["dvc", "repro"], project)
+def test_same_params_and_data_give_the_same_metrics(reproduced: Path) -> None:
+    project = reproduced
     first = (project / "metrics/evaluate.json").read_text()
     trials = (project / "metrics/tune_trials.csv").read_text()
     lock = (project / "dvc.lock").read_text()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.workspace import copy_project, run, set_params
-from tests.integration.conftest import TINY_PARAMS
+from flows.workspace import run, set_params
+from tests.integration.built import Built, copy_built
 from tests.integration.ray_head import ray_head
 
 pytestmark = pytest.mark.integration
@@ -33,11 +33,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def aligned(tmp_path_factory) -> Path:
+def aligned(built: Built, tmp_path_factory) -> Path:
     """A tiny project with everything `tune` reads (ingest..align), shared by this module's tests."""
-    project = copy_project(tmp_path_factory.mktemp("tune") / "project", TINY_PARAMS)
-    run(["dvc", "repro", "align"], project)
-    return project
+    return copy_built(built, tmp_path_factory.mktemp("tune") / "project")
 
 
 def with_tune(project: Path, **tune) -> Path:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.workspace import copy_project, run, set_params
-from tests.integration.conftest import TINY_PARAMS
+from flows.workspace import run, set_params
+from tests.integration.built import Built, copy_built
 from tests.integration.recovery import kill_when, lines, trial_worker_in, tune_killing_a_worker
 
 pytestmark = pytest.mark.integration
@@ -21,10 +21,8 @@ OUTPUTS = ("metrics/tune_trials.csv", "metrics/tune_epochs.csv", "metrics/tune.j
 
 
 @pytest.fixture(scope="module")
-def aligned(tmp_path_factory) -> Path:
-    project = copy_project(tmp_path_factory.mktemp("tune-recovery") / "project", TINY_PARAMS)
-    run(["dvc", "repro", "align"], project)
-    return project
+def aligned(built: Built, tmp_path_factory) -> Path:
+    return copy_built(built, tmp_path_factory.mktemp("tune-recovery") / "project")
 
 
 def tune_stage(project: Path) -> float:
@@ -80,6 +78,7 @@ def test_an_interrupted_study_resumes_without_training_finished_trials_again(ali
           f"epochs reported; the re-run took {resumed:.0f} s and trained only the missing epochs")
 
 
+@pytest.mark.slow  # the study-level resume above runs by default; this kills a worker mid-trial (Ray's retry)
 def test_a_trial_whose_worker_dies_after_a_checkpoint_resumes_from_it(aligned: Path) -> None:
     set_params(aligned, {("tune", "num_samples"): 1, ("tune", "cpus_per_trial"): 1, ("tune", "scheduler"): "fifo",
                          ("tune", "max_failures"): 1, ("tune", "asha"): {"max_epochs": 4, "grace_period": 1,

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from flows.workspace import copy_project, project_env, run, set_params
-from tests.integration.conftest import TINY_PARAMS
+from flows.workspace import project_env, run, set_params
+from tests.integration.built import Built, copy_built
 from tests.integration.recovery import process_in, tune_killing_a_worker
 
-pytestmark = pytest.mark.integration
+# Slow (opt-in: `-m slow`): data-parallel trials are an opt-in path; tests/unit/training covers the gradient
+# and metric reductions without Ray.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Frozen encoders (align's cached features: no BatchNorm, whose batch statistics are per worker) and no dropout
 # (each worker draws its own masks): what is left to differ is float summation order.
@@ -58,10 +60,10 @@ def tune_stage(project: Path, workers: int, **tune) -> tuple[dict[str, str], dic
 
 
 @pytest.fixture(scope="module")
-def aligned(tmp_path_factory) -> Path:
-    project = copy_project(tmp_path_factory.mktemp("tune-workers") / "project", TINY_PARAMS)
+def aligned(built: Built, tmp_path_factory) -> Path:
+    project = copy_built(built, tmp_path_factory.mktemp("tune-workers") / "project")
     set_params(project, {("tune", "fixed", "strategy"): "frozen"})
-    run(["dvc", "repro", "align"], project)
+    run(["dvc", "repro", "align"], project)  # runs again only if align reads the strategy
     return project
 
 

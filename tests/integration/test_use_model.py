@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
-from flows.workspace import copy_project, run
-from tests.integration.conftest import TINY_PARAMS
+from flows.workspace import run
+from tests.integration.built import Built, copy_built
 
 pytestmark = pytest.mark.integration
 
@@ -19,11 +20,11 @@ STRENGTHS = {"augment-0": 0.0, "augment-0.5": 0.5}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A tiny project after `dvc repro` (committed), with predictions of models/best on its own manifest
-    (`predict.csv`, `predict.out`), then two experiments that differ in `tune.fixed.augment_strength`."""
-    project = copy_project(tmp_path_factory.mktemp("use") / "project", TINY_PARAMS)
-    run(["dvc", "repro"], project)
+def project(built: Built, tmp_path_factory) -> Path:
+    """A tiny project after `dvc repro` (a copy of the test run's shared one, committed), with predictions of
+    models/best on its own manifest (`predict.csv`, `predict.out`), then two experiments that differ in
+    `tune.fixed.augment_strength`."""
+    project = copy_built(built, tmp_path_factory.mktemp("use") / "project")
     done = run([sys.executable, "-m", "stages.predict", "--model", "models/best", "--manifest",
                 "data/raw/manifest.csv", "--out", "predict.csv", "--batch-size", "16"], project)
     (project / "predict.out").write_text(done.stdout)
@@ -31,8 +32,22 @@ def project(tmp_path_factory) -> Path:
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
     for name, strength in STRENGTHS.items():
-        run(["dvc", "exp", "run", "-S", f"tune.fixed.augment_strength={strength}", "-n", name], project)
+        done = run(["dvc", "exp", "run", "-S", f"tune.fixed.augment_strength={strength}", "-n", name], project)
+        (project / f"{name}.out").write_text(done.stdout)
     return project
+
+
+def test_an_experiment_reruns_tune_evaluate_and_report_only(project: Path) -> None:
+    # A tune knob changed: not the classical baseline, nothing upstream of tune.
+    for name in STRENGTHS:
+        ran = set(re.findall(r"Running stage '([^']+)'", (project / f"{name}.out").read_text()))
+        assert ran == {"tune", "evaluate", "report"}, name
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = {e["name"]: e for rev in shown for e in (rev.get("experiments") or [])}
+    assert set(STRENGTHS) <= set(experiments)
+    for name in STRENGTHS:
+        headline = experiments[name]["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]
+        assert 0.0 <= headline["fused_accuracy"] <= 1.0
 
 
 def test_predict_on_the_test_rows_scores_what_evaluate_scored(project: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from flows.workspace import copy_project, run
 
-pytestmark = pytest.mark.integration
+# Slow (opt-in: `-m slow`): video is an opt-in modality; its decoding, checks and encoder have unit tests.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_video_runs_the_tiny_pipeline(tmp_path: Path) -> None:
