@@ -46,7 +46,7 @@ class StageFailed(RuntimeError):
     """A stage's `dvc repro` exited non-zero; the message carries the end of its output."""
 
 
-# Prefect's own caching is off (NO_CACHE): whether a stage is up to date is DVC's decision, made inside the task.
+# Prefect's own caching is off (NO_CACHE): whether a stage is up to date is DVC's decision (its status).
 @task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, task_run_name="{stage}")
 def run_stage(workspace: str, stage: str, up_to_date: bool = False) -> State:
     """`dvc repro --single-item <stage>`, its output streamed line by line into this task's log.
@@ -153,10 +153,10 @@ def publish_artifacts(workspace: str, pipeline: dvc_tools.Pipeline, experiment: 
 
 def _run_stages(ws: Path, stages: tuple[dvc_tools.Stage, ...], stage_task: Any, stale: set[str]) -> dict[str, State]:
     """Submit each stage with its upstream futures (the UI graph shows DVC's edges); raise if any failed.
-    Stages not in `stale` are Cached without a `dvc` process.
 
-    The task runner has one worker and takes tasks in submission order, which is topological, so each stage
-    starts after its upstream ones without a worker ever blocking on a future that is queued behind it.
+    Stages not in `stale` are Cached without a `dvc` process. The task runner has one worker and takes tasks in
+    submission order, which is topological, so each stage starts after its upstream ones without a worker ever
+    blocking on a future that is queued behind it.
     """
     futures: dict[str, Any] = {}
     for stage in stages:
@@ -210,8 +210,8 @@ def dvc_pipeline(
         logger.info("DVC stages in order: %s; to reproduce: %s", [s.name for s in pipeline.stages],
                     [s.name for s in pipeline.stages if s.name in stale])
         states = _run_stages(ws, pipeline.stages, stage_task, stale)
-        # Nothing stale and no overrides: the workspace is as the last run left it, and saving it again would only
-        # add a copy of that run to `dvc exp show`.
+        # Nothing stale and no overrides: nothing was reproduced, so there is no new result to record; saving would
+        # add another copy of the workspace as it already was (usually the last run's) to `dvc exp show`.
         experiment = None
         if save_as_experiment and (stale or applied):
             experiment = save_experiment(str(ws), list(pipeline.git_outputs))
