@@ -2,9 +2,10 @@
 experiments.
 
 The DAG is read from DVC's own index (`dvc.repo.Repo(...).index.graph`), so `dvc.yaml` stays the only definition
-of the pipeline; `foreach` stages arrive expanded (`preprocess@image`, ...). Each stage runs through
-`dvc repro --single-item`, so DVC alone decides whether it is up to date. Overrides use the code behind
-`dvc exp run -S` (Hydra override grammar), and a run is recorded with `dvc exp save`.
+of the pipeline; `foreach` stages arrive expanded (`preprocess@image`, ...). DVC alone decides whether a stage is up
+to date: its status is asked in process (what `dvc status --json` prints, without a `dvc` process per question),
+and a stage runs through `dvc repro --single-item`. Overrides use the code behind `dvc exp run -S` (Hydra override
+grammar), and a run is recorded with `dvc exp save`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from multimodal.storage.io import write_bytes_atomic
 log = logging.getLogger(__name__)
 
 DVC = [sys.executable, "-m", "dvc"]
+UP_TO_DATE = "dvc status: up to date"  # a Cached stage's message
 
 
 # --------------------------------------------------------------------------------------------------- the graph
@@ -59,40 +61,67 @@ class Pipeline:
     metrics: tuple[str, ...]  # declared `metrics:` files, in stage order
     plots: tuple[Plot, ...]
     git_outputs: tuple[str, ...]  # `cache: false` outputs: git keeps them, so experiments must too
+    # With `read_pipeline(status=True)`: the stages DVC finds changed, `{stage: what changed}` as `dvc status --json`
+    # lists them. None: not asked, or DVC's lock was busy.
+    changes: Mapping[str, list[Any]] | None = None
 
 
-def read_pipeline(workspace: Path) -> Pipeline:
-    """Read the stage graph and declared outputs from DVC's index (no second DAG in Python)."""
-    import networkx as nx
-    from dvc.repo import Repo
-    from dvc.stage import PipelineStage
+def read_pipeline(workspace: Path, status: bool = False) -> Pipeline:
+    """Read the stage graph and declared outputs from DVC's index (no second DAG in Python); with `status`, also
+    every stage's DVC status, from the same index under DVC's repository lock (as `dvc status` takes it)."""
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
 
     with Repo(str(workspace)) as repo:
-        index = repo.index
-        # Only stages with a command are run; `.dvc` data sources have nothing to reproduce.
-        stages = [s for s in index.stages if isinstance(s, PipelineStage)]
-        order = {s: i for i, s in enumerate(stages)}
-        graph = index.graph.subgraph(stages)  # DVC's edges point from a stage to the stages it depends on
+        if status:
+            try:
+                with lock_repo(repo):
+                    return _pipeline(repo, status=True)
+            except LockError as err:  # someone's `dvc repro`: each stage then asks DVC itself, with retries
+                log.warning("dvc status not read, every stage will ask DVC itself: %s", err)
+        return _pipeline(repo, status=False)
 
-        def address(stage) -> str:
-            # `stage.addressing` is relative to the process cwd; `dvc repro` runs with cwd=workspace.
-            dvcfile = os.path.relpath(stage.dvcfile.path, repo.root_dir)
-            return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
 
-        ordered = list(nx.lexicographical_topological_sort(graph.reverse(copy=False), key=order.__getitem__))
-        nodes, metrics, plots, git_outputs = [], [], [], []
-        for stage in ordered:
-            upstream = sorted(graph.successors(stage), key=order.__getitem__)
-            nodes.append(Stage(address(stage), tuple(address(u) for u in upstream)))
-            for out in stage.outs:
-                path = os.path.relpath(out.fs_path, repo.root_dir)
-                if out.metric:
-                    metrics.append(path)
-                if out.plot:
-                    plots.append(Plot(path, dict(out.plot) if isinstance(out.plot, dict) else {}))
-                if not out.use_cache:
-                    git_outputs.append(path)
-    return Pipeline(tuple(nodes), tuple(metrics), tuple(plots), tuple(git_outputs))
+def _address(repo: Any, stage: Any) -> str:
+    # `stage.addressing` is relative to the process cwd; `dvc repro` runs with cwd=workspace.
+    dvcfile = os.path.relpath(stage.dvcfile.path, repo.root_dir)
+    return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
+
+
+def _pipeline_stages(repo: Any) -> list[Any]:
+    from dvc.stage import PipelineStage
+
+    # Only stages with a command are run; `.dvc` data sources have nothing to reproduce.
+    return [s for s in repo.index.stages if isinstance(s, PipelineStage)]
+
+
+def _changes(stage: Any) -> list[Any]:
+    # What `dvc status <stage>` asks (Repo.status -> Stage.status); its one key is `addressing`, cwd-relative.
+    return next(iter(stage.status(check_updates=True).values()), [])
+
+
+def _pipeline(repo: Any, status: bool) -> Pipeline:
+    import networkx as nx
+
+    stages = _pipeline_stages(repo)
+    order = {s: i for i, s in enumerate(stages)}
+    graph = repo.index.graph.subgraph(stages)  # DVC's edges point from a stage to the stages it depends on
+    ordered = list(nx.lexicographical_topological_sort(graph.reverse(copy=False), key=order.__getitem__))
+    nodes, metrics, plots, git_outputs, changes = [], [], [], [], {}
+    for stage in ordered:
+        upstream = sorted(graph.successors(stage), key=order.__getitem__)
+        nodes.append(Stage(_address(repo, stage), tuple(_address(repo, u) for u in upstream)))
+        if status and (changed := _changes(stage)):
+            changes[_address(repo, stage)] = changed
+        for out in stage.outs:
+            path = os.path.relpath(out.fs_path, repo.root_dir)
+            if out.metric:
+                metrics.append(path)
+            if out.plot:
+                plots.append(Plot(path, dict(out.plot) if isinstance(out.plot, dict) else {}))
+            if not out.use_cache:
+                git_outputs.append(path)
+    return Pipeline(tuple(nodes), tuple(metrics), tuple(plots), tuple(git_outputs), changes if status else None)
 
 
 # ------------------------------------------------------------------------------------------- running commands
@@ -140,11 +169,15 @@ class ReproResult:
 
 
 def stage_changes(workspace: Path, stage: str) -> list[Any]:
-    """DVC's structured answer (`dvc status --json <stage>`, this stage alone): [] when it is up to date."""
-    done = run_dvc(workspace, "status", "--json", stage)
-    if done.returncode != 0:
-        raise RuntimeError(f"dvc status {stage} exited {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
-    return json.loads(done.stdout or "{}").get(stage, [])
+    """DVC's structured answer for this stage alone (as `dvc status --json <stage>`, asked in process): [] when it
+    is up to date. Raises DVC's LockError while someone else's `dvc` holds the repository (the task retries)."""
+    from dvc.repo import Repo, lock_repo
+
+    with Repo(str(workspace)) as repo, lock_repo(repo):
+        for candidate in _pipeline_stages(repo):
+            if _address(repo, candidate) == stage:
+                return _changes(candidate)
+    raise ValueError(f"no stage {stage!r} in {workspace}")
 
 
 def describe_changes(changes: Sequence[Any]) -> str:
@@ -169,7 +202,7 @@ def describe_changes(changes: Sequence[Any]) -> str:
 def repro(workspace: Path, stage: str, on_line: Callable[[str], Any]) -> ReproResult:
     """`dvc repro --single-item <stage>`: DVC checks deps, params and outs and runs the stage only if needed.
 
-    Whether it had to do anything comes from `dvc status --json` before the run, not from DVC's log wording.
+    Whether it had to do anything comes from DVC's status before the run, not from DVC's log wording.
     The one thing status cannot tell is a restore from DVC's run-cache (same deps seen before, outputs checked
     out without running); that is read from DVC's message, and a reworded message only makes it show as a run.
     """
@@ -183,7 +216,7 @@ def repro(workspace: Path, stage: str, on_line: Callable[[str], Any]) -> ReproRe
 
     code, tail = stream([*DVC, "repro", "--single-item", stage], workspace, collect)
     if not changes:
-        return ReproResult(stage, code, False, "dvc status: up to date", tuple(tail))
+        return ReproResult(stage, code, False, UP_TO_DATE, tuple(tail))
     what = describe_changes(changes)
     if restored:
         return ReproResult(stage, code, False, f"dvc: restored from the run-cache ({what})", tuple(tail))
@@ -349,8 +382,14 @@ def save_experiment(workspace: Path, name: str, message: str, include: Sequence[
 
 
 def list_experiments(workspace: Path) -> list[Experiment]:
-    """`dvc exp show --json`: the HEAD baseline and every experiment on it (the workspace row left out)."""
-    done = run_dvc(workspace, "exp", "show", "--json")
-    if done.returncode != 0:
-        raise RuntimeError(f"dvc exp show exited {done.returncode}: {done.stderr[-2000:]}")
-    return parse_exp_show(json.loads(done.stdout))
+    """`dvc exp show --json`: the HEAD baseline and every experiment on it (the workspace row left out).
+
+    Asked in process (a `dvc` process costs more than the question); the CLI's own JSON encoder makes the data
+    what `dvc exp show --json` prints.
+    """
+    from dvc.commands.experiments.show import _format_json
+    from dvc.repo import Repo
+
+    with Repo(str(workspace)) as repo:
+        shown = [exp.dumpd() for exp in repo.experiments.show()]
+    return parse_exp_show(json.loads(json.dumps(shown, default=_format_json)))

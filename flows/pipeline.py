@@ -4,9 +4,11 @@
     python -m flows.serve --cron "0 3 * * *"                                   # a scheduled deployment
 
 A run: take the workspace lock -> apply param overrides to params.yaml (as `dvc exp run -S` does) -> read the
-stage graph from DVC -> `dvc repro --single-item <stage>` per stage, in topological order -> `dvc exp save -n
-<flow-run-name>` -> publish artifacts -> with overrides, put params.yaml, dvc.lock and the outputs back as they
-were (also on failure), as `dvc exp run --temp` would leave them.
+stage graph and every stage's status from DVC, in process -> per stage, in topological order, a task: Cached at
+once if DVC found it up to date with no stale stage upstream (`flows.stage_plan`), else `dvc repro --single-item
+<stage>` -> `dvc exp save -n <flow-run-name>` if a stage was stale or params were overridden -> publish artifacts
+-> with overrides, put params.yaml, dvc.lock and the outputs back as they were (also on failure), as
+`dvc exp run --temp` would leave them.
 
 Stages run one at a time. `dvc repro` holds DVC's repository lock (`.dvc/tmp/lock`) for its whole duration, so
 a second `dvc repro` in the same workspace fails ("Unable to acquire lock"); the preprocess@<modality> stages
@@ -33,7 +35,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import dvc_tools, ui_artifacts
+from flows import dvc_tools, stage_plan, ui_artifacts
 from multimodal.reporting.experiments import headline_metrics, ranking_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,10 +46,15 @@ class StageFailed(RuntimeError):
     """A stage's `dvc repro` exited non-zero; the message carries the end of its output."""
 
 
-# Prefect's own caching is off (NO_CACHE): whether a stage is up to date is DVC's decision, made inside the task.
+# Prefect's own caching is off (NO_CACHE): whether a stage is up to date is DVC's decision (its status).
 @task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, task_run_name="{stage}")
-def run_stage(workspace: str, stage: str) -> State:
-    """`dvc repro --single-item <stage>`, its output streamed line by line into this task's log."""
+def run_stage(workspace: str, stage: str, up_to_date: bool = False) -> State:
+    """`dvc repro --single-item <stage>`, its output streamed line by line into this task's log.
+
+    up_to_date: DVC said so when the run started and nothing upstream runs, so no `dvc` process is needed.
+    """
+    if up_to_date:
+        return Completed(name="Cached", message=dvc_tools.UP_TO_DATE)
     logger = get_run_logger()
     started = time.monotonic()
     result = dvc_tools.repro(Path(workspace), stage, on_line=logger.info)
@@ -144,15 +151,17 @@ def publish_artifacts(workspace: str, pipeline: dvc_tools.Pipeline, experiment: 
     return published
 
 
-def _run_stages(ws: Path, stages: tuple[dvc_tools.Stage, ...], stage_task: Any) -> dict[str, State]:
+def _run_stages(ws: Path, stages: tuple[dvc_tools.Stage, ...], stage_task: Any, stale: set[str]) -> dict[str, State]:
     """Submit each stage with its upstream futures (the UI graph shows DVC's edges); raise if any failed.
 
-    The task runner has one worker and takes tasks in submission order, which is topological, so each stage
-    starts after its upstream ones without a worker ever blocking on a future that is queued behind it.
+    Stages not in `stale` are Cached without a `dvc` process. The task runner has one worker and takes tasks in
+    submission order, which is topological, so each stage starts after its upstream ones without a worker ever
+    blocking on a future that is queued behind it.
     """
     futures: dict[str, Any] = {}
     for stage in stages:
-        futures[stage.name] = stage_task.submit(str(ws), stage.name, wait_for=[futures[u] for u in stage.upstream])
+        futures[stage.name] = stage_task.submit(str(ws), stage.name, stage.name not in stale,
+                                                wait_for=[futures[u] for u in stage.upstream])
     wait(list(futures.values()))
     states = {name: future.state for name, future in futures.items()}
     failed = [name for name, state in states.items() if state.is_failed() or state.is_crashed()]
@@ -196,10 +205,18 @@ def dvc_pipeline(
         if applied:
             logger.info("params overridden for this run: %s", applied)
         # Read after the overrides: `foreach` stages expand from params (preprocess.modalities).
-        pipeline = dvc_tools.read_pipeline(ws)
-        logger.info("DVC stages in order: %s", [s.name for s in pipeline.stages])
-        states = _run_stages(ws, pipeline.stages, stage_task)
-        experiment = save_experiment(str(ws), list(pipeline.git_outputs)) if save_as_experiment else None
+        pipeline = dvc_tools.read_pipeline(ws, status=True)
+        stale = stage_plan.stale_stages(pipeline.stages, pipeline.changes)
+        logger.info("DVC stages in order: %s; to reproduce: %s", [s.name for s in pipeline.stages],
+                    [s.name for s in pipeline.stages if s.name in stale])
+        states = _run_stages(ws, pipeline.stages, stage_task, stale)
+        # Nothing stale and no overrides: nothing was reproduced, so there is no new result to record; saving would
+        # add another copy of the workspace as it already was (usually the last run's) to `dvc exp show`.
+        experiment = None
+        if save_as_experiment and (stale or applied):
+            experiment = save_experiment(str(ws), list(pipeline.git_outputs))
+        elif save_as_experiment:
+            logger.info("every stage was up to date: nothing new to save as a DVC experiment")
         published = publish_artifacts(str(ws), pipeline, experiment, recent_experiments) if artifacts else []
     return {
         "experiment": experiment,

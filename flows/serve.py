@@ -62,7 +62,8 @@ def build_deployment(
         schedules=[Cron(cron, timezone=timezone)],
         parameters={"overrides": overrides} if overrides else {},
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
-        description=f"`dvc repro` of {REPO} as a Prefect flow; each run saved as a DVC experiment",
+        description=f"`dvc repro` of {REPO} as a Prefect flow; a run that reproduces a stage is saved as a DVC "
+                    "experiment",
         tags=["dvc"],
         enforce_parameter_schema=True,  # a parameter the flow does not have (`workspace`) is refused
     )

@@ -25,6 +25,7 @@ from prefect.exceptions import SignatureMismatchError
 from flows import dvc_tools
 from flows.pipeline import FLOW_NAME, REPO, dvc_pipeline
 from flows.serve import build_deployment, project_pipeline
+from flows.stage_plan import stale_stages
 from flows.workspace import copy_project, run
 from tests.integration.conftest import TINY_PARAMS
 
@@ -109,16 +110,37 @@ class FlowRun:
     name: str
     state: Any
     seconds: float
+    dvc_commands: tuple[str, ...]  # the `dvc` processes the run started, e.g. "repro --single-item tune"
 
 
 def run_flow(workspace: Path, **parameters: Any) -> FlowRun:
-    started = time.monotonic()
-    state = dvc_pipeline(workspace=str(workspace), return_state=True, **parameters)
-    seconds = time.monotonic() - started
+    """One flow run in this process (its tasks run in threads here), recording the `dvc` processes it starts."""
+    commands: list[str] = []
+    stream, run_dvc = dvc_tools.stream, dvc_tools.run_dvc
+
+    def recording_stream(cmd: Any, *args: Any, **kwargs: Any) -> Any:
+        commands.append(" ".join(cmd[len(dvc_tools.DVC):]))
+        return stream(cmd, *args, **kwargs)
+
+    def recording_run_dvc(ws: Path, *args: str) -> Any:
+        commands.append(" ".join(args))
+        return run_dvc(ws, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dvc_tools, "stream", recording_stream)
+        patch.setattr(dvc_tools, "run_dvc", recording_run_dvc)
+        started = time.monotonic()
+        state = dvc_pipeline(workspace=str(workspace), return_state=True, **parameters)
+        seconds = time.monotonic() - started
     flow_run_id = state.state_details.flow_run_id
     with client() as c:
         name = c.read_flow_run(flow_run_id).name
-    return FlowRun(flow_run_id, name, state, seconds)
+    return FlowRun(flow_run_id, name, state, seconds, tuple(commands))
+
+
+def repros(flow: FlowRun) -> list[str]:
+    """The stages the run handed to `dvc repro`, in order (a retried stage twice)."""
+    return [c.removeprefix("repro --single-item ") for c in flow.dvc_commands if c.startswith("repro ")]
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +192,45 @@ def test_repro_state_comes_from_dvc_status_not_log_wording(tmp_path: Path) -> No
     third = dvc_tools.repro(repo, "copy", lambda line: None)
     assert third.ran and "input.txt (modified)" in third.reason, third
     assert (repo / "output.txt").read_text() == "2\n"
+
+
+def test_status_read_once_in_process_and_everything_downstream_of_a_change_runs(tmp_path: Path) -> None:
+    # a -> b -> c, and d beside them. After a's input changes, DVC reports only a: b's deps (a's output) are
+    # unchanged on disk until a re-runs. The flow must still hand b and c to `dvc repro`; d stays cached.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "in.txt").write_text("1\n")
+    (repo / "other.txt").write_text("x\n")
+    stages = {"a": ("in.txt", "a.txt"), "b": ("a.txt", "b.txt"), "c": ("b.txt", "c.txt"), "d": ("other.txt", "d.txt")}
+    (repo / "dvc.yaml").write_text("stages:\n" + "".join(
+        f"  {name}:\n    cmd: cp {dep} {out}\n    deps: [{dep}]\n    outs: [{out}]\n"
+        for name, (dep, out) in stages.items()))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro"]):
+        run(cmd, repo)
+    pipeline = dvc_tools.read_pipeline(repo, status=True)
+    assert [s.name for s in pipeline.stages] == ["a", "b", "c", "d"] and pipeline.changes == {}
+    assert stale_stages(pipeline.stages, pipeline.changes) == set()
+
+    (repo / "in.txt").write_text("2\n")
+    pipeline = dvc_tools.read_pipeline(repo, status=True)
+    # The in-process answer is what `dvc status --json` prints.
+    assert pipeline.changes == json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    assert pipeline.changes == {"a": [{"changed deps": {"in.txt": "modified"}}]}
+    assert dvc_tools.stage_changes(repo, "b") == []
+    assert stale_stages(pipeline.stages, pipeline.changes) == {"a", "b", "c"}
+    assert dvc_tools.read_pipeline(repo).changes is None  # not asked
+
+    # Someone's `dvc` holds the repository lock: no status, so every stage asks DVC itself (with its retries).
+    hold = "import time; from dvc.repo import Repo; Repo('.').lock.lock(); print('locked', flush=True); time.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], cwd=repo, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        locked = dvc_tools.read_pipeline(repo, status=True)
+        assert locked.changes is None and len(locked.stages) == 4
+        assert stale_stages(locked.stages, locked.changes) == {"a", "b", "c", "d"}
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_overrides_and_experiment_names() -> None:
@@ -284,6 +345,7 @@ def test_first_run_runs_every_stage_and_publishes_artifacts(
         state = runs[stage].state
         assert (state.type.value, state.name) == ("COMPLETED", "Completed"), (stage, state)
         assert state.message.startswith("dvc: stage ran ("), state.message
+    assert repros(first_run) == stage_names  # a fresh workspace: every stage stale, each its own `dvc repro`
     assert runs["tune"].total_run_time.total_seconds() > 1
     # The stage's own output, line by line, in its task's log.
     assert task_log(runs["ingest"].id, "Running stage 'ingest'")
@@ -354,17 +416,25 @@ def test_second_run_shows_stages_cached_and_is_fast(
     workspace: Path, first_run: FlowRun, second_run: FlowRun, stage_names: list[str]
 ) -> None:
     assert second_run.state.is_completed(), second_run.state.message
-    runs = task_runs(second_run.id, len(stage_names) + 2)
+    runs = task_runs(second_run.id, len(stage_names) + 1)
     for stage in stage_names:
         state = runs[stage].state
         assert (state.type.value, state.name) == ("COMPLETED", "Cached"), (stage, state)
         assert state.message == "dvc status: up to date", state.message
     assert second_run.seconds < 0.5 * first_run.seconds, (second_run.seconds, first_run.seconds)
-    assert {first_run.name, second_run.name} <= set(experiments(workspace))
+    # DVC was asked once, in process: no `dvc` process per stage, no `exp save` of an unchanged workspace.
+    assert second_run.dvc_commands == ()
+    assert second_run.state.result()["experiment"] is None and "save_experiment" not in " ".join(runs)
+    saved = experiments(workspace)
+    assert first_run.name in saved and second_run.name not in saved
+    # The artifacts are published as on every run; the comparison lists the runs saved so far.
+    found = artifacts(second_run.id)
+    assert ARTIFACTS <= set(found)
+    assert first_run.name in {row["experiment"].split(" ")[0] for row in table(found["experiments"])}
 
 
 def test_overrides_apply_to_one_run_and_leave_the_workspace_as_found(
-    workspace: Path, second_run: FlowRun, stage_names: list[str]
+    workspace: Path, first_run: FlowRun, second_run: FlowRun, stage_names: list[str]
 ) -> None:
     params_before = (workspace / "params.yaml").read_bytes()
     lock_before = (workspace / "dvc.lock").read_bytes()
@@ -378,6 +448,8 @@ def test_overrides_apply_to_one_run_and_leave_the_workspace_as_found(
     rerun = ("tune", "evaluate", "report")
     assert {s: runs[s].state.name for s in stage_names} == {s: "Completed" if s in rerun else "Cached"
                                                             for s in stage_names}
+    # Only what the change reaches started a `dvc repro` (evaluate and report: downstream of tune, re-checked).
+    assert repros(override) == list(rerun)
     # The workspace is back on its baseline: params, lock and outputs as before, nothing for DVC to redo.
     assert (workspace / "params.yaml").read_bytes() == params_before
     assert (workspace / "dvc.lock").read_bytes() == lock_before
@@ -386,7 +458,7 @@ def test_overrides_apply_to_one_run_and_leave_the_workspace_as_found(
     assert json.loads(status or "{}") == {}, status
     saved = experiments(workspace)
     assert saved[override.name]["params"]["params.yaml"]["data"]["tune"]["num_samples"] == 1
-    assert saved[second_run.name]["params"]["params.yaml"]["data"]["tune"]["num_samples"] == 2
+    assert saved[first_run.name]["params"]["params.yaml"]["data"]["tune"]["num_samples"] == 2
     assert len(saved[override.name]["metrics"]["metrics/tune.json"]["data"]) and \
         saved[override.name]["metrics"]["metrics/tune.json"]["data"]["trials"] == 1
 
@@ -407,6 +479,7 @@ def test_failing_stage_fails_its_task_and_the_flow_with_the_stage_error(
     # Upstream of evaluate all cached; the report, downstream (and a reader of `evaluate` params), never ran.
     assert all(runs[s].state.name == "Cached" for s in stage_names if s not in ("evaluate", "report")), runs
     assert not runs["report"].state.is_completed(), runs["report"].state
+    assert repros(failed) == ["evaluate", "evaluate"]  # the stage and its retry; cached ones start no process
     assert "save_experiment" not in " ".join(runs)  # a failed run is not recorded as an experiment
     assert failed.name not in experiments(workspace)
     assert (workspace / "params.yaml").read_bytes() == params_before
