@@ -412,7 +412,7 @@ def test_flow_run_page_shows_stage_tasks_and_metrics_artifact(
     assert any("the metrics files declared in dvc.yaml" in text for text in artifacts_tab), artifacts_tab
 
 
-def test_second_run_shows_stages_cached_and_is_fast(
+def test_second_run_shows_stages_cached_and_starts_no_dvc_process(
     workspace: Path, first_run: FlowRun, second_run: FlowRun, stage_names: list[str]
 ) -> None:
     assert second_run.state.is_completed(), second_run.state.message
@@ -421,7 +421,6 @@ def test_second_run_shows_stages_cached_and_is_fast(
         state = runs[stage].state
         assert (state.type.value, state.name) == ("COMPLETED", "Cached"), (stage, state)
         assert state.message == "dvc status: up to date", state.message
-    assert second_run.seconds < 0.5 * first_run.seconds, (second_run.seconds, first_run.seconds)
     # DVC was asked once, in process: no `dvc` process per stage, no `exp save` of an unchanged workspace.
     assert second_run.dvc_commands == ()
     assert second_run.state.result()["experiment"] is None and "save_experiment" not in " ".join(runs)
