@@ -65,9 +65,9 @@ def packages(clone: Path) -> dict[str, str]:
 
 
 def torch_files(clone: Path) -> str:
-    """Digest of the files the torch wheel put in the venv (its RECORD less bytecode, launchers, installer marks)."""
+    """Digest of the files the torch wheel put in the venv: its RECORD less bytecode, launchers, installer marks."""
     [record] = (clone / ".venv" / "lib").glob("python*/site-packages/torch-*.dist-info/RECORD")
-    skip = ("__pycache__", ".pyc", "../", "INSTALLER", "REQUESTED", "direct_url.json", "RECORD")
+    skip = ("__pycache__", ".pyc", "../", "INSTALLER", "REQUESTED", "direct_url.json", "RECORD", "uv_cache.json")
     lines = sorted(line for line in record.read_text().splitlines() if not any(s in line for s in skip))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
