@@ -5,10 +5,10 @@ to each command; prints markdown tables, ratios against the pip set-up measured 
 
 In a temporary `git clone` of this repository (committed files only), one after the other, `.venv` removed between:
 `source scripts/setup.sh` with SETUP_INSTALLER=pip (the baseline), then with uv and UV_CACHE_DIR an empty folder
-(a fresh machine), then with uv again on that cache (warm). pip's own cache is off for all three. After each, the
-venv's packages are listed (the same names and versions either way, or the differences are printed) and torch's
-installed files compared; after pip and after the warm uv run, `import torch, ray, prefect, dvc, transformers` is
-timed twice (a uv venv writes its bytecode at the first import; pip compiles it all at install).
+(a fresh machine), then with uv again on that cache (warm). pip's own cache is off for all three. After pip and
+after the warm uv run: the venv's packages (the same names and versions either way, or the differences are printed),
+torch's installed files, and `import torch, ray, prefect, dvc, transformers` timed twice, wall and CPU time (a uv
+venv writes its bytecode at the first import; pip compiles it all at install).
 Already set up: `source scripts/setup.sh` against `bash -c :` and against the script as it was (the same, then
 `eval "$(python -m multimodal.pipeline.offline)"`), alternating, median of `repeats`.
 """
@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import os
 import re
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -42,16 +43,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PIP_NO_CACHE_DIR": "1", **extra}
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of `cmd` and its children: CPU time is less moved by other jobs on a shared machine."""
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return elapsed
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
 
 
-def set_up(clone: Path, env: dict[str, str]) -> float:
+def set_up(clone: Path, env: dict[str, str]) -> tuple[float, float]:
     subprocess.run(["rm", "-rf", str(clone / ".venv")], check=True)
     return timed(["bash", "-c", "source scripts/setup.sh"], clone, env)
 
@@ -72,9 +76,9 @@ def torch_files(clone: Path) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def imports(clone: Path, env: dict[str, str]) -> tuple[float, float]:
+def imports(clone: Path, env: dict[str, str]) -> list[tuple[float, float]]:
     python = str(clone / ".venv/bin/python")
-    return timed([python, "-c", IMPORTS], clone, env), timed([python, "-c", IMPORTS], clone, env)
+    return [timed([python, "-c", IMPORTS], clone, env) for _ in range(2)]
 
 
 def main() -> None:
@@ -96,22 +100,23 @@ def main() -> None:
         samples: dict[str, list[float]] = {label: [] for label in SOURCED}
         for _ in range(args.repeats):
             for label, script in SOURCED.items():
-                samples[label].append(timed(["bash", "-c", script], clone, clean_env()))
+                samples[label].append(timed(["bash", "-c", script], clone, clean_env())[0])
         uv_used = "uv pip-installed into .venv/.uv" if (clone / ".venv/.uv/bin/uv").exists() else "the uv on PATH"
 
-    base = runs["pip"]
-    print(f"\nSet-up of a fresh clone ({os.cpu_count()} CPUs; {uv_used}): `source scripts/setup.sh`, seconds\n")
-    print("| installer | set-up s | vs pip |")
-    print("|---|---:|---:|")
-    for label, seconds in runs.items():
-        print(f"| {label} | {seconds:.1f} | {seconds / base:.2f}x |")
+    base, base_cpu = runs["pip"]
+    print(f"\nSet-up of a fresh clone ({os.cpu_count()} CPUs; {uv_used}): `source scripts/setup.sh`\n")
+    print("| installer | set-up s | vs pip | CPU s | vs pip |")
+    print("|---|---:|---:|---:|---:|")
+    for label, (seconds, cpu) in runs.items():
+        print(f"| {label} | {seconds:.1f} | {seconds / base:.2f}x | {cpu:.1f} | {cpu / base_cpu:.2f}x |")
     differ = sorted(set(lists["pip"].items()) ^ set(lists["uv"].items()))
     print(f"\nPackages: {len(lists['pip'])} with pip, {len(lists['uv'])} with uv, "
           + (f"differing: {differ}" if differ else "same names and versions")
           + f"; torch {lists['uv'].get('torch')}, its installed files "
           + ("identical" if torch["pip"] == torch["uv"] else "DIFFERENT"))
-    print(f"\n`{IMPORTS}` after set-up, first / second run, seconds: "
-          + ", ".join(f"{name} venv {a:.1f} / {b:.1f}" for name, (a, b) in first_import.items()))
+    print(f"\n`{IMPORTS}` after set-up, first / second run, wall (CPU) seconds: "
+          + ", ".join(f"{name} venv " + " / ".join(f"{wall:.1f} ({cpu:.1f})" for wall, cpu in runs_)
+                      for name, runs_ in first_import.items()))
     print(f"\nAlready set up, per command (median of {args.repeats}, alternating), milliseconds:\n")
     print("| what runs | ms | over `bash -c :` |")
     print("|---|---:|---:|")
