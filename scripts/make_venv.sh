@@ -2,17 +2,17 @@
 # Installs the tested pins into .venv: torch 2.13.0 and requirements.lock, then checks them (`pip check`).
 # Run by scripts/setup.sh when its stamp is missing (first set-up, or requirements.lock / pyproject.toml changed).
 #
-# With uv (about half a minute on two cores): the `uv` on PATH, else uv $UV_VERSION installed by pip into
+# With uv (35-60 s on a fresh two-core machine): the `uv` on PATH, else uv $UV_VERSION installed by pip into
 # .venv/.uv (a few seconds). uv does not read pip's configuration: scripts/uv_pip.py passes it on, so uv takes the
 # same torch build and versions pip would (here the local CPU torch). Where uv cannot be had or fails: pip, as
-# before (2-4 minutes). SETUP_INSTALLER=pip forces pip.
+# before (3-6 minutes). SETUP_INSTALLER=pip forces pip.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
 UV_VERSION=0.13.9
 
 with_pip() {
-  echo "setting up .venv with pip (2-4 minutes the first time)..."
+  echo "setting up .venv with pip (3-6 minutes the first time)..."
   "$PYTHON" -m venv .venv
   rm -f .venv/lib/python*/site-packages/_setup_write_bytecode.pth   # pip compiles bytecode itself (below)
   .venv/bin/python -m pip install -q --upgrade pip
@@ -40,7 +40,7 @@ with_uv() {   # every step chained: `set -e` does not apply inside a function ca
     # One resolution for everything: pip (the venv keeps it, as a pip-made one does), torch pinned, the lock.
     "$PYTHON" scripts/uv_pip.py "$1" install -q --python .venv/bin/python pip torch==2.13.0 -r requirements.lock &&
     "$1" pip check --python .venv/bin/python &&
-    # pip compiles every module to bytecode at install (most of its 2 minutes); uv does not, and Python writes it at
+    # pip compiles every module to bytecode at install (most of its CPU time); uv does not, and Python writes it at
     # first import instead, except where PYTHONDONTWRITEBYTECODE is set (as in some containers): there every
     # process would compile torch & co. again. Inside this venv, let Python write it.
     site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') &&
