@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the tested pins into .venv: torch 2.13.0 and requirements.lock, then checks them (`pip check`).
-# Run by scripts/setup.sh when its stamp is missing (first set-up, or requirements.lock / pyproject.toml changed).
+# Run by scripts/setup.sh when its stamp is missing (first set-up, or requirements.lock / this script changed).
 #
 # With uv (35-60 s on a fresh two-core machine): the `uv` on PATH, else uv $UV_VERSION installed by pip into
 # .venv/.uv (a few seconds). uv does not read pip's configuration: scripts/uv_pip.py passes it on, so uv takes the

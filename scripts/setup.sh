@@ -3,7 +3,8 @@
 # Sourced by scripts/repro.sh and scripts/test.sh. Once set up, it starts no Python: a few milliseconds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-stamp=".venv/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+# The stamp: what decides the environment (the pins and how they are installed), not pyproject.toml's tool settings.
+stamp=".venv/.installed-$(cat requirements.lock scripts/make_venv.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   bash scripts/make_venv.sh   # uv, or pip where uv cannot be had (SETUP_INSTALLER=pip forces pip)
   rm -f .venv/.installed-* && touch "$stamp"

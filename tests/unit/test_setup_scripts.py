@@ -16,7 +16,7 @@ SPEC = importlib.util.spec_from_file_location("uv_pip", REPO / "scripts" / "uv_p
 uv_pip = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(uv_pip)
 
-SETUP_READS = ("scripts/setup.sh", "requirements.lock", "pyproject.toml", "multimodal/__init__.py",
+SETUP_READS = ("scripts/setup.sh", "requirements.lock", "scripts/make_venv.sh", "multimodal/__init__.py",
                "multimodal/pipeline/__init__.py", "multimodal/pipeline/offline.py")
 
 
@@ -25,7 +25,7 @@ def set_up_copy(root: Path) -> Path:
     for rel in SETUP_READS:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, root / rel)
-    key = hashlib.sha256((root / "requirements.lock").read_bytes() + (root / "pyproject.toml").read_bytes())
+    key = hashlib.sha256((root / "requirements.lock").read_bytes() + (root / "scripts" / "make_venv.sh").read_bytes())
     (root / ".venv" / "bin").mkdir(parents=True)
     (root / ".venv" / f".installed-{key.hexdigest()[:16]}").touch()
     (root / ".venv" / "bin" / "python").symlink_to(sys.executable)
