@@ -9,7 +9,9 @@ outputs rewritten (a deterministic stage writes the same files). For `tune` the 
 aside first, or the stage would resume the finished study and train nothing.
 
 py-spy samples Python stacks only: Ray's C++ processes (GCS, raylet) and time a process spends waiting are not in
-the table; the wall time is printed beside it. A sample is put into the first part, in the order of `PARTS`, that
+the table; the wall time is printed beside it. It also loses a Ray worker that `setup_worker.py` replaces by
+`exec` (a trial with a runtime environment): its training is then missing here, and bench/epoch_floor.py measures
+a trial's epoch part by part instead (it is the same `fit` as the unimodal references the driver trains). A sample is put into the first part, in the order of `PARTS`, that
 one of its frames names; the order puts what is nested inside another part first (a checkpoint written inside a
 trial's epoch counts as checkpoint, not as training).
 """
@@ -62,10 +64,12 @@ def classify(frames: list[str]) -> str:
 
 
 def process_of(frames: list[str]) -> str:
-    """'trial' for a Ray worker's stacks, 'driver' for the stage's own process, by the process frames."""
+    """'driver' (the stage's own process), 'trial' (a Ray worker) or 'Ray daemons' (dashboard, log monitor,
+    agents), from the process frames py-spy puts first (root process first)."""
     procs = [f for f in frames if f.startswith("process ")]
-    leaf = procs[-1] if procs else ""
-    return "trial" if "default_worker.py" in leaf or "ray::" in leaf else "driver"
+    if len(procs) <= 1:
+        return "driver"
+    return "trial" if "default_worker.py" in procs[-1] or "ray::" in procs[-1] else "Ray daemons"
 
 
 def aggregate(raw: Path) -> dict[tuple[str, str], int]:
