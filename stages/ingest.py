@@ -1,5 +1,6 @@
 """Stage `ingest`: a dataset folder (`ingest.dataset`: the demo's, or yours) into `paths.raw` as `manifest.csv` +
-files, with the split."""
+files, with the split, and per modality a listing of the files' md5 (`multimodal.data.listing`: what the stages
+after it depend on)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from multimodal.data.listing import reserved, write_listings
 from multimodal.data.manifest import (
     MANIFEST_NAME,
     SPLITS,
@@ -46,8 +48,8 @@ def _place(source: Path, target: Path) -> None:
 def user_files(frame: pd.DataFrame, src_root: Path) -> list[tuple[str, Path, Path]]:
     """(where, source, target) of every referenced file: `where` names its manifest row and column, `target` is
     the cell's own (normalised) path, not a symlink's target, so the manifest's cells stay valid under the copy.
-    Refuses escapes, naming the row; reads no file and writes nothing. Missing files and non-files are skipped:
-    `validate` reports them with their row."""
+    Refuses escapes and the paths ingest writes itself (`manifest.csv`, `.contents/`), naming the row; reads no
+    file and writes nothing. Missing files and non-files are skipped: `validate` reports them with their row."""
     out = []
     for column in file_columns(frame):
         for index, cell in enumerate(frame[column]):
@@ -55,9 +57,11 @@ def user_files(frame: pd.DataFrame, src_root: Path) -> list[tuple[str, Path, Pat
                 continue
             where = f"manifest row {index + 2}, column {column!r}"  # as a spreadsheet shows it: the header is row 1
             try:
-                source = resolve_inside(src_root, cell)
+                source, target = resolve_inside(src_root, cell), relative_target(cell)
+                if why := reserved(target):
+                    raise ManifestError(f"path {cell!r} cannot be copied: {why}; rename it in the dataset")
                 if source.is_file():
-                    out.append((where, source, relative_target(cell)))
+                    out.append((where, source, target))
             except ManifestError as err:
                 raise ManifestError(f"{where}: {err}") from None
     return out
@@ -93,7 +97,8 @@ def with_splits(frame: pd.DataFrame, cfg: Ingest, seed: int) -> pd.DataFrame:
 
 
 def ingest(cfg: Ingest, out_dir: Path, seed: int) -> pd.DataFrame:
-    """Write `out_dir/manifest.csv` and the files it names, from the manifest `cfg.manifest` in `cfg.dataset`."""
+    """Write `out_dir/manifest.csv`, the files it names and their listings (`out_dir/.contents/<modality>.json`),
+    from the manifest `cfg.manifest` in `cfg.dataset`."""
     dataset = Path(cfg.dataset)
     if not dataset.is_dir():
         raise ManifestError(f"ingest.dataset {str(dataset)!r} is not a folder; it must hold the manifest and its files")
@@ -105,6 +110,7 @@ def ingest(cfg: Ingest, out_dir: Path, seed: int) -> pd.DataFrame:
     frame = with_splits(frame, cfg, seed)
     with atomic_dir(out_dir) as tmp:
         copy_user_files(files, tmp)
+        write_listings(frame, tmp)
         write_manifest(frame, tmp / MANIFEST_NAME)
     logger.info("ingested %d samples into %s (%s)", len(frame), out_dir, frame["split"].value_counts().to_dict())
     return frame

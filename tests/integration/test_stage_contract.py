@@ -76,11 +76,25 @@ def committed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 else:
                     path.mkdir(parents=True, exist_ok=True)
                     (path / "placeholder").write_text("x")
+            _stand_in_missing(repo.index.deps)  # files inside an upstream output folder (data/raw/manifest.csv)
             repo.commit(force=True)
     finally:
         os.chdir(cwd)
     assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
     yield project
+
+
+def _stand_in_missing(items) -> None:
+    """A stand-in for each of these outs or deps that is not there: a file where the path has a suffix."""
+    for item in items:
+        path = Path(item.fs_path)
+        if not path.exists():
+            if path.suffix:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("{}\n")
+            else:
+                path.mkdir(parents=True)
+                (path / "placeholder").write_text("x")
 
 
 def _changed_stages(project: Path) -> dict[str, list]:
@@ -179,3 +193,47 @@ def test_your_dataset_folder_is_a_dependency_of_ingest(tmp_path: Path) -> None:
         assert status() == [{"changed deps": {str(dataset): "modified"}}], status()
         run(["dvc", "repro", "ingest"], project)
         assert status() == []
+
+
+def test_a_changed_file_reruns_ingest_then_validate_and_only_the_preprocess_of_its_modality(tmp_path: Path) -> None:
+    """validate and preprocess@<m> depend on ingest's manifest and listings of the files' md5 (data/raw/.contents),
+    not on its folder: new bytes in one image re-run ingest, then validate and preprocess@image, nothing else."""
+    import numpy as np
+    import soundfile as sf
+    from dvc.repo import Repo
+    from PIL import Image
+
+    dataset = tmp_path / "my_dataset"
+    for folder in ("img", "wav"):
+        (dataset / folder).mkdir(parents=True)
+    for i in range(4):
+        Image.new("L", (8, 8), color=40 * i).save(dataset / "img" / f"{i}.png")
+        sf.write(dataset / "wav" / f"{i}.wav", np.full(800, 0.1 * (i + 1), dtype=np.float32), 16000)
+    (dataset / "manifest.csv").write_text("sample_id,label,split,image,audio,text\n" + "".join(
+        f"s{i},{'ab'[i % 2]},{['train', 'train', 'val', 'test'][i]},img/{i}.png,wav/{i}.wav,text {i}\n"
+        for i in range(4)))
+    project = copy_project(tmp_path / "project", {("ingest", "dataset"): str(dataset)})
+    run(["dvc", "repro", "ingest"], project)
+
+    def commit_the_rest() -> None:  # every stage after ingest up to date, over stand-in outputs
+        cwd = os.getcwd()
+        os.chdir(project)
+        try:
+            with Repo(".") as repo:
+                _stand_in_missing([*repo.index.outs, *repo.index.deps])
+                repo.commit(force=True)
+        finally:
+            os.chdir(cwd)
+        assert _changed_stages(project) == {}  # nothing changed: nothing to run
+
+    commit_the_rest()
+    for modality, edit in (("image", lambda: Image.new("L", (8, 8), color=255).save(dataset / "img" / "1.png")),
+                           ("audio", lambda: sf.write(dataset / "wav" / "2.wav", np.zeros(800, np.float32), 16000))):
+        edit()
+        assert _changed_stages(project) == {"ingest": [{"changed deps": {str(dataset): "modified"}}]}
+        run(["dvc", "repro", "ingest"], project)
+        assert _changed_stages(project) == {
+            "validate": [{"changed deps": {"data/raw/.contents": "modified"}}],
+            f"preprocess@{modality}": [{"changed deps": {f"data/raw/.contents/{modality}.json": "modified"}}],
+        }, modality
+        commit_the_rest()

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from multimodal.data.listing import LISTING_DIR
 from multimodal.data.manifest import MANIFEST_NAME, ManifestError, read_manifest, resolve_inside
 from multimodal.data.params import Ingest
 from stages.demo import build_demo
@@ -79,9 +80,9 @@ def test_ingest_copies_files_and_assigns_splits(tmp_path):
     with Image.open(out / "images/c1/001.png") as image:
         assert image.size == (8, 8)
     assert sf.info(str(out / "audio/001.wav")).samplerate == 8000
-    # Text stays in the manifest; nothing but the manifest and the copied trees is written.
+    # Text stays in the manifest; nothing but the manifest, the copied trees and their listings is written.
     assert written.loc[4, "text"] == "sample number 4"
-    assert sorted(p.name for p in out.iterdir()) == ["audio", "images", MANIFEST_NAME]
+    assert sorted(p.name for p in out.iterdir()) == [LISTING_DIR, "audio", "images", MANIFEST_NAME]
     assert not list(tmp_path.glob(".raw.*"))  # no temporary folder left beside the output
 
 
