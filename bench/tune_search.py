@@ -11,25 +11,35 @@ validation metric of each, and the ratios ASHA / FIFO.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import tempfile
 import time
 from pathlib import Path
 
-from multimodal.pipeline.params import load_params
-from multimodal.pipeline.runtime import go_offline_for
+from multimodal.pipeline.params import load_params, stage_params
+from multimodal.pipeline.runtime import go_offline
+from multimodal.pipeline.stage_params import StageParams
 from multimodal.tuning.params import TUNE
 from multimodal.tuning.results import best_trial, trial_table
 from multimodal.tuning.search import run_search
 
 
-def study(params, scheduler: str, storage: Path) -> dict:
+def with_tune(raw: dict, **tune) -> StageParams:
+    """The tune stage's params view of `raw` with `tune` entries replaced (checked as the stage checks them)."""
+    raw = copy.deepcopy(raw)
+    raw["tune"].update(tune)
+    return stage_params(raw, stage="tune", schema=TUNE)
+
+
+def study(raw: dict, scheduler: str, storage: Path) -> dict:
     import ray
 
-    tune_cfg = params.tune.model_copy(update={"scheduler": scheduler})
+    params = with_tune(raw, scheduler=scheduler)
+    tune_cfg = params.tune
     start = time.perf_counter()
     try:
-        results = run_search(params.model_copy(update={"tune": tune_cfg}), Path.cwd(), storage)
+        results = run_search(params, Path.cwd(), storage)
     finally:
         ray.shutdown()
     seconds = time.perf_counter() - start
@@ -49,19 +59,17 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=int, default=4)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = load_params(stage="tune", schema=TUNE)
-    go_offline_for(params.modalities)
-    tune_cfg = params.tune.model_copy(update={
-        "num_samples": args.num_samples,
-        "fixed": params.tune.fixed.model_copy(update={"strategy": args.strategy}),
-        "asha": params.tune.asha.model_copy(update={"max_epochs": args.max_epochs, "grace_period": args.grace_period,
-                                                    "reduction_factor": args.reduction_factor}),
-    })
-    params = params.model_copy(update={"tune": tune_cfg})
+    raw = load_params(stage="tune", schema=TUNE).raw_params()
+    go_offline()  # as stages.tune: trials build every model from align's saved weights
+    raw = with_tune(raw, num_samples=args.num_samples,
+                    fixed={**raw["tune"]["fixed"], "strategy": args.strategy},
+                    asha={"max_epochs": args.max_epochs, "grace_period": args.grace_period,
+                          "reduction_factor": args.reduction_factor}).raw_params()
+    tune_cfg = with_tune(raw).tune
     rows = {}
     with tempfile.TemporaryDirectory(dir=Path.cwd() / ".ray") as tmp:
         for scheduler in ("fifo", "asha"):
-            rows[scheduler] = study(params, scheduler, Path(tmp) / scheduler)
+            rows[scheduler] = study(raw, scheduler, Path(tmp) / scheduler)
     metric = tune_cfg.metric
     print(f"\nstrategy {args.strategy}, {args.num_samples} trials, space {dict(tune_cfg.space)}, max_epochs "
           f"{args.max_epochs}, ASHA grace {args.grace_period} rf {args.reduction_factor}, "

@@ -49,16 +49,24 @@ def search_algorithm(cfg: Tune, seed: int):
 
 def build_scheduler(cfg: Tune, study: Path):
     """The trial scheduler of `tune.scheduler`: ASHA stopping weak trials at rungs of `epoch` (its decisions
-    replayed from `study` when that is resumed), or FIFO: every trial runs to completion (bench/tune_search.py
+    replayed from `study` when that is resumed; with trials side by side, made in trial order so they match one
+    trial at a time: `multimodal.tuning.rungs`), or FIFO: every trial runs to completion (bench/tune_search.py
     compares the two)."""
     from ray.tune.schedulers import FIFOScheduler
 
     from multimodal.tuning.resume import ResumableASHA
+    from multimodal.tuning.rungs import OrderedASHA
 
     if cfg.scheduler == "asha":
-        return ResumableASHA(str(study), time_attr="epoch", max_t=cfg.asha.max_epochs,
-                             grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
+        asha = OrderedASHA if ordered_rungs(cfg) else ResumableASHA
+        return asha(str(study), time_attr="epoch", max_t=cfg.asha.max_epochs,
+                    grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
     return FIFOScheduler()
+
+
+def ordered_rungs(cfg: Tune) -> bool:
+    """Trials side by side under ASHA wait for their turn at each rung (a board actor keeps the order)."""
+    return cfg.scheduler == "asha" and cfg.max_concurrent_trials > 1
 
 
 def start_ray(cfg: Tune, project_dir: Path) -> str | None:
@@ -126,6 +134,7 @@ def run_search(params: StageParams, project_dir: Path, storage: Path):
     from ray import tune
 
     from multimodal.tuning.resume import prepare_study, study_fingerprint
+    from multimodal.tuning.rungs import milestones, start_board
     from multimodal.tuning.workers import trial_on_workers
 
     # 1. Resources, decided once: the device every trial trains on follows from them.
@@ -134,7 +143,10 @@ def run_search(params: StageParams, project_dir: Path, storage: Path):
     study = storage.resolve() / STUDY
     # Trials get the validated params as plain JSON data (no objects pickled) and re-validate them.
     shared = {"project_dir": str(project_dir.resolve()), "params_raw": params.raw_params(),
-              "device": device}
+              "device": device, "rung_board": None}
+    if ordered_rungs(cfg):
+        shared["rung_board"] = start_board(study, milestones(cfg.asha.grace_period, cfg.asha.reduction_factor,
+                                                             cfg.asha.max_epochs))
     if cfg.workers_per_trial == 1:
         logger.info("each trial takes %s and trains on %s", resources, device)
         trainable = tune.with_resources(tune.with_parameters(run_trial, **shared), resources)

@@ -90,13 +90,20 @@ def train_trial(config: dict[str, Any], project_dir: str, params_raw: dict[str, 
         fit(model, train, val, cfg, torch.device(device), on_epoch=on_epoch, resume_from=resume_from)
 
 
-def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str, Any], device: str) -> None:
-    """One Ray trial in one process: each epoch report metrics with a full checkpoint to Tune."""
+def run_trial(config: dict[str, Any], *, project_dir: str, params_raw: dict[str, Any], device: str,
+              rung_board: str | None) -> None:
+    """One Ray trial in one process: each epoch report metrics with a full checkpoint to Tune (at an ASHA rung,
+    after the earlier trials: `multimodal.tuning.rungs`)."""
     from ray import tune
+
+    from multimodal.tuning.rungs import turn_keeper
+
+    wait_for_turn = turn_keeper(rung_board)
 
     def report(values: dict[str, Any], save: Callable[[Path], None]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             save(Path(tmp))
+            wait_for_turn(values["epoch"])
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train_trial(config, project_dir, params_raw, device, report, tune.get_checkpoint())

@@ -89,13 +89,16 @@ class ToTune(UserCallback):
 
 
 def run_trial_on_workers(config: dict[str, Any], *, project_dir: str, params_raw: dict[str, Any], device: str,
-                         workers: int, per_worker: dict[str, float], storage: str) -> None:
+                         rung_board: str | None, workers: int, per_worker: dict[str, float], storage: str) -> None:
     """One Ray Tune trial as a Ray Train run of `workers` data-parallel workers; reports each epoch to Tune."""
     import ray.train
     from ray import tune
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
+    from multimodal.tuning.rungs import turn_keeper
+
+    wait_for_turn = turn_keeper(rung_board)  # at an ASHA rung, report after the earlier trials
     name = f"train_{tune.get_context().get_trial_id()}"
     shutil.rmtree(Path(storage) / name, ignore_errors=True)  # an earlier attempt's scratch: Tune's checkpoint counts
     restored = tune.get_checkpoint()
@@ -130,6 +133,7 @@ def run_trial_on_workers(config: dict[str, Any], *, project_dir: str, params_raw
     try:
         while (item := handoff.get()) is not None:
             values, path = item
+            wait_for_turn(values["epoch"])
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(path) if path else None)
             taken.put(True)
     except SystemExit:  # Tune stopped the trial: the run ends and releases its workers before the trial does

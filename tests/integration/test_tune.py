@@ -132,3 +132,21 @@ def test_trials_run_on_an_existing_cluster(aligned) -> None:
         reported = [json.loads(line) for path in results for line in path.read_text().splitlines()]
         assert len(results) == 2 and len(reported) == 4
         assert {r["node_id"] for r in reported} == set(node_ids)
+
+
+def test_trials_side_by_side_choose_as_one_at_a_time(aligned) -> None:
+    """Two trials at once under ASHA, each waiting for its turn at a rung, make every decision of the same study run
+    one trial at a time: identical tables, epoch by epoch (multimodal/tuning/rungs.py; docs/tune.md)."""
+    space = {"lr": {"loguniform": [0.0003, 0.01]}, "dropout": {"uniform": [0.0, 0.4]},
+             "fusion": {"choice": ["concat", "gated"]}}
+    asha = {"max_epochs": 4, "grace_period": 1, "reduction_factor": 2}
+    tables = {}
+    for concurrent in (2, 1):
+        done = stage(with_tune(aligned, space=space, num_samples=5, asha=asha, max_concurrent_trials=concurrent),
+                     "stages.tune")
+        assert done.returncode == 0, done.stderr[-3000:]
+        tables[concurrent] = [read_csv(aligned / "metrics" / name) for name in ("tune_trials.csv", "tune_epochs.csv")]
+    trials, epochs = tables[2]
+    assert len(trials) == 5 and {t["status"] for t in trials} == {"ok"}
+    assert len({t["epochs"] for t in trials}) > 1, "ASHA stopped no trial: the study decides nothing"
+    assert tables[2] == tables[1]
