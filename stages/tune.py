@@ -12,14 +12,12 @@ import pandas as pd
 import yaml
 
 from multimodal.models.bundle import bundle_inputs
-from multimodal.models.model import save_model
 from multimodal.pipeline.params import load_params
-from multimodal.pipeline.runtime import go_offline, pick_device, seed_everything, setup_logging
+from multimodal.pipeline.runtime import go_offline, seed_everything, setup_logging
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.io import atomic_dir, write_csv_atomic, write_json, write_text_atomic
-from multimodal.training.finetune import finetune
-from multimodal.training.load_data import load_labels, load_splits
 from multimodal.tuning.params import TUNE
+from multimodal.tuning.references import train_references, write_reference
 from multimodal.tuning.results import best_checkpoint, best_trial, epochs_table, trial_number, trial_table, write_plots
 from multimodal.tuning.search import run_search
 from multimodal.tuning.trial import trial_train_config
@@ -64,23 +62,17 @@ def tune(params: StageParams, project_dir: Path) -> dict:
     metrics = {"best_" + cfg.metric: float(best_row[cfg.metric]), "best_trial": best_row["trial"],
                "best_epoch": int(best_row["best_epoch"]), "trials": len(table),
                "trials_failed": int((table["status"] == "error").sum())}
-    # 2. The best model, then unimodal baselines with its hyperparameters through the same loop.
+    # 2. The best model, then unimodal references with its hyperparameters through the same loop: one Ray task per
+    # modality, in parallel where the cluster has room (multimodal.tuning.references).
     baseline_cfg = trial_train_config(params, best.config)
-    data = load_splits(params, ("train", "val"), strategy=baseline_cfg.strategy)
-    labels = load_labels(params)
-    device = pick_device(params.base.device)
-    started = time.monotonic()
+    references = train_references(params, asdict(baseline_cfg), list(params.preprocess.modalities), project_dir)
     with atomic_dir(Path(paths.models)) as tmp:
         write_best(best, best_row, params, tmp / "best")
         bundle_inputs(Path(paths.aligned), tmp / "best")
-        for modality in data["train"].modalities:
-            model, spec, fit_result = finetune(Path(paths.aligned), labels, data["train"], data["val"],
-                                               baseline_cfg, device, [modality])
-            save_model(model, spec, tmp / "unimodal" / modality)
+        for modality, reference in references.items():
+            write_reference(reference, tmp / "unimodal" / modality)
             bundle_inputs(Path(paths.aligned), tmp / "unimodal" / modality)
-            metrics[f"unimodal/{modality}/val_accuracy"] = fit_result.best.val_accuracy
-            logger.info("unimodal %s: %d epochs, %.0f s since the search", modality, len(fit_result.history),
-                        time.monotonic() - started)
+            metrics[f"unimodal/{modality}/val_accuracy"] = reference.val_accuracy
     # 3. Tables, plots and metrics DVC declares.
     write_csv_atomic(Path(paths.metrics) / "tune_trials.csv", table)
     write_csv_atomic(Path(paths.metrics) / "tune_epochs.csv", epochs)

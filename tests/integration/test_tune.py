@@ -1,10 +1,13 @@
 """The tune stage on a real Ray, in one tiny project: failed trials, impossible resources, an existing cluster,
-and re-training the best trial alone (`python -m stages.reproduce_best`)."""
+the unimodal references (Ray tasks, identical run to run, a failing one named) and re-training the best trial alone
+(`python -m stages.reproduce_best`)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from flows.workspace import run, set_params
+from flows.workspace import project_env, run, set_params
 from tests.integration.built import Built, copy_built
 from tests.integration.ray_head import ray_head
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+MODALITIES = ("image", "audio", "text")
 
 # With seed 42 the fourth trial draws the negative learning rate AdamW rejects; the other three succeed.
 FAILING_SPACE = {"lr": {"choice": [0.001, -1.0]}, "dropout": {"uniform": [0.0, 0.4]},
@@ -106,6 +112,64 @@ def test_the_best_trial_is_reproduced_outside_ray(tuned) -> None:
     assert stage(project, "stages.reproduce_best", "--tolerance", "-1").returncode == 1
 
 
+def references(project: Path) -> dict[str, object]:
+    """The reference models' files (sha256 of each) and their metrics in tune.json."""
+    summary = json.loads((project / "metrics/tune.json").read_text())
+    files = {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted((project / "models/unimodal").rglob("*")) if p.is_file()}
+    return {"files": files, "metrics": {k: v for k, v in summary.items() if k.startswith("unimodal/")}}
+
+
+def test_each_modality_gets_a_reference_trained_as_a_ray_task(tuned) -> None:
+    project, done, _ = tuned
+    assert done.returncode == 0, done.stderr[-3000:]
+    for modality in MODALITIES:
+        folder = project / "models/unimodal" / modality
+        assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "model.json", "inputs.json"}
+        assert json.loads((folder / "model.json").read_text())["modalities"] == [modality]
+        assert 0 <= references(project)["metrics"][f"unimodal/{modality}/val_accuracy"] <= 1
+        assert f"unimodal {modality}: " in done.stderr  # its epochs and seconds are logged
+    # cpus_per_trial 1 on two CPUs: two tasks at a time, one torch thread each.
+    assert "references: 3 Ray tasks of 1 CPUs and 0 GPUs each, 1 torch threads, on cpu" in done.stderr
+
+
+FAILING_REFERENCE = """
+import sys
+from pathlib import Path
+
+import ray
+
+from multimodal.pipeline.ray_cluster import join_ray
+from multimodal.tuning.references import Reference, ReferenceFailed, gather
+
+join_ray(None, Path.cwd(), num_cpus=2, object_store_memory=100 * 2**20)
+
+
+@ray.remote(num_cpus=1)
+def reference(modality):
+    if modality == "audio":
+        raise ValueError("no audio today")
+    if modality == "text":
+        import time
+        time.sleep(600)  # cancelled when audio fails
+    return Reference(modality, {}, 0.5, 1, 0.0)
+
+
+try:
+    gather({reference.remote(m): m for m in ("image", "audio", "text")}, 0.0)
+except ReferenceFailed as error:
+    sys.exit(f"FAILED: {error}")
+"""
+
+
+def test_a_failing_reference_fails_naming_its_modality(tmp_path: Path) -> None:
+    env = {**project_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", FAILING_REFERENCE], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "FAILED: tune: the unimodal reference of 'audio' failed: ValueError: no audio today" in done.stderr
+
+
 def test_the_stage_fails_naming_the_errors_when_every_trial_fails(aligned) -> None:
     done = stage(with_tune(aligned, space={**FAILING_SPACE, "lr": {"choice": [-1.0]}}, num_samples=2), "stages.tune")
     assert done.returncode != 0
@@ -132,6 +196,13 @@ def test_trials_run_on_an_existing_cluster(aligned) -> None:
         reported = [json.loads(line) for path in results for line in path.read_text().splitlines()]
         assert len(results) == 2 and len(reported) == 4
         assert {r["node_id"] for r in reported} == set(node_ids)
+        # The references are Ray tasks on the cluster too, and identical run to run: the same inputs restore the
+        # finished study (no trial trains again) and train the references again.
+        first = references(aligned)
+        again = stage(aligned, "stages.tune")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "resuming the study" in again.stderr and "unimodal audio: " in again.stderr
+        assert references(aligned) == first
 
 
 def test_trials_side_by_side_choose_as_one_at_a_time(aligned) -> None:
@@ -146,7 +217,7 @@ def test_trials_side_by_side_choose_as_one_at_a_time(aligned) -> None:
                      "stages.tune")
         assert done.returncode == 0, done.stderr[-3000:]
         tables[concurrent] = [read_csv(aligned / "metrics" / name) for name in ("tune_trials.csv", "tune_epochs.csv")]
-    trials, epochs = tables[2]
+    trials = tables[2][0]
     assert len(trials) == 5 and {t["status"] for t in trials} == {"ok"}
     assert len({t["epochs"] for t in trials}) > 1, "ASHA stopped no trial: the study decides nothing"
     assert tables[2] == tables[1]

@@ -1,0 +1,129 @@
+"""Unimodal references: after the search, each modality fine-tuned alone with the best trial's knobs, in parallel.
+
+One Ray task per modality on the Ray the search started (local, or the cluster of `tune.address`), each taking what
+a trial takes (`tune.cpus_per_trial`, and `tune.gpus_per_trial` when the trials used GPUs) and training with that
+many torch threads, seeded as a trial is: a reference depends on the params and data only, not on which task ends
+first or where it runs. Two one-thread processes on two cores train ~1.7x the throughput of one two-thread process
+(bench/BENCHMARKS.md, issue 21).
+
+A task may run on another node: it writes nothing into the project. It saves its model in a temporary folder and
+returns the files' bytes with its fit metrics; the driver writes them (`write_reference`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What one reference task returns: its saved model's files ({path relative to the model folder: bytes}),
+    the best validation accuracy, the epochs it trained and its training seconds."""
+
+    modality: str
+    files: dict[str, bytes]
+    val_accuracy: float
+    epochs: int
+    seconds: float
+
+
+class ReferenceFailed(RuntimeError):
+    """A reference task failed; the message names the modality."""
+
+
+def train_reference(modality: str, values: dict[str, Any], project_dir: str, params_raw: dict[str, Any],
+                    device: str, threads: int) -> Reference:
+    """Fine-tune `modality` alone with the TrainConfig `values` (the best trial's), in this process; runs as a
+    Ray task, or directly (benchmarks)."""
+    import torch
+
+    from multimodal.models.model import save_model
+    from multimodal.pipeline.params import stage_params
+    from multimodal.pipeline.runtime import seed_everything
+    from multimodal.training.finetune import finetune, train_config
+    from multimodal.training.load_data import load_labels, load_splits
+    from multimodal.tuning.params import TUNE
+
+    os.chdir(project_dir)  # Ray starts tasks elsewhere; stage paths are relative to the project
+    params = stage_params(params_raw, stage="tune", schema=TUNE)
+    torch.set_num_threads(threads)  # as a trial: the thread count is part of what makes a CPU run bit-identical
+    cfg = train_config(values)
+    seed_everything(cfg.seed)
+    started = time.monotonic()
+    data = load_splits(params, ("train", "val"), strategy=cfg.strategy)
+    model, spec, result = finetune(Path(params.base.paths.aligned), load_labels(params), data["train"], data["val"],
+                                   cfg, torch.device(device), [modality])
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(model, spec, tmp)
+        files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+    return Reference(modality, files, float(result.best.val_accuracy), len(result.history),
+                     time.monotonic() - started)
+
+
+def write_reference(reference: Reference, out: Path) -> None:
+    """A task's model files under `out` (a fresh folder inside the stage's atomic output)."""
+    for name, data in reference.files.items():
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ReferenceFailed(f"tune: the {reference.modality} reference returned a file outside its folder: "
+                                  f"{name!r}")
+        path = out.joinpath(*relative.parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def reference_resources(params) -> tuple[dict[str, float], str]:
+    """Ray options of one reference task (a trial's CPUs and GPUs, as the search decided them) and its device."""
+    from multimodal.tuning.search import trial_resources
+
+    resources = trial_resources(params.tune, params.base.device)
+    gpus = resources["gpu"]
+    return {"num_cpus": resources["cpu"], "num_gpus": gpus}, "cuda" if gpus > 0 else "cpu"
+
+
+def train_references(params, values: dict[str, Any], modalities: list[str], project_dir: Path
+                     ) -> dict[str, Reference]:
+    """Every modality's reference, one Ray task each on the Ray already joined; {modality: Reference} in the order
+    of `modalities`. The first failure cancels the rest and raises ReferenceFailed naming its modality."""
+    import ray
+
+    options, device = reference_resources(params)
+    threads = max(1, int(params.tune.cpus_per_trial))  # a trial's count (multimodal.tuning.trial.train_trial)
+    task = ray.remote(**options, max_retries=params.tune.max_failures)(train_reference)
+    logger.info("references: %d Ray tasks of %g CPUs and %g GPUs each, %d torch threads, on %s", len(modalities),
+                options["num_cpus"], options["num_gpus"], threads, device)
+    shared = {"project_dir": str(project_dir.resolve()), "params_raw": params.raw_params(), "device": device,
+              "threads": threads}
+    pending = {task.options(name=f"reference-{m}").remote(m, values, **shared): m for m in modalities}
+    return gather(pending, time.monotonic())
+
+
+def gather(pending: dict[Any, str], started: float) -> dict[str, Reference]:
+    """The results of `pending` ({Ray object ref: modality}) as they finish, logged; in submission order."""
+    import ray
+
+    order = list(pending.values())
+    done: dict[str, Reference] = {}
+    while pending:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        modality = pending.pop(ref)
+        try:
+            reference = ray.get(ref)
+        except Exception as error:  # Ray wraps the task's exception: named and raised again below
+            for other in pending:
+                ray.cancel(other, force=True)
+            cause = getattr(error, "cause", None) or error
+            raise ReferenceFailed(f"tune: the unimodal reference of '{modality}' failed: "
+                                  f"{type(cause).__name__}: {cause}") from error
+        done[modality] = reference
+        logger.info("unimodal %s: %d epochs, %.0f s training (%.0f s since the references started)", modality,
+                    reference.epochs, reference.seconds, time.monotonic() - started)
+    return {m: done[m] for m in order}
