@@ -14,6 +14,7 @@ from flows.workspace import run
 from multimodal.data.data_docs import external_in_site
 from multimodal.pipeline.offline_html import external_references
 from tests.integration.built import Built
+from tests.integration.conftest import TINY_PARAMS
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,8 @@ def test_pipeline_end_to_end_then_noop(built: Built, reproduced: Path) -> None:
         assert float(rows[0]["level"]) == 0.0 and int(rows[0]["n"]) == clean["n"]
         assert float(rows[0]["fused"]) == clean["fused_accuracy"] and float(rows[0]["unimodal"]) == clean["accuracy"]
     efficiency = json.loads((evaluate_dir / "efficiency.json").read_text())
-    assert {r["batch_size"] for r in efficiency["models"]["fused"]["timing"]} == {1, 64}
+    assert {r["batch_size"] for r in efficiency["models"]["fused"]["timing"]} == \
+        set(TINY_PARAMS["evaluate", "efficiency"]["batch_sizes"])
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)
     drawn = {"plots/evaluate/corruption/audio_noise.csv", "plots/evaluate/reliability/fused.csv",
              "plots/evaluate/missing_modality.csv", "plots/evaluate/per_class/fused.csv"}
