@@ -1,5 +1,5 @@
 """Using the results of a tiny pipeline: `stages.predict` on its manifest agrees with evaluate, and
-`stages.compare` reads two real experiments (`dvc exp run` with a different param)."""
+`stages.compare` ranks the commit and a real experiment on it (`dvc exp run` with a different param)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from tests.integration.built import Built, copy_built
 
 pytestmark = pytest.mark.integration
 
-STRENGTHS = {"augment-0": 0.0, "augment-0.5": 0.5}
+EXPERIMENT, STRENGTH = "augment-0", 0.0  # the commit's augment_strength is the repo's (params.yaml)
 
 
 @pytest.fixture(scope="module")
 def project(built: Built, tmp_path_factory) -> Path:
     """A tiny project after `dvc repro` (a copy of the test run's shared one, committed), with predictions of
-    models/best on its own manifest (`predict.csv`, `predict.out`), then two experiments that differ in
-    `tune.fixed.augment_strength`."""
+    models/best on its own manifest (`predict.csv`, `predict.out`), then an experiment that differs from the commit
+    in `tune.fixed.augment_strength`."""
     project = copy_built(built, tmp_path_factory.mktemp("use") / "project")
     done = run([sys.executable, "-m", "stages.predict", "--model", "models/best", "--manifest",
                 "data/raw/manifest.csv", "--out", "predict.csv", "--batch-size", "16"], project)
@@ -31,23 +31,28 @@ def project(built: Built, tmp_path_factory) -> Path:
     (project / "evaluated.json").write_text((project / "metrics/evaluate.json").read_text())
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
-    for name, strength in STRENGTHS.items():
-        done = run(["dvc", "exp", "run", "-S", f"tune.fixed.augment_strength={strength}", "-n", name], project)
-        (project / f"{name}.out").write_text(done.stdout)
+    done = run(["dvc", "exp", "run", "-S", f"tune.fixed.augment_strength={STRENGTH}", "-n", EXPERIMENT], project)
+    (project / "experiment.out").write_text(done.stdout)
     return project
+
+
+def runs(project: Path) -> dict[str, dict]:
+    """`dvc exp show --json` of HEAD: {name as compare prints it (the commit's ends with *): its params and metrics}."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    [commit] = [rev for rev in shown if rev.get("rev") != "workspace"]
+    return {(commit.get("name") or commit["rev"][:7]) + "*": commit["data"],
+            **{e["name"]: e["revs"][0]["data"] for e in commit.get("experiments") or []}}
 
 
 def test_an_experiment_reruns_tune_evaluate_and_report_only(project: Path) -> None:
     # A tune knob changed: not the classical baseline, nothing upstream of tune.
-    for name in STRENGTHS:
-        ran = set(re.findall(r"Running stage '([^']+)'", (project / f"{name}.out").read_text()))
-        assert ran == {"tune", "evaluate", "report"}, name
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
-    experiments = {e["name"]: e for rev in shown for e in (rev.get("experiments") or [])}
-    assert set(STRENGTHS) <= set(experiments)
-    for name in STRENGTHS:
-        headline = experiments[name]["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]
-        assert 0.0 <= headline["fused_accuracy"] <= 1.0
+    ran = set(re.findall(r"Running stage '([^']+)'", (project / "experiment.out").read_text()))
+    assert ran == {"tune", "evaluate", "report"}
+    found = runs(project)
+    assert EXPERIMENT in found and len(found) == 2
+    headline = found[EXPERIMENT]["metrics"]["metrics/headline.json"]["data"]
+    assert 0.0 <= headline["fused_accuracy"] <= 1.0
+    assert found[EXPERIMENT]["params"]["params.yaml"]["data"]["tune"]["fixed"]["augment_strength"] == STRENGTH
 
 
 def test_predict_on_the_test_rows_scores_what_evaluate_scored(project: Path) -> None:
@@ -67,24 +72,23 @@ def test_predict_on_the_test_rows_scores_what_evaluate_scored(project: Path) -> 
     assert "accuracy on the 120 labelled rows with a prediction" in (project / "predict.out").read_text()
 
 
-def test_compare_prints_both_experiments_ranked_by_validation_in_100_columns(project: Path) -> None:
+def test_compare_prints_the_commit_and_its_experiment_ranked_by_validation_in_100_columns(project: Path) -> None:
     out = run([sys.executable, "-m", "stages.compare", "--width", "100"], project).stdout
     lines = out.splitlines()
     assert all(len(line) <= 100 for line in lines), out
     header = lines[0].split()
     assert header[:2] == ["experiment", "augment_strength"], out
     assert header[-4:] == ["val_accuracy", "test_fused", "fused-unimodal", "baseline"], out
-    rows = [line.split() for line in lines[2:5]]
-    assert {r[0] for r in rows} >= set(STRENGTHS), out
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
-    val = {e["name"]: e["revs"][0]["data"]["metrics"]["metrics/tune.json"]["data"]["best_val_accuracy"]
-           for rev in shown for e in (rev.get("experiments") or [])}
-    listed = [r[0] for r in rows if r[0] in val]
-    assert [val[n] for n in listed] == sorted(val.values(), reverse=True)
+    rows = [line.split() for line in lines[2:4]]
+    found = runs(project)
+    assert sorted(r[0] for r in rows) == sorted(found), out
+    val = {name: data["metrics"]["metrics/tune.json"]["data"]["best_val_accuracy"] for name, data in found.items()}
+    assert [val[r[0]] for r in rows] == sorted(val.values(), reverse=True)
+    strengths = {float(r[1]) for r in rows}
+    assert len(strengths) == 2 and STRENGTH in strengths  # the commit's and the experiment's
     for r in rows:
-        if r[0] in val:
-            assert float(r[-4]) == pytest.approx(val[r[0]], abs=5e-5)
-            assert float(r[1]) == STRENGTHS[r[0]]
+        assert float(r[-4]) == pytest.approx(val[r[0]], abs=5e-5)
+        assert float(r[1]) == found[r[0]]["params"]["params.yaml"]["data"]["tune"]["fixed"]["augment_strength"]
 
 
 def test_dvc_exp_show_opens_with_the_selecting_metric_then_the_test_figures(project: Path) -> None:
