@@ -1,20 +1,26 @@
-"""The one tiny `dvc repro` a test run shares (conftest's `built` fixture), instrumented while it runs.
+"""The one tiny run of every stage a test run shares (conftest's `built` fixture), instrumented while it runs.
 
 Most integration modules need a reproduced tiny project; building it once per test run instead of once per module
-is most of the suite's time. The run is watched twice, so that the modules that used to run a pipeline of their
-own only to watch it can read this one instead:
+is most of the suite's time. The run is the Prefect flow's first run over a fresh copy (`python -m flows.pipeline`
+against the test run's Prefect server: every stage stale, each its own `dvc repro --single-item`, then `dvc exp
+save`), so test_flow checks that run on the server instead of running the pipeline a second time. It is watched
+twice, so that the modules that used to run a pipeline of their own only to watch it can read this one instead:
 - an import hook (a `sitecustomize` on PYTHONPATH) writes, when a `python -m stages.<name>` process exits, the
-  project modules it had loaded (test_stage_imports checks them against dvc.yaml's deps);
-- strace, where installed, records every socket call of `dvc repro` and all its descendants (test_offline).
+  project modules it had loaded (test_stage_imports checks them against dvc.yaml's deps) and whether it had
+  imported Ray (test_ray_preprocess: the local preprocessing never does); and, for every `python -m dvc` process,
+  its arguments and start time (test_flow: which `dvc` commands the flow started, in order);
+- strace, where installed, records every socket call of the flow and all its descendants (test_offline).
 Both leave the run's outputs untouched. Tests never write into the built project: they take a `copy_built`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,30 +28,31 @@ from pathlib import Path
 from flows.workspace import copy_project, project_env
 from multimodal.pipeline.stage_deps import PACKAGES
 
-# Runs in every Python process of the pipeline (PYTHONPATH); only a `python -m stages.<name>` process writes its
-# modules, at exit, to $STAGE_IMPORTS_DIR/<module>[@<args>].<pid>.json.
+# Runs in every Python process of the run (PYTHONPATH); a `python -m stages.<name>` or `python -m dvc` process
+# writes its record, at exit, to $STAGE_IMPORTS_DIR/<pid>.json.
 HOOK = '''
 import atexit
 import json
 import os
 import sys
+import time
 
 PACKAGES = {packages!r}
+STARTED = time.time()
 
 
 def _dump():
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     module = getattr(spec, "name", None) or ""
-    if not module.startswith("stages."):
+    if not module.startswith(("stages.", "dvc.")):
         return
-    loaded = {{}}
-    for name, mod in list(sys.modules.items()):
-        path = getattr(mod, "__file__", None)
-        if path and (name == "__main__" or name.split(".")[0] in PACKAGES):
-            loaded[name] = os.path.realpath(path)
-    tag = "@".join([module, *sys.argv[1:]])
-    with open(os.path.join(os.environ["STAGE_IMPORTS_DIR"], f"{{tag}}.{{os.getpid()}}.json"), "w") as handle:
-        json.dump({{"module": module, "argv": sys.argv[1:], "loaded": loaded}}, handle)
+    record = {{"module": module, "argv": sys.argv[1:], "started": STARTED, "ray": "ray" in sys.modules}}
+    if module.startswith("stages."):
+        record["loaded"] = {{name: os.path.realpath(mod.__file__) for name, mod in list(sys.modules.items())
+                            if getattr(mod, "__file__", None)
+                            and (name == "__main__" or name.split(".")[0] in PACKAGES)}}
+    with open(os.path.join(os.environ["STAGE_IMPORTS_DIR"], f"{{os.getpid()}}.json"), "w") as handle:
+        json.dump(record, handle)
 
 
 atexit.register(_dump)
@@ -62,20 +69,39 @@ def traced(cmd: list[str], log: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Built:
-    """A tiny project after one `dvc repro` of every stage (nothing committed after it), and what watched it."""
+    """A tiny project after the flow's run of every stage (nothing committed after it), and what watched it."""
 
     project: Path
-    stdout: str                 # the run's output: which stages ran
+    output: str                 # the flow's log, stdout and stderr: each stage's output in its task's log
     seconds: float
-    imports: Path               # the import hook's dumps, one JSON per stage process
+    imports: Path               # the import hook's records, one JSON per stage or `dvc` process
     trace: Path | None          # strace's log of the whole run; None where strace is not installed
 
     def stages_run(self) -> set[str]:
-        return set(re.findall(r"Running stage '([^']+)'", self.stdout))
+        return set(re.findall(r"Running stage '([^']+)'", self.output))
+
+    def records(self) -> list[dict]:
+        """The hook's records, in the order the processes started."""
+        found = [json.loads(path.read_text()) for path in self.imports.glob("*.json")]
+        return sorted(found, key=lambda record: record["started"])
+
+    def stage_records(self) -> list[dict]:
+        return [r for r in self.records() if r["module"].startswith("stages.")]
+
+    def dump(self, *cmd: str) -> dict:
+        """The record of the one stage process `python -m <cmd...>`, e.g. ("stages.preprocess", "image")."""
+        [found] = [r for r in self.stage_records() if [r["module"], *r["argv"]] == list(cmd)]
+        return found
+
+    def dvc_commands(self) -> list[str]:
+        """The `dvc` processes of the run, in start order, as their arguments (e.g. "repro --single-item tune")."""
+        return [" ".join(r["argv"]) for r in self.records() if r["module"].startswith("dvc.")]
 
 
 def build(base: Path, params: dict) -> Built:
-    """Copies this repo to `base/project` with `params`, then runs `dvc repro` under the hook (and strace)."""
+    """Copies this repo to `base/project` with `params`, then runs the Prefect flow over it under the hook (and
+    strace). The flow reports to the Prefect server PREFECT_API_URL names; with no retries, a failing stage fails
+    the build at once."""
     project = copy_project(base / "project", params)
     (base / "hook").mkdir()
     (base / "hook" / "sitecustomize.py").write_text(HOOK.format(packages=PACKAGES))
@@ -84,15 +110,15 @@ def build(base: Path, params: dict) -> Built:
     env = project_env()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(base / "hook"), env.get("PYTHONPATH")) if p)
     env["STAGE_IMPORTS_DIR"] = str(imports)
-    trace = base / "dvc-repro.trace" if shutil.which("strace") else None
-    # --no-run-cache: every stage command runs (none is restored from a run recorded before).
-    cmd = ["dvc", "repro", "--no-run-cache"]
+    trace = base / "flow.trace" if shutil.which("strace") else None
+    # A fresh copy has an empty DVC cache: no run-cache entry to restore, so every stage command runs.
+    cmd = [sys.executable, "-m", "flows.pipeline", "--workspace", str(project), "--retries", "0"]
     start = time.monotonic()
-    done = subprocess.run(traced(cmd, trace) if trace else cmd, cwd=project, env=env, capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(traced(cmd, trace) if trace else cmd, cwd=project, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, check=False)
     seconds = time.monotonic() - start
     if done.returncode != 0:
-        raise RuntimeError(f"the shared tiny `dvc repro` failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
+        raise RuntimeError(f"the shared tiny run failed:\n{done.stdout[-10000:]}")
     return Built(project, done.stdout, seconds, imports, trace)
 
 

@@ -1,4 +1,5 @@
-"""Tiny params, and the one reproduced tiny project a test run shares (each test takes a copy of it)."""
+"""Tiny params, the test run's Prefect server, and the one reproduced tiny project a test run shares (each test
+takes a copy of it)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.built import Built, build, copy_built
+from tests.integration.conftest_prefect import prefect_api  # noqa: F401  (a fixture: the server `built` reports to)
 
 # Small enough for CI on two cores, big enough that every class lands in every split. Each stage's fixed cost
 # (imports, Ray's start) is most of a tiny run; these keep the rest small where no assertion depends on the size.
@@ -31,12 +33,13 @@ TINY_PARAMS = {
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """One tiny `dvc repro` of every stage per test run (tests/integration/built.py); read it, never write into it."""
+def built(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Built:
+    """One tiny run of every stage per test run, the Prefect flow's first run (tests/integration/built.py); read
+    it, never write into it."""
     return build(tmp_path_factory.mktemp("built"), TINY_PARAMS)
 
 
 @pytest.fixture
 def reproduced(built: Built, tmp_path: Path) -> Path:
-    """A private copy of the built project, right after its `dvc repro` (nothing committed since)."""
+    """A private copy of the built project, right after its run (nothing committed since)."""
     return copy_built(built, tmp_path / "project")

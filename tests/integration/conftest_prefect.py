@@ -1,10 +1,10 @@
-"""One real Prefect server on 127.0.0.1 for the whole test session (a pytest plugin).
+"""One real Prefect server on 127.0.0.1 for the whole test session.
 
-Load it from a test module with `pytest_plugins = ["tests.integration.conftest_prefect"]` and ask for the
-`prefect_api` fixture. The server gets its own PREFECT_HOME (its SQLite database) in a temporary folder, analytics
-off, and serves its UI at the API URL less `/api` (for the headless-browser test); the tests' Prefect client points
-at it through PREFECT_API_URL, and subprocesses (e.g. `python -m flows.serve`) inherit that from the environment.
-The server stops with SIGTERM at session end.
+tests/integration/conftest.py imports its `prefect_api` fixture: the shared tiny run (`built`) is a flow run on
+it, and test_flow's runs report to it too. The server gets its own PREFECT_HOME (its SQLite database) in a
+temporary folder, analytics off, and serves its UI at the API URL less `/api` (for the headless-browser test); the
+tests' Prefect client points at it through PREFECT_API_URL, and subprocesses (the shared run, `python -m
+flows.serve`) inherit that from the environment. The server stops with SIGTERM at session end.
 """
 
 from __future__ import annotations

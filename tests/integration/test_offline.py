@@ -1,7 +1,8 @@
 """Nothing leaves the machine: the tiny pipeline (Ray included) and the Prefect flow, traced with strace.
 
-The pipeline is the test run's shared tiny `dvc repro` (tests/integration/built.py traces it where strace is
-installed); the flow runs here, over a copy of it, with its own temporary Prefect server.
+The pipeline is the test run's shared tiny run (tests/integration/built.py traces it where strace is installed:
+the flow, every stage's `dvc repro` and all they start, reporting to the test run's Prefect server); here the flow
+runs again over a copy of it with its own temporary Prefect server, traced with it.
 
 Every `connect`, `sendto`, `sendmsg` of the command and all its descendants (Python and C++ alike: DVC, Ray's GCS,
 raylet and workers, the temporary Prefect server) is recorded; an address other than loopback or one of this
@@ -79,7 +80,7 @@ def assert_local(name: str, log: Path) -> None:
 
 def test_the_pipeline_reaches_nothing_beyond_this_machine(built: Built) -> None:
     assert built.trace is not None and built.stages_run(), "the shared run was not traced"
-    assert_local("dvc repro", built.trace)
+    assert_local("the pipeline", built.trace)
 
 
 def test_the_flow_reaches_nothing_beyond_this_machine(reproduced: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""The whole pipeline through a real `dvc repro` in a temporary copy of the repo (tiny params): the test run's
-shared run (tests/integration/built.py), checked in a copy of it."""
+"""The whole pipeline, every stage through a real `dvc repro`, in a temporary copy of the repo (tiny params): the
+test run's shared run (tests/integration/built.py), checked in a copy of it."""
 
 from __future__ import annotations
 

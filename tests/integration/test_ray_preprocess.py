@@ -1,5 +1,6 @@
 """The preprocess stage on an existing Ray cluster (RAY_ADDRESS, a real `ray start --head`) writes byte-identical
-shards to the stage run in plain Python, and a broken file fails it naming the shard and the row."""
+shards to the stage run in plain Python (the test run's shared tiny `dvc repro`, tests/integration/built.py), and a
+broken file fails it naming the shard and the row."""
 
 from __future__ import annotations
 
@@ -13,20 +14,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from flows.workspace import project_env, set_params
+from flows.workspace import project_env
 from tests.integration.built import Built, copy_built
 from tests.integration.ray_head import ray_head
 
 pytestmark = pytest.mark.integration
 
-# Several shards per split, the shard size no multiple of the batch size.
-SIZES = {("preprocess", "batch_size"): 8, ("preprocess", "shard_size"): 20}
 
-
-def preprocess(project: Path, modality: str, address: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in project_env().items() if k != "RAY_ADDRESS"}
-    if address:
-        env["RAY_ADDRESS"] = address
+def preprocess(project: Path, modality: str, address: str) -> subprocess.CompletedProcess:
+    env = {**project_env(), "RAY_ADDRESS": address}
     return subprocess.run([sys.executable, "-m", "stages.preprocess", modality], cwd=project, env=env,
                           capture_output=True, text=True)
 
@@ -37,24 +33,21 @@ def files(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def validated(built: Built, tmp_path_factory) -> Path:
-    project = copy_built(built, tmp_path_factory.mktemp("raypre") / "project")
-    set_params(project, SIZES)  # preprocess's own knobs: validate's outputs stay as built
-    return project
+    return copy_built(built, tmp_path_factory.mktemp("raypre") / "project")
 
 
-def test_shards_written_on_the_cluster_are_byte_identical_to_local_ones(validated: Path) -> None:
+def test_shards_written_on_the_cluster_are_byte_identical_to_local_ones(built: Built, validated: Path) -> None:
     project, seconds = validated, {}
-    modalities = yaml.safe_load((project / "params.yaml").read_text())["preprocess"]["modalities"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    modalities, sizes = params["preprocess"]["modalities"], params["preprocess"]
+    assert sizes["shard_size"] % sizes["batch_size"], "the tiny params should cut shards mid-batch"
+    # The local reference: the shared tiny `dvc repro` ran each preprocess stage in plain Python (no Ray imported).
     local = {}
     for modality in modalities:
-        start = time.monotonic()
-        done = preprocess(project, modality, None)
-        seconds[f"{modality} local"] = time.monotonic() - start
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert f"preprocess {modality} in this process" in done.stderr
+        assert f"preprocess {modality} in this process" in built.output
+        assert built.dump("stages.preprocess", modality)["ray"] is False
         local[modality] = files(project / "data/preprocessed" / modality)
         assert sum(name.startswith("train-") for name in local[modality]) >= 3  # several shards per split
-    assert not (project / ".ray").exists()  # the local path never started Ray
 
     with ray_head(project) as (address, node_ids):
         for modality in modalities:

@@ -2,15 +2,14 @@
 
 `test_stage_contract.py` derives the expected deps with `import_closure`, the same analysis that wrote dvc.yaml, so
 a blind spot of that analysis (an `importlib.import_module(name)`, a module named in a string, a pickle) would be
-in both. Here the test run's shared tiny pipeline (`dvc repro`, every stage's own `python -m stages.<name>` command;
-tests/integration/built.py) runs with a `sitecustomize` on PYTHONPATH that, when a stage process exits, writes the
-project modules it had loaded (`sys.modules`). Every one of them must be covered by that stage's deps; the deps may list more (lazy imports this
+in both. Here the test run's shared tiny run (every stage's own `python -m stages.<name>` command, through `dvc
+repro`; tests/integration/built.py) runs with a `sitecustomize` on PYTHONPATH that, when a stage process exits,
+writes the project modules it had loaded (`sys.modules`). Every one of them must be covered by that stage's deps; the deps may list more (lazy imports this
 run did not take), which is only reported.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,11 @@ STAGES = sorted(read_stages(REPO / "dvc.yaml"))
 
 @pytest.fixture(scope="module")
 def loaded(built: Built) -> tuple[Path, dict[str, dict], float]:
-    """The shared tiny `dvc repro`, run under the import hook: (project, {stage: its dump}, seconds)."""
-    assert built.stages_run() == set(STAGES), f"dvc repro ran {sorted(built.stages_run())}, dvc.yaml has {STAGES}"
+    """The shared tiny run, under the import hook: (project, {stage: its dump}, seconds)."""
+    assert built.stages_run() == set(STAGES), f"the run ran {sorted(built.stages_run())}, dvc.yaml has {STAGES}"
     by_stage: dict[str, dict] = {}
     cmds = {name: stage.cmd.split() for name, stage in read_stages(built.project / "dvc.yaml").items()}
-    for path in sorted(built.imports.glob("*.json")):
-        dump = json.loads(path.read_text())
+    for dump in built.stage_records():
         # `python -m stages.preprocess image` -> preprocess@image: the stage whose cmd this process was.
         [stage] = [n for n, cmd in cmds.items() if cmd[2:] == [dump["module"], *dump["argv"]]]
         assert stage not in by_stage, f"two processes ran {stage}'s command"
