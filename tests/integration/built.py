@@ -1,9 +1,10 @@
 """The one tiny run of every stage a test run shares (conftest's `built` fixture), instrumented while it runs.
 
 Most integration modules need a reproduced tiny project; building it once per test run instead of once per module
-is most of the suite's time. The run is the Prefect flow's first run over a fresh copy (`python -m flows.pipeline`
-against the test run's Prefect server: every stage stale, each its own `dvc repro --single-item`, then `dvc exp
-save`), so test_flow checks that run on the server instead of running the pipeline a second time. It is watched
+is most of the suite's time, so it also runs in the background while the tests that do not read it run
+(conftest.py). The run is the Prefect flow's first run over a fresh copy (`python -m flows.pipeline` against the
+test run's Prefect server: every stage stale, each its own `dvc repro --single-item`, then `dvc exp save`), so
+test_flow checks that run on the server instead of running the pipeline a second time. It is watched
 twice, so that the modules that used to run a pipeline of their own only to watch it can read this one instead:
 - an import hook (a `sitecustomize` on PYTHONPATH) writes, when a `python -m stages.<name>` process exits, the
   project modules it had loaded (test_stage_imports checks them against dvc.yaml's deps) and whether it had
@@ -19,8 +20,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,10 +101,40 @@ class Built:
         return [" ".join(r["argv"]) for r in self.records() if r["module"].startswith("dvc.")]
 
 
-def build(base: Path, params: dict) -> Built:
-    """Copies this repo to `base/project` with `params`, then runs the Prefect flow over it under the hook (and
-    strace). The flow reports to the Prefect server PREFECT_API_URL names; with no retries, a failing stage fails
-    the build at once."""
+@dataclass
+class Building:
+    """The shared run while it goes on in the background (`start`); `wait()` gives the `Built` once it has ended."""
+
+    project: Path
+    process: subprocess.Popen
+    log: Path                   # the flow's output (stdout and stderr)
+    imports: Path
+    trace: Path | None
+    started: float
+    ended: list[float]          # when the process ended, set by a watcher thread (`wait` may come much later)
+
+    def wait(self) -> Built:
+        if self.process.wait() != 0:
+            raise RuntimeError(f"the shared tiny run failed:\n{self.log.read_text()[-10000:]}")
+        while not self.ended:  # the watcher records the end right after the process exits
+            time.sleep(0.1)
+        return Built(self.project, self.log.read_text(), self.ended[0] - self.started, self.imports, self.trace)
+
+    def stop(self) -> None:
+        """End a run still going (a session cut short): the flow and every process it started."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+
+
+def start(base: Path, params: dict) -> Building:
+    """Copies this repo to `base/project` with `params`, then starts the Prefect flow over it under the hook (and
+    strace), in its own process group. The flow reports to the Prefect server PREFECT_API_URL names; with no
+    retries, a failing stage fails the run at once."""
     project = copy_project(base / "project", params)
     (base / "hook").mkdir()
     (base / "hook" / "sitecustomize.py").write_text(HOOK.format(packages=PACKAGES))
@@ -113,13 +146,13 @@ def build(base: Path, params: dict) -> Built:
     trace = base / "flow.trace" if shutil.which("strace") else None
     # A fresh copy has an empty DVC cache: no run-cache entry to restore, so every stage command runs.
     cmd = [sys.executable, "-m", "flows.pipeline", "--workspace", str(project), "--retries", "0"]
-    start = time.monotonic()
-    done = subprocess.run(traced(cmd, trace) if trace else cmd, cwd=project, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, check=False)
-    seconds = time.monotonic() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"the shared tiny run failed:\n{done.stdout[-10000:]}")
-    return Built(project, done.stdout, seconds, imports, trace)
+    log = base / "flow.log"
+    with log.open("w") as out:  # a file, not a pipe: nobody reads while it runs, and a full pipe would block it
+        process = subprocess.Popen(traced(cmd, trace) if trace else cmd, cwd=project, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    building = Building(project, process, log, imports, trace, time.monotonic(), [])
+    threading.Thread(target=lambda: (process.wait(), building.ended.append(time.monotonic())), daemon=True).start()
+    return building
 
 
 def copy_built(built: Built, dest: Path) -> Path:

@@ -3,11 +3,12 @@ takes a copy of it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.built import Built, build, copy_built
+from tests.integration.built import Built, Building, copy_built, start
 from tests.integration.conftest_prefect import prefect_api  # noqa: F401  (a fixture: the server `built` reports to)
 
 # Small enough for CI on two cores, big enough that every class lands in every split. Each stage's fixed cost
@@ -32,11 +33,44 @@ TINY_PARAMS = {
 }
 
 
+READS_BUILT = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules that read the shared run go last (the rest, unit tests included, keep their order before them): the
+    run starts with the first integration test (`_shared_run_in_background`) and goes on while the others run.
+
+    A stage process is mostly one core of imports and start-up, so on two cores the run and the tests beside it
+    share the machine with little loss (README, the test paragraph).
+    """
+    here = Path(__file__).parent
+    reading = {item.module for item in items
+               if item.path.is_relative_to(here) and "built" in getattr(item, "fixturenames", ())}
+    config.stash[READS_BUILT] = bool(reading)
+    items[:] = ([item for item in items if getattr(item, "module", None) not in reading]
+                + [item for item in items if getattr(item, "module", None) in reading])
+
+
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Built:
-    """One tiny run of every stage per test run, the Prefect flow's first run (tests/integration/built.py); read
-    it, never write into it."""
-    return build(tmp_path_factory.mktemp("built"), TINY_PARAMS)
+def building(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[Building]:
+    """The shared run, started (tests/integration/built.py); it is ended if the session ends first."""
+    shared = start(tmp_path_factory.mktemp("built"), TINY_PARAMS)
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_run_in_background(request: pytest.FixtureRequest) -> None:
+    """At the first integration test, starts the shared run if any selected test reads it."""
+    if request.config.stash.get(READS_BUILT, False):
+        request.getfixturevalue("building")
+
+
+@pytest.fixture(scope="session")
+def built(building: Building) -> Built:
+    """One tiny run of every stage per test run, the Prefect flow's first run (tests/integration/built.py), once it
+    has ended; read it, never write into it."""
+    return building.wait()
 
 
 @pytest.fixture

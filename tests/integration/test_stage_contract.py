@@ -1,8 +1,13 @@
-"""dvc.yaml tells the truth: code deps are what each stage imports, params are what it reads, and a real
-`dvc status` marks exactly the stages an edit concerns."""
+"""dvc.yaml tells the truth: code deps are what each stage imports, params are what it reads, and DVC's status marks
+exactly the stages an edit concerns.
+
+Status is asked of DVC in this process (`flows.dvc_tools`, what `dvc status --json` prints; test_flow checks the two
+agree): a `dvc` process per question cost more than the question.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -11,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows import dvc_tools
 from flows.workspace import REPO, copy_project, run
 from multimodal.pipeline.params import load_params
 from multimodal.pipeline.stage_deps import check, import_closure, suggested_deps
@@ -98,7 +104,11 @@ def _stand_in_missing(items) -> None:
 
 
 def _changed_stages(project: Path) -> dict[str, list]:
-    return json.loads(run(["dvc", "status", "--json"], project).stdout)
+    """`dvc status --json` of `project`, asked in process (from the project folder: DVC words paths from the cwd)."""
+    with contextlib.chdir(project):
+        changes = dvc_tools.read_pipeline(project, status=True).changes
+    assert changes is not None, "someone holds the DVC repository lock"
+    return changes
 
 
 def _importers(module_file: str) -> set[str]:
@@ -186,13 +196,24 @@ def test_your_dataset_folder_is_a_dependency_of_ingest(tmp_path: Path) -> None:
     assert not (project / "data" / "demo").exists()
     status = lambda: _changed_stages(project).get("ingest", [])  # noqa: E731
     assert status() == []
-    for edit in (lambda: Image.new("L", (8, 8), color=255).save(dataset / "img" / "0.png"),   # changed in place
-                 lambda: (dataset / "img" / "extra.png").write_bytes((dataset / "img" / "1.png").read_bytes()),
-                 lambda: (dataset / "img" / "3.png").unlink()):
+    original = {name: (dataset / "img" / name).read_bytes() for name in ("0.png", "3.png")}
+    # Each edit, then its undoing: DVC compares the folder's content, so the original bytes are up to date again.
+    for edit, undo in (
+        (lambda: Image.new("L", (8, 8), color=255).save(dataset / "img" / "0.png"),  # changed in place
+         lambda: (dataset / "img" / "0.png").write_bytes(original["0.png"])),
+        (lambda: (dataset / "img" / "extra.png").write_bytes(original["0.png"]),  # added
+         lambda: (dataset / "img" / "extra.png").unlink()),
+        (lambda: (dataset / "img" / "3.png").unlink(),  # removed
+         lambda: (dataset / "img" / "3.png").write_bytes(original["3.png"])),
+    ):
         edit()
         assert status() == [{"changed deps": {str(dataset): "modified"}}], status()
-        run(["dvc", "repro", "ingest"], project)
-        assert status() == []
+        undo()
+        assert status() == [], status()
+    edit()  # the last one again, reproduced this time: ingest takes the folder as it is now
+    assert status() == [{"changed deps": {str(dataset): "modified"}}], status()
+    run(["dvc", "repro", "ingest"], project)
+    assert status() == []
 
 
 def test_a_changed_file_reruns_ingest_then_validate_and_only_the_preprocess_of_its_modality(tmp_path: Path) -> None:

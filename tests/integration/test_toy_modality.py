@@ -128,7 +128,12 @@ def test_a_modality_defined_outside_the_library_runs_the_whole_pipeline(tmp_path
         ("validate", "modalities", "toy"): {"n_values": 4},
         ("align", "epochs"): 1,
         ("tune", "num_samples"): 1,
+        ("tune", "cpus_per_trial"): 1,
         ("tune", "asha"): {"max_epochs": 2, "grace_period": 1, "reduction_factor": 2},
+        # As small as the shared run's (conftest.TINY_PARAMS, not imported: the stages import this module); the toy
+        # modality has no corruptions.
+        ("evaluate", "corruptions"): {"text": {"tokens": [0, 0.5]}},
+        ("evaluate", "efficiency"): {"batch_sizes": [1, 4], "warmup": 0, "repeats": 1},
     })
     run(["dvc", "repro", "evaluate"], project)
 
