@@ -17,7 +17,7 @@ from multimodal.pipeline.runtime import go_offline, seed_everything, setup_loggi
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.io import atomic_dir, write_csv_atomic, write_json, write_text_atomic
 from multimodal.tuning.params import TUNE
-from multimodal.tuning.references import train_references, write_reference
+from multimodal.tuning.references import ReferencePlan, write_reference
 from multimodal.tuning.results import best_checkpoint, best_trial, epochs_table, trial_number, trial_table, write_plots
 from multimodal.tuning.search import run_search
 from multimodal.tuning.trial import trial_train_config
@@ -50,9 +50,11 @@ def tune(params: StageParams, project_dir: Path) -> dict:
     paths, cfg = params.base.paths, params.tune
     storage = project_dir / ".ray" / "results"
     # 1. The search (an interrupted one of the same inputs resumes). Failed trials are rows of the table; only a
-    # study without a success fails the stage.
+    # study without a success fails the stage. The unimodal references start during it once its best trial is
+    # certain (multimodal.tuning.early_references), else after it.
     started = time.monotonic()
-    results = run_search(params, project_dir, storage)
+    references = ReferencePlan(params, list(params.preprocess.modalities), project_dir)
+    results = run_search(params, project_dir, storage, references)
     table, epochs = trial_table(results, cfg.metric, cfg.mode), epochs_table(results)
     logger.info("search: %d trials, %d epochs in %.0f s", len(table), len(epochs), time.monotonic() - started)
     best_row = best_trial(table, cfg.metric, cfg.mode)
@@ -62,14 +64,14 @@ def tune(params: StageParams, project_dir: Path) -> dict:
     metrics = {"best_" + cfg.metric: float(best_row[cfg.metric]), "best_trial": best_row["trial"],
                "best_epoch": int(best_row["best_epoch"]), "trials": len(table),
                "trials_failed": int((table["status"] == "error").sum())}
-    # 2. The best model, then unimodal references with its hyperparameters through the same loop: one Ray task per
+    # 2. The best model, and unimodal references with its hyperparameters through the same loop: one Ray task per
     # modality, in parallel where the cluster has room (multimodal.tuning.references).
     baseline_cfg = trial_train_config(params, best.config)
-    references = train_references(params, asdict(baseline_cfg), list(params.preprocess.modalities), project_dir)
+    unimodal = references.collect(best_row["trial"], asdict(baseline_cfg))
     with atomic_dir(Path(paths.models)) as tmp:
         write_best(best, best_row, params, tmp / "best")
         bundle_inputs(Path(paths.aligned), tmp / "best")
-        for modality, reference in references.items():
+        for modality, reference in unimodal.items():
             write_reference(reference, tmp / "unimodal" / modality)
             bundle_inputs(Path(paths.aligned), tmp / "unimodal" / modality)
             metrics[f"unimodal/{modality}/val_accuracy"] = reference.val_accuracy

@@ -1,4 +1,5 @@
-"""Unimodal references: after the search, each modality fine-tuned alone with the best trial's knobs, in parallel.
+"""Unimodal references: each modality fine-tuned alone with the best trial's knobs, in parallel, during the search
+or after it.
 
 One Ray task per modality on the Ray the search started (local, or the cluster of `tune.address`), each taking what
 a trial takes (`tune.cpus_per_trial`, and `tune.gpus_per_trial` when the trials used GPUs) and training with that
@@ -16,7 +17,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -89,10 +90,9 @@ def reference_resources(params) -> tuple[dict[str, float], str]:
     return {"num_cpus": resources["cpu"], "num_gpus": gpus}, "cuda" if gpus > 0 else "cpu"
 
 
-def train_references(params, values: dict[str, Any], modalities: list[str], project_dir: Path
-                     ) -> dict[str, Reference]:
-    """Every modality's reference, one Ray task each on the Ray already joined; {modality: Reference} in the order
-    of `modalities`. The first failure cancels the rest and raises ReferenceFailed naming its modality."""
+def submit_references(params, values: dict[str, Any], modalities: list[str], project_dir: Path) -> dict[Any, str]:
+    """Every modality's reference as a Ray task on the Ray already joined; {object ref: modality}, in the order of
+    `modalities`."""
     import ray
 
     options, device = reference_resources(params)
@@ -102,8 +102,14 @@ def train_references(params, values: dict[str, Any], modalities: list[str], proj
                 options["num_cpus"], options["num_gpus"], threads, device)
     shared = {"project_dir": str(project_dir.resolve()), "params_raw": params.raw_params(), "device": device,
               "threads": threads}
-    pending = {task.options(name=f"reference-{m}").remote(m, values, **shared): m for m in modalities}
-    return gather(pending, time.monotonic())
+    return {task.options(name=f"reference-{m}").remote(m, values, **shared): m for m in modalities}
+
+
+def train_references(params, values: dict[str, Any], modalities: list[str], project_dir: Path
+                     ) -> dict[str, Reference]:
+    """Every modality's reference, one Ray task each on the Ray already joined; {modality: Reference} in the order
+    of `modalities`. The first failure cancels the rest and raises ReferenceFailed naming its modality."""
+    return gather(submit_references(params, values, modalities, project_dir), time.monotonic())
 
 
 def gather(pending: dict[Any, str], started: float) -> dict[str, Reference]:
@@ -127,3 +133,43 @@ def gather(pending: dict[Any, str], started: float) -> dict[str, Reference]:
         logger.info("unimodal %s: %d epochs, %.0f s training (%.0f s since the references started)", modality,
                     reference.epochs, reference.seconds, time.monotonic() - started)
     return {m: done[m] for m in order}
+
+
+class ReferencePlan:
+    """The unimodal references of one study: started early (`start`, from `StartReferencesEarly`) or after the
+    search (`collect`)."""
+
+    def __init__(self, params: Any, modalities: list[str], project_dir: Path) -> None:
+        self.params, self.modalities, self.project_dir = params, modalities, project_dir
+        self.trial: str | None = None            # the trial they started for, once started
+        self._values: dict[str, Any] | None = None
+        self._pending: dict[Any, str] = {}
+        self._started = 0.0
+
+    @property
+    def started(self) -> bool:
+        return self.trial is not None
+
+    def start(self, trial: str, config: dict[str, Any]) -> None:
+        """Submit the references with `config`'s knobs (trial `trial`'s); they run as Ray finds room."""
+        from multimodal.tuning.trial import trial_train_config
+
+        values = asdict(trial_train_config(self.params, config))
+        logger.info("references start during the search: trial %s is the best whatever the rest does (every other "
+                    "trial has ended below it)", trial)
+        self._pending = submit_references(self.params, values, self.modalities, self.project_dir)
+        self.trial, self._values, self._started = trial, values, time.monotonic()
+
+    def collect(self, trial: str, values: dict[str, Any]) -> dict[str, Reference]:
+        """The references of the final best trial (`trial`, trained with `values`): the early ones when they had
+        the same knobs, else trained now."""
+        if self.started and self._values == values:
+            return gather(self._pending, self._started)
+        if self.started:
+            import ray
+
+            logger.warning("the references started for trial %s, but trial %s is the best: training them again",
+                           self.trial, trial)
+            for ref in self._pending:
+                ray.cancel(ref, force=True)
+        return train_references(self.params, values, self.modalities, self.project_dir)

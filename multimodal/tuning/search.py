@@ -19,6 +19,7 @@ import torch
 from multimodal.pipeline.ray_cluster import cluster_address, join_ray
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.tuning.params import Tune
+from multimodal.tuning.references import ReferencePlan
 from multimodal.tuning.trial import run_trial
 
 logger = logging.getLogger(__name__)
@@ -126,13 +127,15 @@ def trial_resources(cfg: Tune, device: str) -> dict[str, float]:
     return decide_resources(cfg, device, [n["Resources"] for n in ray.nodes() if n["Alive"]])
 
 
-def run_search(params: StageParams, project_dir: Path, storage: Path):
+def run_search(params: StageParams, project_dir: Path, storage: Path, references: ReferencePlan | None = None):
     """Run the study, or resume the interrupted one in `storage` if it had the same inputs; returns Ray's
-    ResultGrid."""
+    ResultGrid. `references`, when given, start as soon as the best trial is certain (a new study only:
+    multimodal/tuning/early_references.py)."""
     cfg = params.tune
     start_ray(cfg, project_dir)  # first: it sets the environment Ray reads when imported
     from ray import tune
 
+    from multimodal.tuning.early_references import StartReferencesEarly
     from multimodal.tuning.resume import prepare_study, study_fingerprint
     from multimodal.tuning.rungs import milestones, start_board
     from multimodal.tuning.workers import trial_on_workers
@@ -170,6 +173,7 @@ def run_search(params: StageParams, project_dir: Path, storage: Path):
                                     reuse_actors=cfg.workers_per_trial == 1),
         run_config=tune.RunConfig(
             name=STUDY, storage_path=str(storage.resolve()), verbose=1,
+            callbacks=[StartReferencesEarly(references, cfg.metric, cfg.mode, cfg.num_samples)] if references else [],
             # A failed trial is retried from its latest checkpoint; Ray keeps that one even when it is not
             # among the best `keep_checkpoints` (see docs/tune.md).
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),

@@ -196,12 +196,16 @@ def test_trials_run_on_an_existing_cluster(aligned) -> None:
         reported = [json.loads(line) for path in results for line in path.read_text().splitlines()]
         assert len(results) == 1 and len(reported) == 2  # one trial, both epochs (ASHA stops none alone)
         assert {r["node_id"] for r in reported} == set(node_ids)
-        # The references are Ray tasks on the cluster too, and identical run to run: the same inputs restore the
-        # finished study (no trial trains again) and train the references again.
+        # The references are Ray tasks on the cluster too. With one trial, its best is certain at its first report:
+        # they started while it trained its second epoch. The same inputs restore the finished study (no trial trains
+        # again, and a restored study takes no new callback): the references train after the search this time, and
+        # are the same models (early_references.py).
+        assert "references start during the search: trial 00000" in done.stderr
         first = references(aligned)
         again = stage(aligned, "stages.tune")
         assert again.returncode == 0, again.stderr[-3000:]
         assert "resuming the study" in again.stderr and "unimodal audio: " in again.stderr
+        assert "references start during the search" not in again.stderr
         assert references(aligned) == first
 
 
