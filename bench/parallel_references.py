@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from multimodal.pipeline.params import load_params, stage_params  # noqa: E402
 from multimodal.tuning.params import TUNE  # noqa: E402
 from multimodal.tuning.references import Reference, train_reference, train_references  # noqa: E402
+from multimodal.tuning.search import trial_resources  # noqa: E402
 
 
 def summary(name: str, refs: dict[str, Reference], seconds: float) -> dict:
@@ -86,7 +87,8 @@ def bench(scratch: Path) -> None:
 
     def run_parallel(number: int) -> None:
         started = time.monotonic()
-        refs = train_references(parallel, values, modalities, project)
+        refs = train_references(parallel, values, modalities, project,
+                                trial_resources(parallel.tune, parallel.base.device))
         rows.append(summary(f"parallel #{number}, {args.threads} thread(s) per task", refs, time.monotonic() - started))
 
     # Parallel, sequential, parallel: the two kinds see the same drift of a shared machine's load.

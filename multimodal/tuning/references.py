@@ -81,21 +81,15 @@ def write_reference(reference: Reference, out: Path) -> None:
         path.write_bytes(data)
 
 
-def reference_resources(params) -> tuple[dict[str, float], str]:
-    """Ray options of one reference task (a trial's CPUs and GPUs, as the search decided them) and its device."""
-    from multimodal.tuning.search import trial_resources
-
-    resources = trial_resources(params.tune, params.base.device)
-    gpus = resources["gpu"]
-    return {"num_cpus": resources["cpu"], "num_gpus": gpus}, "cuda" if gpus > 0 else "cpu"
-
-
-def submit_references(params, values: dict[str, Any], modalities: list[str], project_dir: Path) -> dict[Any, str]:
-    """Every modality's reference as a Ray task on the Ray already joined; {object ref: modality}, in the order of
+def submit_references(params, values: dict[str, Any], modalities: list[str], project_dir: Path,
+                      resources: dict[str, float]) -> dict[Any, str]:
+    """Every modality's reference as a Ray task on the Ray already joined, each taking a trial's `resources`
+    ({"cpu", "gpu"}, as the search decided them: `search.trial_resources`); {object ref: modality}, in the order of
     `modalities`."""
     import ray
 
-    options, device = reference_resources(params)
+    options = {"num_cpus": resources["cpu"], "num_gpus": resources["gpu"]}
+    device = "cuda" if resources["gpu"] > 0 else "cpu"
     threads = max(1, int(params.tune.cpus_per_trial))  # a trial's count (multimodal.tuning.trial.train_trial)
     task = ray.remote(**options, max_retries=params.tune.max_failures)(train_reference)
     logger.info("references: %d Ray tasks of %g CPUs and %g GPUs each, %d torch threads, on %s", len(modalities),
@@ -105,11 +99,11 @@ def submit_references(params, values: dict[str, Any], modalities: list[str], pro
     return {task.options(name=f"reference-{m}").remote(m, values, **shared): m for m in modalities}
 
 
-def train_references(params, values: dict[str, Any], modalities: list[str], project_dir: Path
-                     ) -> dict[str, Reference]:
+def train_references(params, values: dict[str, Any], modalities: list[str], project_dir: Path,
+                     resources: dict[str, float]) -> dict[str, Reference]:
     """Every modality's reference, one Ray task each on the Ray already joined; {modality: Reference} in the order
     of `modalities`. The first failure cancels the rest and raises ReferenceFailed naming its modality."""
-    return gather(submit_references(params, values, modalities, project_dir), time.monotonic())
+    return gather(submit_references(params, values, modalities, project_dir, resources), time.monotonic())
 
 
 def gather(pending: dict[Any, str], started: float) -> dict[str, Reference]:
@@ -141,6 +135,7 @@ class ReferencePlan:
 
     def __init__(self, params: Any, modalities: list[str], project_dir: Path) -> None:
         self.params, self.modalities, self.project_dir = params, modalities, project_dir
+        self.resources: dict[str, float] = {}   # a trial's, set by `search.run_search` once it has decided them
         self.trial: str | None = None            # the trial they started for, once started
         self._values: dict[str, Any] | None = None
         self._pending: dict[Any, str] = {}
@@ -157,7 +152,7 @@ class ReferencePlan:
         values = asdict(trial_train_config(self.params, config))
         logger.info("references start during the search: trial %s is the best whatever the rest does (every other "
                     "trial has ended below it)", trial)
-        self._pending = submit_references(self.params, values, self.modalities, self.project_dir)
+        self._pending = submit_references(self.params, values, self.modalities, self.project_dir, self.resources)
         self.trial, self._values, self._started = trial, values, time.monotonic()
 
     def collect(self, trial: str, values: dict[str, Any]) -> dict[str, Reference]:
@@ -172,4 +167,4 @@ class ReferencePlan:
                            self.trial, trial)
             for ref in self._pending:
                 ray.cancel(ref, force=True)
-        return train_references(self.params, values, self.modalities, self.project_dir)
+        return train_references(self.params, values, self.modalities, self.project_dir, self.resources)

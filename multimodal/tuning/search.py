@@ -120,6 +120,18 @@ def workers_on(node: dict[str, float], each: dict[str, float]) -> int:
     return min(counts, default=0)
 
 
+def trials_at_once(cfg: Tune, each: dict[str, float], nodes: list[dict[str, float]]) -> int:
+    """`tune.max_concurrent_trials`, lowered for trials on several workers to as many as the cluster holds at once.
+
+    Tune starts such a trial's driver first and the driver then asks for its workers: two started trials whose
+    workers cannot all fit would each wait for the other's to end (a hang), where one-process trials just queue.
+    """
+    if cfg.workers_per_trial == 1:
+        return cfg.max_concurrent_trials
+    slots = sum(workers_on(node, each) for node in nodes)
+    return max(1, min(cfg.max_concurrent_trials, slots // cfg.workers_per_trial))
+
+
 def trial_resources(cfg: Tune, device: str) -> dict[str, float]:
     """`decide_resources` against the running cluster, once, before launch: an impossible request fails now."""
     import ray
@@ -133,6 +145,7 @@ def run_search(params: StageParams, project_dir: Path, storage: Path, references
     multimodal/tuning/early_references.py)."""
     cfg = params.tune
     start_ray(cfg, project_dir)  # first: it sets the environment Ray reads when imported
+    import ray
     from ray import tune
 
     from multimodal.tuning.early_references import StartReferencesEarly
@@ -143,6 +156,8 @@ def run_search(params: StageParams, project_dir: Path, storage: Path, references
     # 1. Resources, decided once: the device every trial trains on follows from them.
     resources = trial_resources(cfg, params.base.device)
     device = "cuda" if resources["gpu"] > 0 else "cpu"
+    if references is not None:
+        references.resources = resources  # the references take what a trial takes
     study = storage.resolve() / STUDY
     # Trials get the validated params as plain JSON data (no objects pickled) and re-validate them.
     shared = {"project_dir": str(project_dir.resolve()), "params_raw": params.raw_params(),
@@ -150,6 +165,11 @@ def run_search(params: StageParams, project_dir: Path, storage: Path, references
     if ordered_rungs(cfg):
         shared["rung_board"] = start_board(study, milestones(cfg.asha.grace_period, cfg.asha.reduction_factor,
                                                              cfg.asha.max_epochs))
+    at_once = trials_at_once(cfg, resources, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    if at_once < cfg.max_concurrent_trials:
+        logger.info("tune.max_concurrent_trials=%d lowered to %d: no more trials' workers fit on the cluster at once",
+                    cfg.max_concurrent_trials, at_once)
+        cfg = cfg.model_copy(update={"max_concurrent_trials": at_once})
     if cfg.workers_per_trial == 1:
         logger.info("each trial takes %s and trains on %s", resources, device)
         trainable = tune.with_resources(tune.with_parameters(run_trial, **shared), resources)

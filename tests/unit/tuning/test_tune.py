@@ -12,7 +12,7 @@ import yaml
 from multimodal.pipeline.params import ParamsError
 from multimodal.tuning.params import Tune
 from multimodal.tuning.results import best_checkpoint, best_trial, epochs_table, error_message, trial_table, write_plots
-from multimodal.tuning.search import build_scheduler, decide_resources, search_algorithm, search_space
+from multimodal.tuning.search import build_scheduler, decide_resources, search_algorithm, search_space, trials_at_once
 from stages.check_params import load_all
 from tests.unit.conftest import params_section, repo_params
 
@@ -301,3 +301,14 @@ def test_plots_are_written_and_deterministic(tmp_path) -> None:
                                        "val_accuracy_vs_lr.png"]
     for a, b in zip(first, second):
         assert a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and a.read_bytes() == b.read_bytes()
+
+
+def test_trials_on_workers_run_only_as_many_at_once_as_their_workers_fit() -> None:
+    # Two 2-worker trials on a 2-CPU node would each hold a driver and wait for the other's workers: a hang.
+    each = {"cpu": 1, "gpu": 0.0}
+    assert trials_at_once(tune_cfg(workers_per_trial=2, max_concurrent_trials=2), each, [CPU_NODE]) == \
+        max(1, min(2, int(CPU_NODE["CPU"]) // 2))
+    assert trials_at_once(tune_cfg(workers_per_trial=2, max_concurrent_trials=2), each, [{"CPU": 4.0}]) == 2
+    assert trials_at_once(tune_cfg(workers_per_trial=4, max_concurrent_trials=3), each, [{"CPU": 2.0}] * 2) == 1
+    # One-process trials queue in Tune instead: their setting stands.
+    assert trials_at_once(tune_cfg(max_concurrent_trials=3), each, [{"CPU": 2.0}]) == 3
