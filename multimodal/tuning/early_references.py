@@ -23,6 +23,7 @@ from typing import Any
 from ray.tune import Callback
 
 from multimodal.tuning.references import ReferencePlan
+from multimodal.tuning.results import number_of_trial_id
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +59,6 @@ def _ahead(a: TrialSoFar, b: TrialSoFar, mode: str) -> bool:
     if a.best == b.best:
         return a.number < b.number
     return a.best > b.best if mode == "max" else a.best < b.best
-
-
-def trial_number(trial_id: str) -> str:
-    """"f1e41_00004" -> "00004", as `results.trial_number` reads it from a result."""
-    return trial_id.rsplit("_", 1)[-1]
 
 
 class StartReferencesEarly(Callback):
@@ -101,7 +97,7 @@ class StartReferencesEarly(Callback):
         analysis = (trial.metric_analysis or {}).get(self.metric, {})  # restored trials: what Ray recorded
         best = self._better(self._best.get(trial.trial_id), analysis.get(self.mode))
         status = {"TERMINATED": "ended", "ERROR": "failed"}.get(trial.status, "running")
-        return TrialSoFar(trial_number(trial.trial_id), best, state or status)
+        return TrialSoFar(number_of_trial_id(trial.trial_id), best, state or status)
 
     def _check(self, trials: list, now: dict[str, str]) -> None:
         if self.plan is None or self.plan.started:
@@ -109,7 +105,7 @@ class StartReferencesEarly(Callback):
         winner = certain_best([self._so_far(t, now.get(t.trial_id)) for t in trials], self.num_samples, self.mode)
         if winner is None:
             return
-        trial = next(t for t in trials if trial_number(t.trial_id) == winner)
+        trial = next(t for t in trials if number_of_trial_id(t.trial_id) == winner)
         try:
             self.plan.start(winner, trial.config)
         except Exception:  # never fail the search for this: the stage trains the references after it instead

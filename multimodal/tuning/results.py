@@ -21,11 +21,16 @@ def plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def trial_number(result) -> str | None:
+def number_of_trial_id(trial_id: str) -> str:
     """The trial's sequence number ("00004"); Ray's trial id adds a random per-study prefix ("f1e41_00004")."""
+    return trial_id.rsplit("_", 1)[-1]
+
+
+def trial_number(result) -> str | None:
+    """The sequence number of a result's trial (`number_of_trial_id`)."""
     trial_id = result.metrics.get("trial_id") if result.metrics else None
     if trial_id:
-        return trial_id.rsplit("_", 1)[-1]
+        return number_of_trial_id(trial_id)
     # A trial that failed before reporting has no metrics; its folder is named `<trainable>_<id>_<n>_<params>`.
     match = re.search(r"_[0-9a-f]{5}_(\d{5})_", Path(result.path).name) if result.path else None
     return match.group(1) if match else None
