@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -96,11 +97,19 @@ def part_epoch(projects: dict[str, Path]) -> list[tuple[str, float, float, str]]
              f"after {per['after'][1]:.2f} s ({per['after'][0] / per['after'][1]:.2f}x)")]
 
 
+def suite_command(project: Path) -> list[str]:
+    """The pytest command of the clone's README test command (its scripts/test.sh, less the set-up), run with this
+    interpreter: the baseline's may be serial, this checkout's runs two pytest-xdist workers."""
+    [line] = [line for line in (project / "scripts" / "test.sh").read_text().splitlines()
+              if line.startswith("python -m pytest")]
+    words = shlex.split(line.replace("${TEST_WORKERS:-2}", "2").replace('"$@"', ""))
+    return [sys.executable, *words[1:], "-q", "-p", "no:cacheprovider"]
+
+
 def part_tests(projects: dict[str, Path]) -> list[tuple[str, float, float, str]]:
     counts, seconds = {}, {}
     for name, project in projects.items():
-        seconds[name], done = timed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], project,
-                                    check=False)
+        seconds[name], done = timed(suite_command(project), project, check=False)
         tail = (done.stdout.strip().splitlines() or ["?"])[-1]
         counts[name] = tail.strip("= ")
     return [("default test run (s)", seconds["before"], seconds["after"],

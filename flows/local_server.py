@@ -80,16 +80,19 @@ def _stop(proc: subprocess.Popen, timeout: float) -> None:
         proc.wait(timeout=10)
 
 
-@contextmanager
-def local_server(
+def start_server(
     home: Path,
     port: int | None = None,
     *,
     ui: bool = True,
     extra_env: dict[str, str] | None = None,
     startup_timeout: float = 120.0,
-) -> Iterator[LocalServer]:
-    """Run `prefect server start` on 127.0.0.1 until the block ends; yields once `/api/health` answers."""
+) -> tuple[subprocess.Popen, LocalServer]:
+    """Start `prefect server start` on 127.0.0.1 in its own session; returns once `/api/health` answers.
+
+    The caller stops it (`local_server` does, at the end of its block); a server that never gets healthy is stopped
+    here before the error is raised.
+    """
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     api_url = f"http://{HOST}:{port}/api"
@@ -110,7 +113,25 @@ def local_server(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"prefect server not healthy after {startup_timeout:.0f} s; see {log_path}")
             time.sleep(0.5)
-        log.info("prefect server %s healthy (pid %d, home %s)", api_url, proc.pid, home)
-        yield LocalServer(api_url=api_url, home=home, log_path=log_path, pid=proc.pid)
+    except BaseException:
+        _stop(proc, timeout=30)
+        raise
+    log.info("prefect server %s healthy (pid %d, home %s)", api_url, proc.pid, home)
+    return proc, LocalServer(api_url=api_url, home=home, log_path=log_path, pid=proc.pid)
+
+
+@contextmanager
+def local_server(
+    home: Path,
+    port: int | None = None,
+    *,
+    ui: bool = True,
+    extra_env: dict[str, str] | None = None,
+    startup_timeout: float = 120.0,
+) -> Iterator[LocalServer]:
+    """Run `prefect server start` on 127.0.0.1 until the block ends; yields once `/api/health` answers."""
+    proc, server = start_server(home, port, ui=ui, extra_env=extra_env, startup_timeout=startup_timeout)
+    try:
+        yield server
     finally:
         _stop(proc, timeout=30)

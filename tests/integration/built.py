@@ -20,16 +20,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from flows.workspace import copy_project, project_env
 from multimodal.pipeline.stage_deps import PACKAGES
+from tests.shared_services import alive
 
 # Runs in every Python process of the run (PYTHONPATH); a `python -m stages.<name>` or `python -m dvc` process
 # writes its record, at exit, to $STAGE_IMPORTS_DIR/<pid>.json.
@@ -101,40 +100,43 @@ class Built:
         return [" ".join(r["argv"]) for r in self.records() if r["module"].startswith("dvc.")]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Building:
-    """The shared run while it goes on in the background (`start`); `wait()` gives the `Built` once it has ended."""
+    """The shared run while it goes on in the background (`start`), as any worker of the test run sees it (a JSON
+    record, tests/shared_services.py); `wait()` gives the `Built` once it has ended."""
 
     project: Path
-    process: subprocess.Popen
+    pid: int                    # the run's process group: a shell around the flow that writes `ended` at its end
     log: Path                   # the flow's output (stdout and stderr)
     imports: Path
     trace: Path | None
-    started: float
-    ended: list[float]          # when the process ended, set by a watcher thread (`wait` may come much later)
+    started: float              # wall-clock time (time.time()): workers are other processes
+    ended: Path                 # "<exit status> <end time>", written by the shell when the flow exits
+
+    def record(self) -> dict:
+        return {"project": str(self.project), "pid": self.pid, "log": str(self.log), "imports": str(self.imports),
+                "trace": str(self.trace) if self.trace else None, "started": self.started, "ended": str(self.ended)}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Building:
+        return cls(Path(record["project"]), record["pid"], Path(record["log"]), Path(record["imports"]),
+                   Path(record["trace"]) if record["trace"] else None, record["started"], Path(record["ended"]))
 
     def wait(self) -> Built:
-        if self.process.wait() != 0:
+        while not self.ended.exists():
+            if not alive(self.pid) and not self.ended.exists():
+                raise RuntimeError(f"the shared tiny run was ended before it finished:\n{self.log.read_text()[-10000:]}")
+            time.sleep(0.5)
+        status, end = self.ended.read_text().split()
+        if int(status) != 0:
             raise RuntimeError(f"the shared tiny run failed:\n{self.log.read_text()[-10000:]}")
-        while not self.ended:  # the watcher records the end right after the process exits
-            time.sleep(0.1)
-        return Built(self.project, self.log.read_text(), self.ended[0] - self.started, self.imports, self.trace)
-
-    def stop(self) -> None:
-        """End a run still going (a session cut short): the flow and every process it started."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
+        return Built(self.project, self.log.read_text(), float(end) - self.started, self.imports, self.trace)
 
 
 def start(base: Path, params: dict) -> Building:
     """Copies this repo to `base/project` with `params`, then starts the Prefect flow over it under the hook (and
-    strace), in its own process group. The flow reports to the Prefect server PREFECT_API_URL names; with no
-    retries, a failing stage fails the run at once."""
+    strace), in its own process group, and returns without waiting. The flow reports to the Prefect server
+    PREFECT_API_URL names; with no retries, a failing stage fails the run at once."""
     project = copy_project(base / "project", params)
     (base / "hook").mkdir()
     (base / "hook" / "sitecustomize.py").write_text(HOOK.format(packages=PACKAGES))
@@ -146,13 +148,16 @@ def start(base: Path, params: dict) -> Building:
     trace = base / "flow.trace" if shutil.which("strace") else None
     # A fresh copy has an empty DVC cache: no run-cache entry to restore, so every stage command runs.
     cmd = [sys.executable, "-m", "flows.pipeline", "--workspace", str(project), "--retries", "0"]
+    ended = base / "ended"
+    # The shell records the flow's end itself: any worker may wait for it, and the one that started it may be gone.
+    wrapped = ["bash", "-c", 'rc=0; "$@" || rc=$?; echo "$rc $(date +%s.%N)" > "$0.tmp" && mv "$0.tmp" "$0"',
+               str(ended), *(traced(cmd, trace) if trace else cmd)]
     log = base / "flow.log"
+    started = time.time()
     with log.open("w") as out:  # a file, not a pipe: nobody reads while it runs, and a full pipe would block it
-        process = subprocess.Popen(traced(cmd, trace) if trace else cmd, cwd=project, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    building = Building(project, process, log, imports, trace, time.monotonic(), [])
-    threading.Thread(target=lambda: (process.wait(), building.ended.append(time.monotonic())), daemon=True).start()
-    return building
+        process = subprocess.Popen(wrapped, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    return Building(project, process.pid, log, imports, trace, started, ended)
 
 
 def copy_built(built: Built, dest: Path) -> Path:

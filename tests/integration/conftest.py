@@ -1,14 +1,14 @@
 """Tiny params, the test run's Prefect server, and the one reproduced tiny project a test run shares (each test
-takes a copy of it)."""
+takes a copy of it); both are shared by the run's pytest-xdist workers too (tests/shared_services.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.built import Built, Building, copy_built, start
+from tests.shared_services import shared
 from tests.integration.conftest_prefect import prefect_api  # noqa: F401  (a fixture: the server `built` reports to)
 
 # Small enough for CI on two cores, big enough that every class lands in every split. Each stage's fixed cost
@@ -52,11 +52,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def building(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[Building]:
-    """The shared run, started (tests/integration/built.py); it is ended if the session ends first."""
-    shared = start(tmp_path_factory.mktemp("built"), TINY_PARAMS)
-    yield shared
-    shared.stop()
+def building(request: pytest.FixtureRequest, prefect_api: str) -> Building:
+    """The shared run (tests/integration/built.py), started by the first worker of the test run that asks, in the
+    background; the others find it (tests/shared_services.py). It is ended with the test run if still going."""
+    return Building.from_record(shared(request.config, "built", lambda home: start(home, TINY_PARAMS).record()))
 
 
 @pytest.fixture(scope="session", autouse=True)
