@@ -26,6 +26,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -272,12 +273,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retries", type=int, default=None,
                         help="retries of a stage that finds DVC's lock busy (default: params flow.lock_retries)")
     parser.add_argument("--no-experiment", action="store_true", help="do not `dvc exp save` the run")
+    parser.add_argument("--no-artifacts", action="store_true", help="do not publish the UI artifacts")
     args = parser.parse_args(argv)
     # With no PREFECT_API_URL, Prefect starts a temporary server for the run: give it time on a loaded machine.
     with temporary_server_timeout(load_flow(Path(args.workspace)).server_startup_timeout_s):
-        state = dvc_pipeline(workspace=args.workspace, overrides=args.overrides or None, retries=args.retries,
-                             save_as_experiment=not args.no_experiment, return_state=True)
+        try:
+            state = dvc_pipeline(workspace=args.workspace, overrides=args.overrides or None, retries=args.retries,
+                                 save_as_experiment=not args.no_experiment, artifacts=not args.no_artifacts,
+                                 return_state=True)
+        except httpx.TransportError as err:  # the server went away (Prefect's client retried first)
+            raise SystemExit(server_gone_message(err)) from None
     raise SystemExit(0 if state.is_completed() else 1)
+
+
+def server_gone_message(err: Exception) -> str:
+    """What a run whose Prefect server stopped answering did, and what to do about its record on the server."""
+    from prefect.settings import PREFECT_API_URL
+
+    return (f"the flow run stopped: the Prefect API ({PREFECT_API_URL.value() or 'temporary server'}) stopped "
+            f"answering ({err}). The stage that was running went on to its end (dvc.lock records what finished); "
+            "no further stage started; the workspace is restored and unlocked. The server still shows the run as "
+            "Running: once it is back, cancel that run there (prefect flow-run cancel <id>) and run again.")
 
 
 if __name__ == "__main__":

@@ -106,8 +106,10 @@ def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 
 
 
 @contextmanager
-def flow_process(repo: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen([sys.executable, "-c", RUN_FLOW, str(repo)], cwd=REPO, env=env or dict(os.environ),
+def flow_process(repo: Path, env: dict[str, str] | None = None, cmd: list[str] | None = None
+                 ) -> Iterator[subprocess.Popen]:
+    cmd = cmd or [sys.executable, "-c", RUN_FLOW, str(repo)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env or dict(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         yield proc
@@ -131,18 +133,22 @@ def task_run(flow_state: Any, name: str) -> Any:
 
 
 def test_a_hung_stage_times_out_its_processes_killed_and_its_outputs_put_back(repo: Path, prefect_api: str) -> None:
-    write_flow_params(repo, stage_timeouts={"hold": 2})
     before = status(repo)
     assert before == {"hold": [{"changed deps": {"input.txt": "modified"}}]}
-
-    state = dvc_pipeline(workspace=str(repo), artifacts=False, save_as_experiment=False, return_state=True)
-
-    assert state.is_failed()
-    assert "stage 'hold' timed out" in state.message and "flow.stage_timeouts.hold" in state.message, state.message
+    # The limit must leave the stage time to start (dvc, then python): on a loaded machine 2 s may not, so the run
+    # is repeated with a longer one until the stage had started when it was stopped.
+    for limit in (2, 8, 30, 120):
+        write_flow_params(repo, stage_timeouts={"hold": limit})
+        state = dvc_pipeline(workspace=str(repo), artifacts=False, save_as_experiment=False, return_state=True)
+        assert state.is_failed()
+        assert "stage 'hold' timed out" in state.message and "flow.stage_timeouts.hold" in state.message, \
+            state.message
+        assert task_run(state, "hold").run_count == 1  # a timeout is not retried
+        assert (repo / "hold.txt").read_text() == "1\n"  # the half-written output replaced by the locked one
+        assert status(repo) == before
+        if (repo / "hold.pid").exists():
+            break
     assert not alive(int((repo / "hold.pid").read_text())), "the stage outlived its timeout"
-    assert (repo / "hold.txt").read_text() == "1\n"  # the half-written output replaced by the locked one
-    assert status(repo) == before
-    assert task_run(state, "hold").run_count == 1  # a timeout is not retried
 
 
 def test_a_failing_stage_runs_once_and_a_busy_dvc_lock_is_retried(repo: Path, prefect_api: str) -> None:
@@ -237,3 +243,46 @@ def test_a_second_run_waits_for_the_first_or_is_refused_naming_it(repo: Path, pr
     assert second.is_completed(), second.message
     assert task_run(second, "hold").state.name == "Cached"  # the first run had reproduced it
     assert status(repo) == {}
+
+
+# In the temporary server's process only (Prefect marks its environment): a start slower than Prefect's 20 s default.
+SLOW_SERVER = "import os, time\nif os.environ.get('PREFECT__SERVER_EPHEMERAL') == '1':\n    time.sleep(21)\n"
+
+
+@pytest.mark.slow  # waits out a 21 s start; test_offline starts the temporary server in the default run
+def test_a_run_without_a_server_waits_for_a_slow_temporary_server(repo: Path, tmp_path: Path) -> None:
+    from flows.local_server import EPHEMERAL_TIMEOUT_ENV, OFFLINE_ENV
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_SERVER)
+    env = {**project_env(), **OFFLINE_ENV, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PYTHONPATH": f"{hook}{os.pathsep}{REPO}"}
+    for name in ("PREFECT_API_URL", EPHEMERAL_TIMEOUT_ENV):
+        env.pop(name, None)  # no server: the flow starts its own, with the project's start-up timeout
+    (repo / "release").write_text("0")
+    cmd = [sys.executable, "-m", "flows.pipeline", "--workspace", str(repo), "--no-experiment", "--no-artifacts"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (repo / "hold.txt").read_text() == "2\n" and status(repo) == {}
+
+
+@pytest.mark.slow  # a server of its own (~15 s to start) and Prefect's client retries
+def test_the_prefect_server_going_away_mid_run(repo: Path, tmp_path: Path) -> None:
+    from flows.local_server import local_server
+
+    with local_server(tmp_path / "server", ui=False) as server:
+        # One retry of a refused connection (Prefect's default is 5, over a minute): the server is not coming back.
+        env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_CLIENT_MAX_RETRIES": "1"}
+        cmd = [sys.executable, "-m", "flows.pipeline", "--workspace", str(repo), "--no-experiment", "--no-artifacts"]
+        with flow_process(repo, env, cmd) as proc:
+            wait_for(repo / "hold.started", proc)
+            os.killpg(server.pid, signal.SIGKILL)  # the server goes away while the stage runs
+            (repo / "release").write_text("0")
+            output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1
+    # The run says what happened, instead of a connection traceback.
+    assert "the flow run stopped: the Prefect API" in output and "stopped answering" in output, output[-3000:]
+    assert (repo / "hold.txt").read_text() == "2\n" and status(repo) == {}  # the stage finished, as DVC recorded
+    with open(repo / ".dvc/tmp/prefect-flow.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
