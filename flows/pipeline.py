@@ -292,7 +292,7 @@ def server_gone_message(err: Exception) -> str:
 
     return (f"the flow run stopped: the Prefect API ({PREFECT_API_URL.value() or 'temporary server'}) stopped "
             f"answering ({err}). The stage that was running went on to its end (dvc.lock records what finished); "
-            "no further stage started; the workspace is restored and unlocked. The server still shows the run as "
+            "the workspace is restored and unlocked. The server still shows the run as "
             "Running: once it is back, cancel that run there (prefect flow-run cancel <id>) and run again.")
 
 
