@@ -10,7 +10,6 @@ grammar), and a run is recorded with `dvc exp save`.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -19,13 +18,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections import deque
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows import stage_process
+from flows.stage_process import Streamed
 from flows.workspace import project_env
 from multimodal.reporting.experiments import Experiment, parse_exp_show
 from multimodal.storage.io import write_bytes_atomic
@@ -132,33 +133,6 @@ def dvc_env() -> dict[str, str]:
     return {**project_env(), "PYTHONUNBUFFERED": "1"}
 
 
-def stream(cmd: Sequence[str], cwd: Path, on_line: Callable[[str], Any], tail_lines: int = 25) -> tuple[int, list[str]]:
-    """Run `cmd`, handing each output line (stdout and stderr, interleaved as written) to `on_line`.
-
-    Returns the exit code and the last `tail_lines` lines, for the error message.
-    """
-    tail: deque[str] = deque(maxlen=tail_lines)
-    proc = subprocess.Popen(list(cmd), cwd=cwd, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        for raw in iter(proc.stdout.readline, b""):
-            # Progress bars redraw one line with '\r' hundreds of times: log only what it finally says.
-            segments = [s for s in raw.decode("utf-8", errors="replace").rstrip("\n").split("\r") if s.strip()]
-            if segments:
-                line = segments[-1].rstrip()
-                tail.append(line)
-                on_line(line)
-        return proc.wait(), list(tail)
-    finally:
-        if proc.poll() is None:  # we are being cancelled or crashed mid-stage: do not leave the stage running
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 @dataclass(frozen=True)
 class ReproResult:
     stage: str
@@ -166,6 +140,50 @@ class ReproResult:
     ran: bool  # DVC executed the stage's command
     reason: str  # DVC's own words for what it did
     tail: tuple[str, ...]
+    timed_out: bool = False  # killed at its time limit, its outputs put back as dvc.lock has them
+    stopped: bool = False  # killed because the flow run is ending
+
+
+# DVC's words when another `dvc` process holds the repository (`.dvc/tmp/lock`) or an output (`.dvc/tmp/rwlock`):
+# the one failure that can pass on a retry.
+LOCK_BUSY = ("Unable to acquire lock", "it is being blocked by")
+
+
+class DvcLockBusy(RuntimeError):
+    """Another `dvc` process holds this workspace's DVC lock: worth retrying once it is done."""
+
+
+def lock_busy(output: Sequence[str]) -> bool:
+    return any(words in line for line in output for words in LOCK_BUSY)
+
+
+def stream(cmd: Sequence[str], cwd: Path, on_line: Callable[[str], Any], tail_lines: int = 25, *,
+           timeout: float | None = None, name: str = "") -> Streamed:
+    """`cmd` in the stages' environment, in a process group of its own (`flows.stage_process.stream`)."""
+    return stage_process.stream(cmd, cwd, on_line, tail_lines, env=dvc_env(), timeout=timeout, name=name)
+
+
+def reset_stage(workspace: Path, stage: str) -> None:
+    """Put a killed stage's outputs back as `dvc.lock` has them (DVC removed them before running the stage, and the
+    stage may have written half of them), so `dvc status` is what it was before the run."""
+    done = run_dvc(workspace, "checkout", "--force", stage)
+    if done.returncode != 0:  # e.g. a stage that never completed has nothing in dvc.lock to check out
+        log.warning("dvc checkout %s, putting its outputs back, exited %d: %s", stage, done.returncode,
+                    (done.stderr or done.stdout)[-2000:])
+
+
+@contextmanager
+def stages_stopped_on_exit(workspace: Path) -> Iterator[None]:
+    """When the block ends (a failure, a cancellation, a timeout), stop the stage processes still running in
+    `workspace`, as a group each, and put their outputs back, before anything else touches the workspace; tasks
+    queued behind them start no `dvc` once the block has ended."""
+    stage_process.allow(workspace)
+    try:
+        yield
+    finally:
+        for stage in stage_process.stop_all(workspace):
+            log.warning("stage %s stopped: the flow run is ending; its outputs are put back", stage)
+            reset_stage(workspace, stage)
 
 
 def stage_changes(workspace: Path, stage: str) -> list[Any]:
@@ -199,14 +217,22 @@ def describe_changes(changes: Sequence[Any]) -> str:
     return "; ".join(parts) or "changed"
 
 
-def repro(workspace: Path, stage: str, on_line: Callable[[str], Any]) -> ReproResult:
+def repro(workspace: Path, stage: str, on_line: Callable[[str], Any], timeout: float | None = None) -> ReproResult:
     """`dvc repro --single-item <stage>`: DVC checks deps, params and outs and runs the stage only if needed.
 
     Whether it had to do anything comes from DVC's status before the run, not from DVC's log wording.
     The one thing status cannot tell is a restore from DVC's run-cache (same deps seen before, outputs checked
     out without running); that is read from DVC's message, and a reworded message only makes it show as a run.
+    Past `timeout` seconds the stage's process group is killed and its outputs put back (`reset_stage`).
+    Raises DvcLockBusy while another `dvc` process holds the workspace.
     """
-    changes = stage_changes(workspace, stage)
+    from dvc.lock import LockError
+
+    started = time.monotonic()
+    try:
+        changes = stage_changes(workspace, stage)
+    except LockError as err:
+        raise DvcLockBusy(f"stage '{stage}': {err}") from None
     restored = False
 
     def collect(line: str) -> None:
@@ -214,13 +240,20 @@ def repro(workspace: Path, stage: str, on_line: Callable[[str], Any]) -> ReproRe
         restored = restored or f"Stage '{stage}' is cached - skipping run" in line
         on_line(line)
 
-    code, tail = stream([*DVC, "repro", "--single-item", stage], workspace, collect)
+    left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+    done = stream([*DVC, "repro", "--single-item", stage], workspace, collect, timeout=left, name=stage)
+    if done.timed_out:
+        reset_stage(workspace, stage)
+    elif done.returncode != 0 and not done.stopped and lock_busy(done.tail):
+        raise DvcLockBusy(f"stage '{stage}': another dvc process holds the workspace\n" + "\n".join(done.tail))
+    flags = {"timed_out": done.timed_out, "stopped": done.stopped}
     if not changes:
-        return ReproResult(stage, code, False, UP_TO_DATE, tuple(tail))
+        return ReproResult(stage, done.returncode, False, UP_TO_DATE, done.tail, **flags)
     what = describe_changes(changes)
     if restored:
-        return ReproResult(stage, code, False, f"dvc: restored from the run-cache ({what})", tuple(tail))
-    return ReproResult(stage, code, True, f"dvc: stage ran ({what})", tuple(tail))
+        return ReproResult(stage, done.returncode, False, f"dvc: restored from the run-cache ({what})", done.tail,
+                           **flags)
+    return ReproResult(stage, done.returncode, True, f"dvc: stage ran ({what})", done.tail, **flags)
 
 
 def run_dvc(workspace: Path, *args: str) -> subprocess.CompletedProcess:
@@ -324,33 +357,6 @@ def _tmp_dir(workspace: Path) -> Path:
     path = workspace / ".dvc" / "tmp"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-# ---------------------------------------------------------------------------------------------- workspace lock
-
-
-class WorkspaceBusy(RuntimeError):
-    """Another flow run holds this workspace."""
-
-
-@contextmanager
-def workspace_lock(workspace: Path) -> Iterator[None]:
-    """One flow run per workspace, whatever started it (deployment, CLI, test).
-
-    DVC's own lock lasts one command; between commands a second flow would rewrite params.yaml under the first.
-    flock is released by the kernel if the process dies, so a crash never leaves the workspace locked.
-    """
-    path = workspace / ".dvc" / "tmp" / "prefect-flow.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WorkspaceBusy(f"another flow run is using {workspace} (lock {path})") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------------------------ experiments

@@ -80,6 +80,24 @@ def _stop(proc: subprocess.Popen, timeout: float) -> None:
         proc.wait(timeout=10)
 
 
+EPHEMERAL_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+
+@contextmanager
+def temporary_server_timeout(seconds: int) -> Iterator[None]:
+    """For the block, Prefect's temporary server (started by a flow run when no PREFECT_API_URL is set) may take
+    `seconds` to come up (params `flow.server_startup_timeout_s`) instead of Prefect's 20 s, too short on a loaded
+    machine. PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS set in the environment wins: it is Prefect's own knob.
+    """
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    if EPHEMERAL_TIMEOUT_ENV in os.environ:
+        yield
+        return
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: seconds}):
+        yield
+
+
 def start_server(
     home: Path,
     port: int | None = None,

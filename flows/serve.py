@@ -38,8 +38,8 @@ DEFAULT_NAME = "nightly"
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def project_pipeline(
     overrides: dict[str, Any] | list[str] | None = None,
-    retries: int = 1,
-    retry_delay_seconds: float = 10.0,
+    retries: int | None = None,
+    retry_delay_seconds: float | None = None,
     save_as_experiment: bool = True,
     artifacts: bool = True,
     recent_experiments: int = 10,

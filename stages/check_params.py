@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from flows.params import FLOW
 from multimodal.pipeline.params import ParamsError, Schema, load_keys, validate_params
 from multimodal.pipeline.stage_params import Section
 from stages.align import PARAMS as ALIGN
@@ -24,8 +25,9 @@ from stages.report import PARAMS as REPORT
 from stages.tune import PARAMS as TUNE
 from stages.validate import PARAMS as VALIDATE
 
-# Every section, typed as the stage reading it types it (the report stage reads nearly all of them).
-ALL: Schema = DEMO | INGEST | VALIDATE | PREPROCESS | BASELINE | ALIGN | TUNE | EVALUATE | REPORT
+# Every section, typed as the stage reading it types it (the report stage reads nearly all of them), and the Prefect
+# flow's own section, which no stage reads.
+ALL: Schema = DEMO | INGEST | VALIDATE | PREPROCESS | BASELINE | ALIGN | TUNE | EVALUATE | REPORT | FLOW
 
 
 def load_all(path: str | Path = "params.yaml") -> Section:
