@@ -88,9 +88,9 @@ def test_a_whole_copy_or_dump_of_a_partly_declared_section_raises(align, model_v
 
 def test_a_property_of_a_partly_declared_model_raises(model_view) -> None:
     with pytest.raises(UndeclaredParam, match=r"'knobs\.total'.*property or method"):
-        model_view.total
+        model_view.total  # noqa: B018 - the test is that it raises
     with pytest.raises(UndeclaredParam, match=r"'knobs\.hidden'"):
-        model_view.hidden
+        model_view.hidden  # noqa: B018
     with pytest.raises(UndeclaredParam, match=r"'knobs\.hidden'"):
         model_view["hidden"]
     with pytest.raises(UndeclaredParam, match=r"'knobs\.hidden'"):
