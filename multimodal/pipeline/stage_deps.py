@@ -213,6 +213,10 @@ def _generated(deps, index: int) -> bool:
     return bool(comment and comment[0] is not None and comment[0].value.strip().startswith(INPUT_MARK))
 
 
+def _marked(deps) -> list[tuple[str, bool]]:
+    return [(d, _generated(deps, i)) for i, d in enumerate(deps)]
+
+
 def write(root: Path = Path(".")) -> list[str]:
     """Rewrite the generated deps of every stage in `dvc.yaml`: code deps to `suggested_deps`, and the checkpoint
     folders its stages load (comments and data deps kept)."""
@@ -242,8 +246,7 @@ def write(root: Path = Path(".")) -> list[str]:
         for j, i in enumerate(kept):  # a kept dep keeps its own comment
             if hasattr(deps, "ca") and i in deps.ca.items:
                 new.ca.items[len(wanted) + j] = deps.ca.items[i]
-        marks = lambda seq: [(d, _generated(seq, i)) for i, d in enumerate(seq)]  # noqa: E731
-        if marks(new) != marks(deps):
+        if _marked(new) != _marked(deps):
             block["deps"] = new
             changed.append(name)
     if changed:

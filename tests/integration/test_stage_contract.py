@@ -341,4 +341,5 @@ def test_a_modality_module_and_a_checkpoint_folder_that_params_name_are_deps_of_
     # Params name them no more: a rewrite drops them.
     set_params(project, {("modalities", "text", "tokenizer"): "minilm", ("modalities", "beads"): None})
     run(["python", "-m", "multimodal.pipeline.stage_deps", "--write"], project)
-    assert "checkpoints/tok" not in (text := (project / "dvc.yaml").read_text()) and "myplugins" not in text
+    text = (project / "dvc.yaml").read_text()
+    assert "checkpoints/tok" not in text and "myplugins" not in text
