@@ -19,6 +19,10 @@ from multimodal.training.params import Align
 logger = logging.getLogger(__name__)
 
 
+# Builds every encoder, and the processors saved with the models, from `modalities.<m>`: a local checkpoint folder
+# named there is a dep of this stage (multimodal.pipeline.params_inputs; `stage_deps --write` puts it in dvc.yaml).
+LOADS_CHECKPOINTS = True
+
 PARAMS = Schema({"base": Base, "align": Align}) | LISTED | MODALITIES | INPUT_NORM
 
 

@@ -2,7 +2,8 @@
 
     python -m stages.predict --model models/best --manifest new/manifest.csv --out predictions.csv
 
-Writes one row per manifest row, in order: sample_id, predicted, p_<label> per class, modalities_used, error.
+Reads the model folder (and the manifest's files) only, from any working directory. Writes one row per manifest
+row, in order: sample_id, predicted, p_<label> per class, modalities_used, error.
 A cell that cannot be read drops its modality for that row and is named in `error`; a row with no modality left
 gets no prediction. With a `label` column, accuracy on the labelled rows is printed at the end.
 """
@@ -32,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     setup_logging()
-    # Offline: the saved model and its processing settings name local checkpoints only (`minilm`, folders); a
-    # model trained with a `hub:` checkpoint finds it in the local Hugging Face cache, pinned by revision.
+    # Offline: a saved model carries its processors (tokenizer, image processor, ...) in its own folder and rebuilds
+    # its encoders from their saved configs; no checkpoint name, local or `hub:`, is read again.
     go_offline()
     try:
         summary = predict_manifest(args.model, args.manifest, args.out, args.batch_size, pick_device(args.device))

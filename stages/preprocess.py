@@ -14,6 +14,10 @@ from multimodal.preprocessing.params import Preprocess
 from multimodal.preprocessing.preprocess import preprocess_modality
 from multimodal.storage.io import atomic_dir, write_json
 
+# Builds its modality's processor from `modalities.<m>`: a local checkpoint folder named there is a dep of this
+# stage (multimodal.pipeline.params_inputs; `stage_deps --write` puts it in dvc.yaml).
+LOADS_CHECKPOINTS = True
+
 PARAMS = Schema({"preprocess": Preprocess, "modalities": ModalitySections, "tune.address": RayAddress}) \
     | PLUGINS
 

@@ -115,13 +115,36 @@ def section_errors(name: str, options: dict[str, Any], spec: ModalitySpec | None
                for key in modality.options if key not in options]
     if spec is None:
         return errors
-    checked = {"pretrained": spec.pretrained} if spec.pretrained is not None else {}
-    checked |= {key: spec.options[key] for key in modality.checkpoints if key in spec.options}
+    checked = named_checkpoints(modality, spec, every=True)
     errors += [params_error((name, key), problem, value) for key, value in checked.items()
                if (problem := checkpoint_problem(value, root))]
     if problem := revision_problem(list(checked.values()), spec.revision):
         errors.append(params_error((name, "revision"), problem, spec.revision))
     return errors
+
+
+def named_checkpoints(modality: Modality, spec: ModalitySpec, *, every: bool = False) -> dict[str, Any]:
+    """{key: checkpoint name} of `spec`: `pretrained` and the modality's own checkpoint options (`tokenizer`), those
+    that name one (`every`: also the options given as null, which the params check refuses)."""
+    named = {"pretrained": spec.pretrained} if spec.pretrained is not None else {}
+    named |= {key: spec.options[key] for key in modality.checkpoints if key in spec.options}
+    return named if every else {k: v for k, v in named.items() if v is not None}
+
+
+def recorded_modality(name: str, module: str | None, where: str) -> Modality:
+    """The modality `name` that a saved model (`where`) reads; a modality of the user's is imported from the module
+    the model records (`modalities.<name>.module` when it was trained), or refused naming that module."""
+    if name in registry() or module is None:
+        try:
+            return get_modality(name)
+        except KeyError as err:
+            raise ValueError(f"{where} reads modality {name!r}: {err.args[0]}") from None
+    try:
+        return register_module(name, module)
+    except ValueError as err:
+        raise ValueError(f"{where} reads modality {name!r}, defined by the module {module!r} (its "
+                         f"`modalities.{name}.module` when it was trained), which cannot be used here: {err}. "
+                         f"Install the package that provides {module!r}, or run from the folder that holds it") from None
 
 
 def keyed_sections(value: Any, model_of: str) -> tuple[dict[str, BaseModel], list[InitErrorDetails]]:
@@ -209,5 +232,6 @@ def rebuild_pooled_encoder(modality: str, entry: dict[str, Any]) -> PooledEncode
 
 
 __all__ = ["InputNorm", "Modality", "PooledEncoder", "build_pooled_encoder", "get_modality", "input_norm",
-           "input_norm_of", "keyed_sections", "load_pretrained", "names", "norm_errors", "rebuild_pooled_encoder",
-           "register_module", "register_plugins", "registry", "section_errors", "set_input_norm"]
+           "input_norm_of", "keyed_sections", "load_pretrained", "named_checkpoints", "names", "norm_errors",
+           "rebuild_pooled_encoder", "recorded_modality", "register_module", "register_plugins", "registry",
+           "section_errors", "set_input_norm"]

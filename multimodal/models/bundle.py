@@ -8,7 +8,11 @@ encoders behind cached features (`data/aligned`, and every model folder `tune` w
   settings preprocess used) and `encoders` (for each modality read as features, the HF config and input
   normalisation of the encoder that computed them);
 - `encoders/<m>.safetensors`: that encoder's weights (one file per modality: a frozen pretrained encoder's file is
-  the same bytes in every run, so DVC stores it once).
+  the same bytes in every run, so DVC stores it once);
+- `processors/<m>/`: the processor (tokenizer, image processor, feature extractor) of each modality whose params
+  name a checkpoint (`pretrained`, or an option such as `tokenizer`), saved with `save_pretrained`: a model reads
+  its processors from its own folder, never from the checkpoint names, which may not resolve where it is used.
+  A modality of the user's is recorded by its module (`processing.<m>.module`), imported when the model is loaded.
 
 `load_for_raw_inputs` puts those encoders back where the model has cached-feature inputs; `load_encoders` reads
 them alone (evaluate re-encodes corrupted test inputs with align's).
@@ -16,6 +20,7 @@ them alone (evaluate re-encodes corrupted test inputs with align's).
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from multimodal.modalities import PooledEncoder, input_norm_of, set_input_norm
+from multimodal.modalities import (
+    PooledEncoder,
+    get_modality,
+    input_norm_of,
+    named_checkpoints,
+    recorded_modality,
+    set_input_norm,
+)
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.model import (
     ModelSpec,
@@ -35,8 +47,11 @@ from multimodal.models.model import (
 )
 from multimodal.storage.io import read_json, write_json
 
+logger = logging.getLogger(__name__)
+
 INPUTS = "inputs.json"
 ENCODERS = "encoders"
+PROCESSORS = "processors"
 
 
 def save_inputs(out_dir: Path, encoders: dict[str, PooledEncoder], processing: dict[str, ModalitySpec]) -> None:
@@ -47,6 +62,31 @@ def save_inputs(out_dir: Path, encoders: dict[str, PooledEncoder], processing: d
     entries = {m: {**encoder_entry(e), "input_norm": input_norm_of(e)} for m, e in encoders.items()}
     write_json(out_dir / INPUTS, {"processing": {m: s.model_dump() for m, s in processing.items()},
                                   "encoders": entries})
+    save_processors(out_dir, processing)
+
+
+def save_processors(out_dir: Path, processing: dict[str, ModalitySpec]) -> None:
+    """`processors/<m>/` for each modality whose settings name a checkpoint: the processor it loads from there."""
+    for modality, spec in processing.items():
+        if not named_checkpoints(get_modality(modality), spec):
+            continue  # built from its options alone: nothing outside the model to carry
+        processor = get_modality(modality).build_processor(spec)
+        if not hasattr(processor, "save_pretrained"):
+            logger.warning("the %s processor (%s) cannot be saved with the model: predict loads it from %s again",
+                           modality, type(processor).__name__, named_checkpoints(get_modality(modality), spec))
+            continue
+        processor.save_pretrained(str(out_dir / PROCESSORS / modality))
+
+
+def bundled_processing(folder: Path, modality: str, spec: ModalitySpec) -> ModalitySpec:
+    """`spec` with its checkpoint names pointing at the processor saved in `folder` (if any), so building its
+    processor reads the model's folder, whatever the working directory."""
+    saved = folder / PROCESSORS / modality
+    if not saved.is_dir():
+        return spec
+    names = named_checkpoints(get_modality(modality), spec)
+    return ModalitySpec.model_validate({**spec.model_dump(), **{k: str(saved.resolve()) for k in names},
+                                        "revision": None})
 
 
 def read_inputs(folder: Path) -> dict[str, Any]:
@@ -70,6 +110,9 @@ def bundle_inputs(aligned_dir: Path, model_dir: Path) -> None:
         name = f"{modality}.safetensors"
         (model_dir / ENCODERS).mkdir(exist_ok=True)
         shutil.copyfile(aligned_dir / ENCODERS / name, model_dir / ENCODERS / name)
+    for modality in spec.modalities:
+        if (aligned_dir / PROCESSORS / modality).is_dir():
+            shutil.copytree(aligned_dir / PROCESSORS / modality, model_dir / PROCESSORS / modality, dirs_exist_ok=True)
     write_json(model_dir / INPUTS, {"processing": {m: aligned["processing"][m] for m in spec.modalities},
                                     "encoders": {m: aligned["encoders"][m] for m in spec.feature_modalities}})
 
@@ -95,14 +138,18 @@ def load_encoders(folder: str | Path, modalities: list[str]) -> dict[str, Pooled
 def load_for_raw_inputs(model_dir: str | Path, device: torch.device | str = "cpu"
                         ) -> tuple[MultimodalModel, ModelSpec, dict[str, ModalitySpec]]:
     """The saved model with an encoder for every modality (none reads cached features), its spec, and each
-    modality's processing settings. Only safetensors and JSON are read."""
+    modality's processing settings, their checkpoint names pointing at the processors in `model_dir`. Only files
+    in `model_dir` are read (safetensors, JSON, and the processors' own files)."""
     model_dir = Path(model_dir)
+    inputs = read_inputs(model_dir)
+    for modality, entry in inputs["processing"].items():  # a modality of the user's first: the model builds it
+        recorded_modality(modality, entry.get("module"), str(model_dir))
     model, spec = load_model(model_dir, "cpu")
     for modality, encoder in load_encoders(model_dir, spec.feature_modalities).items():
         if encoder.out_dim != model.embedder.encoders[modality].out_dim:
             raise ValueError(f"{model_dir}: the {modality} encoder gives {encoder.out_dim} features, the model reads "
                              f"{model.embedder.encoders[modality].out_dim}")
         model.embedder.encoders[modality] = encoder
-    inputs = read_inputs(model_dir)
-    processing = {m: ModalitySpec.model_validate(inputs["processing"][m]) for m in spec.modalities}
+    processing = {m: bundled_processing(model_dir, m, ModalitySpec.model_validate(inputs["processing"][m]))
+                  for m in spec.modalities}
     return model.to(device).eval(), spec, processing

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from multimodal.pipeline.stage_deps import missing_inputs
 from multimodal.pipeline.stage_params import ALWAYS_READABLE, Section, StageParams, declared_params
 
 
@@ -244,6 +245,12 @@ def stage_params(raw: Mapping[str, Any], *, stage: str, schema: Schema, dvc_yaml
     """`load_params` of params already read (`raw`): what a Ray trial does with the params its driver loaded."""
     keys = declared_params(stage, dvc_yaml)
     loaded = validate_params(raw, keys, schema, root=root, where=where)
+    # What params name beside code and data (a modality module, a checkpoint folder) must be a dep too, or DVC
+    # would not re-run the stage when it changes (`multimodal.pipeline.params_inputs`).
+    if missing := missing_inputs(root, stage, Path(dvc_yaml), dict(raw)):
+        raise ParamsError(f"{dvc_yaml}: stage {stage!r} loads inputs that {where} names but its `deps:` lack, so DVC "
+                          "would not re-run it when they change:\n" + "\n".join(f"  {m}" for m in missing)
+                          + "\nrun `python -m multimodal.pipeline.stage_deps --write` to add them")
     # The whole file travels with the view: a trial checks the same keys again, after the same `prepare` steps
     # (which read beyond them: the user's modality modules).
     return StageParams(loaded, stage, (*keys, *ALWAYS_READABLE), raw=dict(raw))

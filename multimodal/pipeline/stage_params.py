@@ -140,7 +140,10 @@ class StageParams:
     """Read-only view of validated params (or a part of them) for one stage; see the module docstring.
 
     Reading a declared key returns the real value; reading a section that holds declared keys returns another
-    view; anything else raises `UndeclaredParam` naming the stage and the key. `reads` collects what was read.
+    view; anything else raises `UndeclaredParam` naming the stage and the key. A view is a section of which only
+    some keys are declared, so every way to read past one key (`get`, `in` of an undeclared key, iteration,
+    `keys()`/`items()`/`values()`/`len`, `model_dump()`/`model_copy()`/`model_dump_json()`, a property or method
+    of a pydantic section) raises too. `reads` collects what was read.
     """
 
     __slots__ = ("_value", "_path", "_allowed", "_stage", "_raw", "reads")
@@ -150,8 +153,11 @@ class StageParams:
         self._value, self._stage, self._allowed, self._path, self._raw = value, stage, allowed, path, raw
         self.reads = reads if reads is not None else set()
 
+    def _path_of(self, key: str) -> str:
+        return f"{self._path}.{key}" if self._path else key
+
     def _child(self, name: str, value: Any) -> Any:
-        path = f"{self._path}.{name}" if self._path else name
+        path = self._path_of(name)
         if _covered(path, self._allowed):
             if not _covered(path, ALWAYS_READABLE):
                 self.reads.add(path)
@@ -160,54 +166,100 @@ class StageParams:
             return StageParams(value, self._stage, self._allowed, path, self.reads)
         raise self._undeclared(path)
 
+    def _declared(self) -> list[str]:
+        return [p for p in self._allowed if p not in ALWAYS_READABLE]
+
     def _undeclared(self, path: str) -> UndeclaredParam:
         return UndeclaredParam(
             f"stage {self._stage!r} reads params key {path!r}, which dvc.yaml does not list under the stage's "
-            f"`params:` (it lists {list(p for p in self._allowed if p not in ALWAYS_READABLE)}); declare it there, "
-            "or DVC would not re-run the stage when it changes"
+            f"`params:` (it lists {self._declared()}); declare it there, or DVC would not re-run the stage when it "
+            "changes"
         )
 
-    def _loaded(self, key: str) -> Any:
-        """The value at `key` of a section of which only the declared keys were loaded."""
-        if key not in self._value:  # every declared key is loaded: anything else is undeclared
-            raise self._undeclared(f"{self._path}.{key}" if self._path else key)
+    def _whole(self, how: str) -> UndeclaredParam:
+        """The error of a read of every key of this view (`how`: what did it), of which only some are declared."""
+        section = repr(self._path) if self._path else "the params"
+        inside = [p for p in self._declared() if not self._path or p.startswith(self._path + ".")]
+        return UndeclaredParam(
+            f"stage {self._stage!r} reads every key of {section} ({how}), of which dvc.yaml declares only {inside} "
+            f"under the stage's `params:`; read the declared keys one by one, or declare {section} whole there"
+        )
+
+    def _fields(self) -> dict[str, str]:
+        """{key as params.yaml writes it: attribute name} of a pydantic section."""
+        return {f.alias or n: n for n, f in type(self._value).model_fields.items()}
+
+    def _has(self, key: str) -> bool:
+        if isinstance(self._value, BaseModel):
+            return key in self._fields()
+        return key in self._value
+
+    def _read(self, key: str) -> Any:
+        """The value at `key` of this section, through the guard (a key it lacks is undeclared or a KeyError)."""
+        path = self._path_of(key)
+        if not self._has(key):
+            if _covered(path, self._allowed) or _is_prefix(path, self._allowed):
+                raise KeyError(path)
+            raise self._undeclared(path)
+        if isinstance(self._value, BaseModel):
+            return self._child(key, getattr(self._value, self._fields()[key]))
         return self._child(key, self._value[key])
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # copy/pickle probes, and slots not set yet
             raise AttributeError(name)
-        if isinstance(self._value, Section):
-            return self._loaded(name)
-        value = getattr(self._value, name)
-        if not name.startswith("model_"):
-            field = type(self._value).model_fields.get(name)
-            if field is None:  # a property or method of the model: reads through this same view
-                return value
-            return self._child(field.alias or name, value)
-        return value
+        if isinstance(self._value, BaseModel) and name not in self._fields():
+            # Evaluated on the model, a property or method would read any of its keys past this guard.
+            raise UndeclaredParam(
+                f"stage {self._stage!r} reads {self._path_of(name)!r}, a property or method of a params section of "
+                f"which dvc.yaml declares only some keys ({self._declared()}): it could read any of them; declare "
+                f"{self._path!r} whole under the stage's `params:`")
+        try:
+            return self._read(name)
+        except KeyError:
+            raise AttributeError(name) from None
 
     def __getitem__(self, key: str) -> Any:
-        if isinstance(self._value, Section):
-            return self._loaded(str(key))
-        return self._child(str(key), self._value[key])
+        return self._read(str(key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self._read(str(key))
+        except KeyError:
+            return default
 
     def __contains__(self, key: object) -> bool:
-        return key in self._value
+        path = self._path_of(str(key))
+        if _covered(path, self._allowed) or _is_prefix(path, self._allowed):
+            return self._has(str(key))
+        raise self._undeclared(path)  # `in` of an undeclared key would tell what params.yaml holds
+
+    def __bool__(self) -> bool:
+        return True  # not `len`: a view is always a section that holds declared keys
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._value)
+        raise self._whole("iteration")
 
     def __len__(self) -> int:
-        return len(self._value)
+        raise self._whole("len()")
 
     def keys(self):
-        return self._value.keys()
+        raise self._whole("keys()")
 
     def items(self):
-        return [(k, self[k]) for k in self._value]
+        raise self._whole("items()")
 
     def values(self):
-        return [self[k] for k in self._value]
+        raise self._whole("values()")
+
+    def model_dump(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._whole("model_dump()")
+
+    def model_dump_json(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._whole("model_dump_json()")
+
+    def model_copy(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._whole("model_copy()")
 
     def raw_params(self) -> dict[str, Any]:
         """params.yaml as read, to hand to a process that loads the stage's keys again (Ray trials)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
 
-from multimodal.pipeline.stage_deps import import_closure
+from multimodal.pipeline.stage_deps import input_files
 from multimodal.storage.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ RESULT_FILES = ("result.json", "progress.csv")  # what Ray appends to, per trial
 def _digest_files(root: Path, paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(str(path.relative_to(root) if path.is_relative_to(root) else path).encode() + b"\0")
         with path.open("rb") as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
@@ -36,13 +36,15 @@ def _digest_files(root: Path, paths: list[Path]) -> str:
 
 
 def study_fingerprint(params: Any, project_dir: Path) -> dict[str, str]:
-    """What a study's outcome depends on: tune's params, the code `stages.tune` imports, the data it reads."""
+    """What a study's outcome depends on: tune's params, the code `stages.tune` imports (a modality module of the
+    user's included), the local checkpoint folders params name, the data it reads."""
     import ray
 
     paths = params.base.paths
     knobs = {"tune": params.tune.model_dump(mode="json"), "seed": params.base.seed, "device": params.base.device,
              "modalities": list(params.preprocess.modalities), "ray": ray.__version__}
-    code = [project_dir / p for p in import_closure(project_dir, "stages.tune")]
+    # The user's modality modules and local checkpoint folders are inputs too (multimodal.pipeline.params_inputs).
+    code = input_files(project_dir, "stages.tune", params.raw_params(), list(params.preprocess.modalities))
     data = {}
     for folder in (paths.validated, paths.preprocessed, paths.aligned):
         root = project_dir / folder

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from flows import dvc_tools
-from flows.workspace import REPO, copy_project, run
+from flows.workspace import REPO, copy_project, run, set_params
 from multimodal.pipeline.params import load_params
 from multimodal.pipeline.stage_deps import check, import_closure, suggested_deps
 from multimodal.pipeline.stage_params import UndeclaredParam, read_stages
@@ -67,9 +67,13 @@ def test_a_stage_reads_only_the_params_it_declares() -> None:
 @pytest.fixture(scope="module")
 def committed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A scratch copy whose dvc.lock matches its code and params (outputs stand in as placeholders)."""
+    yield commit_placeholders(copy_project(tmp_path_factory.mktemp("contract") / "project"))
+
+
+def commit_placeholders(project: Path) -> Path:
+    """`project` with a dvc.lock matching its code and params, every output standing in as a placeholder."""
     from dvc.repo import Repo
 
-    project = copy_project(tmp_path_factory.mktemp("contract") / "project")
     cwd = os.getcwd()
     os.chdir(project)  # DVC resolves stage paths against the process cwd
     try:
@@ -87,7 +91,7 @@ def committed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     finally:
         os.chdir(cwd)
     assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
-    yield project
+    return project
 
 
 def _stand_in_missing(items) -> None:
@@ -258,3 +262,84 @@ def test_a_changed_file_reruns_ingest_then_validate_and_only_the_preprocess_of_i
             f"preprocess@{modality}": [{"changed deps": {f"data/raw/.contents/{modality}.json": "modified"}}],
         }, modality
         commit_the_rest()
+
+
+# ---------------------------------------------------------------- inputs params.yaml names
+
+# A modality of the user's, in two files of the project (the second one is imported by the first).
+PLUGIN = {
+    "myplugins/__init__.py": "",
+    "myplugins/parse.py": "def parse(cell):\n    return [float(v) for v in cell.split()]\n",
+    "myplugins/beads.py": """\
+import torch
+from pydantic import BaseModel
+
+from multimodal.modalities.base import Modality
+from myplugins.parse import parse
+
+
+class Checks(BaseModel):
+    pass
+
+
+MODALITY = Modality(
+    name="beads", reads_file=False, probe=lambda cell, checks: {"values": len(parse(cell))},
+    profile_fields={"values": "Int64"}, checks=Checks, row_checks=lambda ex, checks: [],
+    load=lambda cell, root, spec, processor: parse(cell), build_processor=lambda spec: None,
+    process=lambda processor, items, spec: {"values": torch.tensor(items)}, build_encoder=lambda spec: None,
+    options=())
+""",
+}
+
+
+def test_a_modality_module_and_a_checkpoint_folder_that_params_name_are_deps_of_their_loaders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Editing the user's modality module marks every stage importing the modality registry; replacing a file of a
+    local tokenizer folder marks the stages that load it (align; every preprocess@<m>: a foreach's copies share
+    their deps). A stage whose deps lack either refuses to start, naming it and the command that adds it."""
+    import shutil
+
+    from multimodal.modalities.checkpoints import local_path
+    from multimodal.pipeline.params import ParamsError
+    from stages.align import PARAMS as ALIGN
+
+    project = copy_project(tmp_path / "project", {
+        ("modalities", "text", "pretrained"): None,
+        ("modalities", "text", "tokenizer"): "checkpoints/tok",
+        ("modalities", "beads"): {"pretrained": None, "config": {}, "module": "myplugins.beads"},
+    })
+    shutil.copytree(local_path("minilm"), project / "checkpoints" / "tok",
+                    ignore=shutil.ignore_patterns("*.safetensors", "1_Pooling"))
+    for name, text in PLUGIN.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    monkeypatch.syspath_prepend(str(project))  # the module is importable from the project folder, as a stage runs
+    with pytest.raises(ParamsError, match=r"(?s)stage 'align' loads inputs.*checkpoints/tok \(named by "
+                                          r"modalities\.text\.tokenizer\).*myplugins/beads\.py.*myplugins/parse\.py"
+                                          r".*stage_deps --write"):
+        load_params(project / "params.yaml", stage="align", schema=ALIGN)
+
+    run(["python", "-m", "multimodal.pipeline.stage_deps", "--write"], project)
+    assert check(project) == {}
+    assert load_params(project / "params.yaml", stage="align", schema=ALIGN).modalities["beads"].module
+    commit_placeholders(project)
+    every_stage = _importers("multimodal/modalities/__init__.py")
+    loaders = {"align", *(s for s in read_stages(project / "dvc.yaml") if s.startswith("preprocess@"))}
+    for edited, dep, stages in (("myplugins/parse.py", "myplugins/parse.py", every_stage),
+                                ("checkpoints/tok/vocab.txt", "checkpoints/tok", loaders)):
+        path = project / edited
+        original = path.read_bytes()
+        try:
+            path.write_bytes(original + b"\nanother\n")
+            changed = _changed_stages(project)
+        finally:
+            path.write_bytes(original)
+        assert set(changed) == stages, (edited, changed)
+        assert all(entry == [{"changed deps": {dep: "modified"}}] for entry in changed.values()), changed
+    assert _changed_stages(project) == {}
+
+    # Params name them no more: a rewrite drops them.
+    set_params(project, {("modalities", "text", "tokenizer"): "minilm", ("modalities", "beads"): None})
+    run(["python", "-m", "multimodal.pipeline.stage_deps", "--write"], project)
+    text = (project / "dvc.yaml").read_text()
+    assert "checkpoints/tok" not in text and "myplugins" not in text

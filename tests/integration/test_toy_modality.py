@@ -135,6 +135,9 @@ def test_a_modality_defined_outside_the_library_runs_the_whole_pipeline(tmp_path
         ("evaluate", "corruptions"): {"text": {"tokens": [0, 0.5]}},
         ("evaluate", "efficiency"): {"batch_sizes": [1, 4], "warmup": 0, "repeats": 1},
     })
+    # The module is an input of every stage importing the modality registry: dvc.yaml lists it (a stage refuses to
+    # start otherwise).
+    run(["python", "-m", "multimodal.pipeline.stage_deps", "--write"], project)
     run(["dvc", "repro", "evaluate"], project)
 
     report = json.loads((project / "data/validated/report.json").read_text())

@@ -97,7 +97,10 @@ def test_predictions_equal_what_evaluate_scores_from_the_cached_features(saved, 
     assert spec.feature_modalities == ["text"]
     model, _, processing = load_for_raw_inputs(models / "best")
     assert not any(isinstance(e, FeatureInput) for e in model.embedder.encoders.values())
-    assert processing == TINY_SPECS
+    # The settings preprocess used; the text tokenizer (named `minilm`) is the copy saved in the model folder.
+    assert {m: s.model_dump(exclude={"tokenizer"}) for m, s in processing.items()} == \
+        {m: s.model_dump(exclude={"tokenizer"}) for m, s in TINY_SPECS.items()}
+    assert processing["text"].options["tokenizer"] == str((models / "best" / "processors" / "text").resolve())
 
     summary = predict_manifest(models / "best", dataset / "manifest.csv", tmp_path / "p.csv", 5, CPU)
     rows = read_rows(tmp_path / "p.csv")
