@@ -3,9 +3,11 @@
 Each case profiles one cell in a fresh process (`multimodal.data.profile.profile_cell`, what `validate` runs per row)
 and
 records its wall time, peak RSS (the process's own, over a bare interpreter that imported the same modules) and the
-reason the row gets. A manifest far beyond `ingest.max_rows` is read the same way by `read_manifest`.
+reason the row gets. A manifest far beyond `ingest.max_rows` is read the same way by `read_manifest`. Damaged shards
+(a real 256-image shard, 38 MB, truncated, a header byte flipped, a shape that lies, a header length of 2^62) are
+opened the way every later stage opens a split (`multimodal.storage.shards.split_columns`).
 
-    python bench/hostile_inputs.py            # about a minute; writes a few MB, one sparse 300 MB file
+    python bench/hostile_inputs.py            # about a minute; writes a few hundred MB, one sparse 300 MB file
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the shard cases write shards with `multimodal`
 
 # One case: profile `cell` of `modality` under the repo's validate params (with `overrides`) in a fresh process.
 PROFILE = """
@@ -52,6 +55,24 @@ try:
     reason = ""
 except ManifestError as err:
     reason = str(err)
+print(json.dumps({{"s": time.perf_counter() - start, "base_mb": before / 1024,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "reason": reason,
+                  "decodes": False}}))
+"""
+
+# One damaged shard: open its split as every stage does; the error (`CorruptFile`) is the reason.
+SHARD = """
+import json, resource, sys, time
+sys.path.insert(0, {repo!r})
+from multimodal.storage.header import CorruptFile
+from multimodal.storage.shards import split_columns
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    split_columns({folder!r}, "test")
+    reason = "(opened: nothing to refuse)"
+except CorruptFile as err:
+    reason = err.problem
 print(json.dumps({{"s": time.perf_counter() - start, "base_mb": before / 1024,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "reason": reason,
                   "decodes": False}}))
@@ -97,8 +118,44 @@ def make_cases(root: Path) -> list[tuple[str, str, str, dict]]:
     ]
 
 
+def shard_cases(root: Path) -> list[tuple[str, Path]]:
+    """(case, folder holding one damaged `test-00000.safetensors`): a real shard of 256 224x224 images (uint8, as
+    preprocess stores them) and 256 token rows, each folder a differently damaged copy."""
+    import torch
+
+    from multimodal.storage.codecs import PixelCodec
+    from multimodal.storage.shards import ShardWriter
+
+    clean = root / "shard-clean"
+    writer = ShardWriter(clean, "test", 256)
+    pixels = torch.randint(0, 256, (256, 3, 224, 224), dtype=torch.uint8)
+    writer.add([f"s{i}" for i in range(256)], {"pixel_values": pixels, "input_ids": torch.randint(0, 30000, (256, 128))},
+               {"pixel_values": PixelCodec(1 / 255, (0.5,) * 3, (0.5,) * 3)})
+    writer.flush()
+    data = (clean / "test-00000.safetensors").read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = data[8 : 8 + size]
+    shape = header.index(b'"shape":[256,3,224', header.index(b'"pixel_values"')) + len('"shape":[256,')
+    damaged = {
+        "clean shard, 256 images (38 MB): opened": data,
+        "the same, truncated by 1 KB": data[:-1024],
+        "the same, truncated to half": data[: len(data) // 2],
+        "a flipped bit in the header's JSON": data[:8] + bytes([header[0] ^ 1]) + data[9:],
+        "a lying shape (3 channels read as 2)": data[: 8 + shape] + b"2" + data[9 + shape :],
+        "a header length of 2^62": struct.pack("<Q", 2**62) + data[8:],
+    }
+    cases = []
+    for i, (case, content) in enumerate(damaged.items()):
+        (root / f"shard-{i}").mkdir()
+        (root / f"shard-{i}" / "test-00000.safetensors").write_bytes(content)
+        cases.append((case, root / f"shard-{i}"))
+    return cases
+
+
 def run(code: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"a case's process failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -117,6 +174,8 @@ def main() -> None:
             handle.writelines(f"s{i},a,hello\n" for i in range(2_000_000))  # ~40 MB
         rows.append({"case": "manifest of 2,000,000 rows (ingest.max_rows 1,000)",
                      **run(MANIFEST.format(repo=str(REPO), path=str(manifest), cap=1000))})
+        for case, folder in shard_cases(root):
+            rows.append({"case": case, **run(SHARD.format(repo=str(REPO), folder=str(folder)))})
     print("| input | decoded | s | peak RSS MB (+ over the loaded interpreter) | the row's reason |")
     print("|---|---|---:|---:|---|")
     for r in rows:

@@ -9,7 +9,10 @@ it (`flows.workspace.project_env`: `python -m multimodal.pipeline.offline`'s swi
 `preprocess <m>` per modality (one process each, as `preprocess@<m>`), `align`, and one tune trial: what a Ray
 trial runs (`multimodal.tuning.trial.prepare_trial` + `multimodal.training.train.fit`, the fixed knobs plus
 TRIAL_KNOBS, one epoch
-over the train split via `epoch_limit`) in a process of its own, without Ray, so its RSS is the trial's own.
+over the train split via `epoch_limit`) in a process of its own, without Ray, so its RSS is the trial's own. Then
+`baseline`, `tune` (one trial of one epoch, OVERRIDES: it is there to leave the models evaluate reads; its Ray
+workers are not its children, so its peak RSS is the driver's), `evaluate` (every curve of params.yaml's
+`evaluate.corruptions`) and `report`.
 
 Peak RSS is `ru_maxrss` from `os.wait4` on the stage's process: the largest of that process and any children it
 waited for (none of these stages starts one today). samples/s is N over the stage's wall time for every stage
@@ -45,6 +48,13 @@ OVERRIDES = {
     ("validate", "unique_content"): False,
     ("align", "epochs"): 1,
     ("align", "freeze"): ["text"],
+    # The tune stage only leaves the models evaluate and report read: one trial, one epoch, one at a time.
+    ("tune", "num_samples"): 1,
+    ("tune", "max_concurrent_trials"): 1,
+    ("tune", "scheduler"): "fifo",
+    ("tune", "asha"): {"max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+    # Efficiency is timed on fixed batches (its cost does not grow with N): timed once, on small ones.
+    ("evaluate", "efficiency"): {"batch_sizes": [1, 4], "warmup": 0, "repeats": 1},
 }
 TRIAL_KNOBS = {"lr": 1e-3, "fusion": "concat", "dropout": 0.1}  # the searched knobs, fixed for the one trial
 MB = 2**20
@@ -68,7 +78,8 @@ def stages(modalities: list[str]) -> list[tuple[str, list[str]]]:
     py = sys.executable
     return [("ingest", [py, "-m", "stages.ingest"]), ("validate", [py, "-m", "stages.validate"]),
             *[(f"preprocess@{m}", [py, "-m", "stages.preprocess", m]) for m in modalities],
-            ("align", [py, "-m", "stages.align"]), ("trial", [py, "bench/scale.py", "--trial"])]
+            ("align", [py, "-m", "stages.align"]), ("trial", [py, "bench/scale.py", "--trial"]),
+            *[(name, [py, "-m", f"stages.{name}"]) for name in ("baseline", "tune", "evaluate", "report")]]
 
 
 def measure(name: str, cmd: list[str], project: Path) -> dict[str, float]:

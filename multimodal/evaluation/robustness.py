@@ -11,7 +11,10 @@
   after a check that it reproduces them on clean inputs; where it does not, that modality's curves are skipped and
   say why. Level 0 is the clean input itself (the cached features, not a re-encoding), so it equals the clean
   accuracy exactly.
-  Draws are seeded from `base.seed` per modality and kind, the same draw at every level: curves are smooth.
+  Draws are seeded from `base.seed` per modality, kind and row (its sample id), the same draw at every level:
+  curves are smooth, and a row's corruption does not depend on the rows read with it. The rows having the
+  modality are read, corrupted, re-encoded and scored a chunk at a time (`CHUNK_BYTES` of inputs): the split is
+  never in memory whole, and the curves are the same for any chunk size.
 
 Each model's encoders run once on the clean rows (`Pooled`); a removal or a corruption then re-runs only what it
 changes. Nothing removed and level 0 are the model's own predictions on its test inputs, the ones `evaluate` scores.
@@ -20,9 +23,11 @@ changes. Nothing removed and level 0 are the model's own predictions on its test
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -38,6 +43,7 @@ from multimodal.training.align import encode_present
 logger = logging.getLogger(__name__)
 
 CHECK_ROWS = 64  # rows re-encoded to check that a cached-feature modality's encoder is the one align used
+CHUNK_BYTES = 32 * 2**20  # a modality's inputs corrupted at once (decoded): bounds memory whatever the split's size
 
 Corruption = Callable[[dict[str, torch.Tensor], float, torch.Generator], dict[str, torch.Tensor]]
 
@@ -78,15 +84,19 @@ class Pooled:
                         else encode_present(reader.model.embedder.encoders[m], reader.data, m, batch_size, device)
                         for m in reader.spec.modalities}
 
-    def changing(self, modality: str | None = None, inputs: dict[str, torch.Tensor] | None = None) -> ModelOnTestSplit:
+    def changing(self, modality: str | None = None, inputs: dict[str, torch.Tensor] | None = None,
+                 rows: torch.Tensor | None = None) -> ModelOnTestSplit:
         """The reader with `modality` fed `inputs` (raw for an encoder the model runs, `features` for a cached
-        one) and every other modality its pooled outputs; `modality=None`: all pooled."""
+        one) and every other modality its pooled outputs; `modality=None`: all pooled. With `rows`, only those
+        rows of the split (`inputs` then holds those rows only)."""
         reader, spec = self.reader, self.reader.spec
         replaced = [m for m in spec.modalities if m != modality and m not in spec.feature_modalities]
         fed = {m: {"features": self.outputs[m]} for m in spec.modalities if m != modality}
-        if modality is not None:
-            fed[modality] = inputs
         data = SplitData(reader.data.sample_ids, reader.data.labels, fed, reader.data.masks)
+        if rows is not None:
+            data = data.take(rows)
+        if modality is not None:
+            data.inputs[modality] = inputs
         return ModelOnTestSplit(_reading_features(reader.model, replaced), spec, data)
 
 
@@ -124,15 +134,38 @@ def missing_modality(fused: Pooled, y: np.ndarray, batch_size: int, device: torc
     return rows
 
 
-def corrupted(inputs: dict[str, torch.Tensor], present: torch.Tensor, corrupt: Corruption, level: float,
-              generator_seed: int) -> dict[str, torch.Tensor]:
-    """`corrupt` applied to one modality's inputs of the whole split; rows lacking the modality keep their zeros.
+def row_seeds(draw: int, sample_ids: list[str]) -> list[int]:
+    """A seed per row from a curve's draw and the row's sample id: the row's corruption is the same whatever
+    rows it is corrupted with, and whatever rows the split gains or loses."""
+    return [int.from_bytes(hashlib.blake2b(f"{draw}/{s}".encode(), digest_size=8).digest(), "little") >> 1
+            for s in sample_ids]
 
-    The split's inputs of that modality are read whole: a corruption draws over all its rows at once, so its
-    draws (and the curves) depend on that, and the test split is the smallest."""
-    inputs = {k: v[:] for k, v in inputs.items()}  # a lazy column read
-    changed = corrupt(inputs, level, torch.Generator().manual_seed(generator_seed))
-    return {k: torch.where(present.view(-1, *[1] * (v.dim() - 1)), changed[k], v) for k, v in inputs.items()}
+
+def corrupted(inputs: dict[str, torch.Tensor], corrupt: Corruption, level: float, seeds: list[int],
+              context: Mapping[str, object] | None = None) -> dict[str, torch.Tensor]:
+    """`corrupt` applied to each row of `inputs` (one modality, in memory) with that row's own generator
+    (`seeds[i]`) and `context` (`Modality.corruption_context`): a row comes out the same in any chunk."""
+    out = {k: v.clone() for k, v in inputs.items()}
+    for i, seed in enumerate(seeds):
+        changed = corrupt({k: v[i : i + 1] for k, v in inputs.items()}, level, torch.Generator().manual_seed(seed),
+                          **(context or {}))
+        for key, value in out.items():
+            value[i] = changed[key][0]
+    return out
+
+
+def chunk_rows(inputs: Mapping[str, object], batch_size: int) -> int:
+    """Rows of `inputs` (one modality's columns) in `CHUNK_BYTES` once decoded; at least one batch."""
+    row_bytes = sum(math.prod(v.shape[1:]) * v.dtype.itemsize for v in inputs.values())
+    return max(batch_size, CHUNK_BYTES // max(row_bytes, 1))
+
+
+def in_chunks(raw: SplitData, modality: str, rows: int) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """(row index, that modality's inputs read) of the rows having `modality`, `rows` at a time."""
+    present = raw.masks[modality].nonzero().flatten()
+    for start in range(0, len(present), rows):
+        index = present[start : start + rows]
+        yield index, {k: v[index] for k, v in raw.inputs[modality].items()}
 
 
 @torch.no_grad()
@@ -176,11 +209,13 @@ def _reencodes(encoder: nn.Module, raw: SplitData, modality: str, cached: torch.
 
 def corruption_curves(models: Mapping[str, Pooled], raw: SplitData, y: np.ndarray,
                       levels: Mapping[str, Mapping[str, list[float]]], encoders: Mapping[str, nn.Module],
-                      batch_size: int, device: torch.device, seed: int) -> tuple[list[dict], dict[str, str]]:
+                      batch_size: int, device: torch.device, seed: int,
+                      rows_per_chunk: int | None = None) -> tuple[list[dict], dict[str, str]]:
     """Accuracy per (modality, kind, level) of the fused model (`models[FUSED]`) and the unimodal model of that
     modality (`models["unimodal_<m>"]`, when saved), on the rows having the modality.
 
-    `encoders[m]`: the encoder of a modality some model takes as cached features. Returns the curve rows
+    `encoders[m]`: the encoder of a modality some model takes as cached features. The rows are read and corrupted
+    `rows_per_chunk` at a time (default: `chunk_rows`); the curves do not depend on it. Returns the curve rows
     `{modality, corruption, level, fused, unimodal, n}` and `{modality: reason}` for the modalities skipped.
     """
     rows, skipped = [], {}
@@ -195,23 +230,43 @@ def corruption_curves(models: Mapping[str, Pooled], raw: SplitData, y: np.ndarra
                 skipped[modality] = reason
                 logger.warning("corruption curves of %s skipped: %s", modality, reason)
                 continue
-        present = raw.masks[modality]
-        has = present.numpy()
-        for kind, (corrupt, steps) in kinds.items():
-            draw = int(rng_for(seed, f"corruption/{modality}/{kind}").integers(2**62))
+        has = raw.masks[modality].numpy()
+        chunk = rows_per_chunk or chunk_rows(raw.inputs[modality], batch_size)
+        preds = _corrupted_predictions(involved, cached, raw, modality, kinds, encoders.get(modality), chunk,
+                                       batch_size, device, seed)
+        for kind, (_, steps) in kinds.items():
             for level in steps:
                 row = {"modality": modality, "corruption": kind, "level": float(level), "n": int(has.sum())}
-                if level > 0:
-                    new = {"raw": corrupted(raw.inputs[modality], present, corrupt, level, draw)}
-                    if cached:
-                        new["features"] = {"features": reencode(encoders[modality], modality, new["raw"], present,
-                                                                batch_size, device)}
                 for role, pooled in involved.items():
-                    if level == 0:  # the clean input: the model's predictions `evaluate` scores
-                        pred = pooled.clean
-                    else:
-                        reader = pooled.changing(modality, new["features" if role in cached else "raw"])
-                        pred = reader.predict(reader.data, batch_size, device)
+                    # Level 0 is the clean input: the model's predictions `evaluate` scores.
+                    pred = pooled.clean if level == 0 else preds[(kind, level, role)]
                     row[role] = float((pred[has] == y[has]).mean()) if has.any() else None
                 rows.append(row)
     return rows, skipped
+
+
+def _corrupted_predictions(involved: Mapping[str, Pooled], cached: set[str], raw: SplitData, modality: str,
+                           kinds: Mapping[str, tuple[Corruption, list[float]]], encoder: nn.Module | None,
+                           chunk: int, batch_size: int, device: torch.device, seed: int) -> dict[tuple, np.ndarray]:
+    """{(kind, level, role): class per row} for every level above 0, filled on the rows having `modality`: each
+    chunk of those rows is read once, then corrupted at every level of every kind, re-encoded where a model
+    reads cached features, and scored."""
+    steps = [(kind, corrupt, level) for kind, (corrupt, levels) in kinds.items() for level in levels if level > 0]
+    if not steps:
+        return {}
+    make = get_modality(modality).corruption_context
+    context = make(inputs for _, inputs in in_chunks(raw, modality, chunk)) if make is not None else {}
+    draws = {kind: int(rng_for(seed, f"corruption/{modality}/{kind}").integers(2**62)) for kind in kinds}
+    preds = {(kind, level, role): np.zeros(len(raw), dtype=np.int64) for kind, _, level in steps for role in involved}
+    for index, inputs in in_chunks(raw, modality, chunk):
+        ids = [raw.sample_ids[i] for i in index.tolist()]
+        seeds = {kind: row_seeds(draw, ids) for kind, draw in draws.items()}
+        present = torch.ones(len(index), dtype=torch.bool)
+        for kind, corrupt, level in steps:
+            new = {"raw": corrupted(inputs, corrupt, level, seeds[kind], context)}
+            if cached:
+                new["features"] = {"features": reencode(encoder, modality, new["raw"], present, batch_size, device)}
+            for role, pooled in involved.items():
+                reader = pooled.changing(modality, new["features" if role in cached else "raw"], index)
+                preds[(kind, level, role)][index.numpy()] = reader.predict(reader.data, batch_size, device)
+    return preds

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,9 @@ class Modality:
       so a module can bound its memory by working a chunk of rows at a time.
     - `corruptions`: optional {kind: corrupt(inputs, level, generator)} for evaluate's noise robustness curves
       (`multimodal.evaluation.robustness`; the levels are params `evaluate.corruptions.<name>.<kind>`, level 0 =
-      unchanged).
+      unchanged). Evaluate corrupts one row at a time, each with a generator of its own, so a corruption must
+      draw per row; one that needs something of the whole split (text: the token ids its texts use) takes it as
+      keyword arguments, which `corruption_context(chunks)` computes from the split's rows, chunk by chunk.
     """
 
     name: str
@@ -94,6 +96,7 @@ class Modality:
     baseline_features: Callable[..., Any] | None = None
     corruptions: Mapping[str, Callable[[dict[str, torch.Tensor], float, torch.Generator], dict[str, torch.Tensor]]] = (
         field(default_factory=dict))
+    corruption_context: Callable[[Iterable[dict[str, torch.Tensor]]], dict[str, Any]] | None = None
     store: Callable[[Any, Sequence[Any], ModalitySpec], Stored] | None = None
 
     def stored(self, processor: Any, items: Sequence[Any], spec: ModalitySpec) -> Stored:

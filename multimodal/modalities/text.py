@@ -3,7 +3,7 @@ any transformers text architecture from `config`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,15 +123,24 @@ def augment(inputs: dict[str, torch.Tensor], generator: torch.Generator, strengt
 # --------------------------
 
 
-def corrupt_tokens(inputs: dict[str, torch.Tensor], level: float,
-                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+def token_pool(chunks: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`corrupt_tokens`' `pool`: the inner token ids of every row of the chunks (the vocabulary the texts use)."""
+    pool = torch.empty(0, dtype=torch.long)
+    for inputs in chunks:
+        inner = inner_tokens(inputs["attention_mask"].bool())
+        pool = torch.cat([pool, inputs["input_ids"][inner].long()]).unique()
+    return {"pool": pool}
+
+
+def corrupt_tokens(inputs: dict[str, torch.Tensor], level: float, generator: torch.Generator,
+                   pool: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Token noise, the token-id stand-in for character noise (the texts reach evaluate as token ids): in each
     row, round(`level` x its inner tokens) of them (`inner_tokens`: [CLS], [SEP] and padding never) are replaced
-    by random ids drawn from the inner tokens of the whole batch, i.e. from the vocabulary these texts use (a
-    draw may by chance give the same id back). The attention mask is unchanged."""
+    by random ids drawn from `pool`, the vocabulary these texts use (`token_pool` of the whole split; default: the
+    inner tokens of this batch); a draw may by chance give the same id back. The attention mask is unchanged."""
     ids = inputs["input_ids"]
     inner = inner_tokens(inputs["attention_mask"].bool())
-    pool = ids[inner].unique()
+    pool = ids[inner].unique() if pool is None else pool.to(ids.device, ids.dtype)
     if level <= 0 or len(pool) == 0:
         return inputs
     score = torch.rand(ids.shape, generator=generator, device=generator.device).to(ids.device)
@@ -151,4 +160,4 @@ MODALITY = Modality(
     name="text", reads_file=False, probe=probe, profile_fields=PROFILE_FIELDS, checks=TextChecks,
     row_checks=row_checks, load=load, build_processor=build_processor, process=process, build_encoder=build_encoder,
     options=("max_length", "tokenizer"), checkpoints=("tokenizer",), augment=augment, augment_knobs=TextAugment,
-    corruptions=CORRUPTIONS)
+    corruptions=CORRUPTIONS, corruption_context=token_pool)

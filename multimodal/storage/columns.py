@@ -22,11 +22,8 @@ from typing import Any
 import torch
 
 from multimodal.storage.codecs import Codec, codec_from_meta
+from multimodal.storage.header import DTYPES, CorruptFile, metadata_json, parse_header
 
-# safetensors dtype names <-> torch dtypes (those this project stores).
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
 
 
 @dataclass(frozen=True)
@@ -191,22 +188,21 @@ def absent_like(column: torch.Tensor | LazyColumn, n: int) -> torch.Tensor | Laz
 
 
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, Segment]]:
-    """(metadata, {key: Segment}) of a safetensors file, from its header alone (no tensor is read).
+    """(metadata, {key: Segment}) of a safetensors file, from its header alone (no tensor is read), the header
+    checked against the file first (`multimodal.storage.header`: `CorruptFile`, naming the file, when it lies).
 
     Keys listed in the metadata's `codecs` (JSON, written by `ShardWriter`) are decoded on read."""
-    with open(path, "rb") as handle:
-        size = struct.unpack("<Q", handle.read(8))[0]
-        header = json.loads(handle.read(size))
-    metadata = header.pop("__metadata__", {}) or {}
-    codecs = {k: codec_from_meta(v) for k, v in json.loads(metadata.get("codecs", "{}")).items()}
-    segments = {}
-    for key, entry in header.items():
-        if entry["dtype"] not in DTYPES:
-            raise ValueError(f"{path}: tensor {key!r} has dtype {entry['dtype']}, which this project never stores")
-        shape = entry["shape"]
-        # An absolute path: a Ray trial changes its working directory after the data is loaded.
-        segments[key] = Segment(str(Path(path).resolve()), 8 + size + entry["data_offsets"][0], shape[0],
-                                tuple(shape[1:]), DTYPES[entry["dtype"]], codecs.get(key))
+    metadata, header, data_start = parse_header(path)
+    stored_forms = metadata_json(path, metadata, "codecs", "{}")
+    try:
+        codecs = {k: codec_from_meta(v) for k, v in stored_forms.items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise CorruptFile(path, f"metadata 'codecs' is not a map of stored forms ({err!r})") from None
+    # An absolute path: a Ray trial changes its working directory after the data is loaded.
+    where = str(Path(path).resolve())
+    segments = {key: Segment(where, data_start + entry["data_offsets"][0], entry["shape"][0],
+                             tuple(entry["shape"][1:]), DTYPES[entry["dtype"]], codecs.get(key))
+                for key, entry in header.items()}
     return metadata, segments
 
 

@@ -16,6 +16,7 @@ import torch
 
 from multimodal.storage.codecs import Codec, default_codec
 from multimodal.storage.columns import LazyColumn, read_header, write_tensors
+from multimodal.storage.header import CorruptFile, metadata_json
 
 
 class ShardWriter:
@@ -81,11 +82,13 @@ def split_columns(in_dir: Path, split: str, tensors: bool = True) -> tuple[list[
     segments: dict[str, list] = {}
     for path in shard_paths(in_dir, split):
         metadata, found = read_header(path)
-        shard_ids = json.loads(metadata["sample_ids"])
+        shard_ids = metadata_json(path, metadata, "sample_ids")
+        if not isinstance(shard_ids, list) or not all(isinstance(s, str) for s in shard_ids):
+            raise CorruptFile(path, "metadata 'sample_ids' is not a list of strings")
         ids.extend(shard_ids)
         for key, segment in found.items() if tensors else ():
             if segment.rows != len(shard_ids):
-                raise ValueError(f"{path}: {key} has {segment.rows} rows for {len(shard_ids)} sample ids")
+                raise CorruptFile(path, f"{key} has {segment.rows} rows for {len(shard_ids)} sample ids")
             segments.setdefault(key, []).append(segment)
     columns = {}
     for key, parts in segments.items():

@@ -29,6 +29,7 @@ from multimodal.models.bundle import save_inputs
 from multimodal.models.model import Embedder, build_encoder_from_entry, encoder_entry, state_dict_for_saving
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.columns import LazyColumn, RowFile, read_header
+from multimodal.storage.header import metadata_json
 from multimodal.storage.dataset import SplitData
 from multimodal.storage.io import read_json, write_json
 
@@ -208,7 +209,7 @@ def load_cached_features(aligned_dir: Path, data: SplitData, split: str, modalit
     """Replace the raw inputs of `modalities` by their cached features of `split`, checking the samples line up."""
     path = aligned_dir / "features" / f"{split}.safetensors"
     metadata, segments = read_header(path)  # the features are read batch by batch (`LazyColumn`)
-    if json.loads(metadata["sample_ids"]) != data.sample_ids:
+    if metadata_json(path, metadata, "sample_ids") != data.sample_ids:
         raise RuntimeError(f"{path} was computed for other samples than the current {split} split; re-run `align`")
     missing = sorted(set(modalities) - set(segments))
     if missing:

@@ -15,19 +15,23 @@ from multimodal.evaluation.evaluate import FUSED, fair_report, load_readers, rea
 from multimodal.evaluation.robustness import (
     Pooled,
     check_corruptions,
+    chunk_rows,
     corrupted,
     corruption_curves,
     corruptions_of,
     missing_modality,
     reencode,
     removal_sets,
+    row_seeds,
 )
 from multimodal.evaluation.scoring import ABSTAIN, top_label
 from multimodal.modalities import PooledEncoder, get_modality, names
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.bundle import load_encoders
 from multimodal.models.model import ModelSpec, build_model, encoder_entry, save_model
+from multimodal.storage.columns import LazyColumn
 from multimodal.storage.dataset import SplitData
+from multimodal.storage.shards import ShardWriter, split_columns
 from multimodal.training.align import build_encoders, encode_present
 from multimodal.training.train import predict
 from tests.unit.conftest import TINY_SPECS, knobs, params_section, repo_params, synthetic_split, write_aligned
@@ -119,12 +123,18 @@ def test_corruptions_leave_padding_and_special_tokens_alone():
     assert ((half != text["input_ids"]) & inner).sum(1).tolist() <= [5, 4, 2, 0]  # round(.5 x 10, 7, 4, 1) per row
 
 
-def test_rows_lacking_the_modality_keep_their_zeros():
-    inputs = {"pixel_values": torch.ones(3, 3, 4, 4)}
-    inputs["pixel_values"][1] = 0
-    present = torch.tensor([True, False, True])
-    out = corrupted(inputs, present, corruptions_of("image")["noise"], 1.0, generator_seed=0)["pixel_values"]
-    assert torch.equal(out[1], torch.zeros(3, 4, 4)) and not torch.equal(out[0], inputs["pixel_values"][0])
+@pytest.mark.parametrize("modality, kind", KINDS)
+def test_each_row_is_corrupted_by_its_own_seed_whatever_rows_come_with_it(modality, kind):
+    inputs = sample_inputs(modality)
+    corrupt = corruptions_of(modality)[kind]
+    seeds = row_seeds(3, ["a", "b", "c", "d"])
+    make = get_modality(modality).corruption_context
+    context = make([inputs]) if make is not None else {}
+    whole = corrupted(inputs, corrupt, 1.0, seeds, context)
+    apart = corrupted({k: v[1:3] for k, v in inputs.items()}, corrupt, 1.0, seeds[1:3], context)
+    assert all(torch.equal(whole[k][1:3], apart[k]) for k in inputs)
+    assert all(torch.equal(v, sample_inputs(modality)[k]) for k, v in inputs.items())  # the inputs untouched
+    assert row_seeds(3, ["b"]) == seeds[1:2] and len(set(seeds)) == 4 and row_seeds(4, ["a"]) != seeds[:1]
 
 
 def test_removal_sets_go_up_to_pairs_and_keep_a_modality():
@@ -279,3 +289,48 @@ def test_a_config_built_frozen_encoder_is_saved_by_align_so_its_curves_are_drawn
                                       CPU, seed=0)
     assert skipped == {}
     assert [(r["modality"], r["level"]) for r in rows] == [("text", 0.0), ("text", 1.0)]
+
+
+class ReadRecorder(LazyColumn):
+    """A lazy column (real shards, real reads) that notes how many rows each read asked for."""
+
+    reads: list[int]
+
+    def __getitem__(self, index):
+        out = super().__getitem__(index)
+        self.reads.append(len(out))
+        return out
+
+
+def test_curves_are_the_same_for_any_chunk_size_and_never_read_the_split_whole(image_text, tmp_path):
+    """The corrupted modality is read, corrupted and scored a chunk at a time, each row with a seed of its own."""
+    root, raw = image_text
+    writer = ShardWriter(tmp_path, "test", shard_size=10)  # the images as preprocess stores them: shards
+    writer.add(raw.sample_ids, raw.inputs["image"])
+    writer.flush()
+    _, columns = split_columns(tmp_path, "test")
+    lazy = ReadRecorder(columns["pixel_values"].segments, columns["pixel_values"].segment_of,
+                        columns["pixel_values"].row_of)
+    lazy.reads = []
+    raw = SplitData(raw.sample_ids, raw.labels, {**raw.inputs, "image": {"pixel_values": lazy}}, raw.masks)
+    readers = load_readers(root / "models", raw, root / "aligned", CPU)
+    preds = {k: top_label(p) for k, p in reader_probabilities(readers, 16, CPU).items()}
+    pooled = {name: Pooled(reader, preds[name], 16, CPU) for name, reader in readers.items()}
+    levels = {"image": {"noise": [0, 0.5, 3.0], "occlusion": [0, 0.5]}, "text": {"tokens": [0, 0.5, 1.0]}}
+    encoders = load_encoders(root / "aligned", ["text"])
+    assert chunk_rows(raw.inputs["image"], 16) >= len(raw)  # the default: one chunk holds this whole split
+
+    def curves(chunk):
+        lazy.reads = []
+        rows, skipped = corruption_curves(pooled, raw, raw.labels.numpy(), levels, encoders, 16, CPU, seed=0,
+                                          rows_per_chunk=chunk)
+        assert skipped == {}
+        return rows, max(lazy.reads)
+
+    whole, most = curves(None)
+    assert most == raw.masks["image"].sum()  # the whole split in one chunk: every image row
+    for chunk in (3, 7):
+        rows, most = curves(chunk)
+        assert rows == whole and most <= chunk
+    noisy = {(r["modality"], r["corruption"], r["level"]): r["unimodal"] for r in whole}
+    assert noisy[("image", "noise", 3.0)] != noisy[("image", "noise", 0)]  # the corruption reaches the model
