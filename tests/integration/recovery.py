@@ -63,20 +63,33 @@ def trial_worker_in(project: Path) -> int | None:
 
 
 def tune_killing_a_worker(project: Path, study: Path, trial_glob: str, worker: Callable[[], int | None],
-                          log: Path, timeout: float = 600) -> int | None:
+                          log: Path, timeout: float = 600, *, ok: bool = True,
+                          cut_off: Callable[[], bool] | None = None) -> int | None:
     """Run the tune stage in `project`; once the trial folder matching `trial_glob` under `study` holds its second
     checkpoint (the first is then complete and reported), SIGKILL the process `worker()` finds. Returns its PID
-    (None: never found); fails with the log's tail when the stage does not end well."""
+    (None: never found). The stage must then end well (`ok`), or fail; with `cut_off`, it is SIGKILLed (its whole
+    process group, Ray included) as soon as `cut_off()` holds after the worker's kill, and must not end before.
+    Failures show the log's tail."""
     proc = subprocess.Popen([sys.executable, "-m", "stages.tune"], cwd=project, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=project_env())
+                            stderr=subprocess.STDOUT, env=project_env(), start_new_session=True)
     killed = None
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        trial = next(iter(study.glob(trial_glob)), None)
-        if killed is None and trial is not None and (trial / "checkpoint_000001").is_dir():
-            killed = worker()
-            if killed is not None:
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.05)
-    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            trial = next(iter(study.glob(trial_glob)), None)
+            if killed is None and trial is not None and (trial / "checkpoint_000001").is_dir():
+                killed = worker()
+                if killed is not None:
+                    os.kill(killed, signal.SIGKILL)
+            if cut_off is not None and killed is not None and cut_off():
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return killed
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:  # past the deadline, or the test failed
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert cut_off is None, f"the stage ended before it could be cut off:\n{log.read_text()[-3000:]}"
+    assert (proc.wait(timeout=60) == 0) == ok, log.read_text()[-3000:]
     return killed

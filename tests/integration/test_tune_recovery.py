@@ -1,10 +1,13 @@
 """The tune stage survives being killed: a study resumes without training finished trials again, and a trial whose
-worker dies is retried from its latest checkpoint; both end exactly as an uninterrupted study does."""
+worker dies is retried from its latest checkpoint; both end exactly as an uninterrupted study does. A run that failed
+can be retried: trials that failed for a passing reason pass on the next run."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +53,26 @@ def reports(project: Path) -> dict[str, list[int]]:
 
 def fresh(project: Path) -> None:
     shutil.rmtree(project / ".ray" / "results", ignore_errors=True)
+
+
+def statuses(project: Path) -> dict[str, str]:
+    with (project / "metrics/tune_trials.csv").open() as handle:
+        return {row["trial"]: row["status"] for row in csv.DictReader(handle)}
+
+
+def losing_workers(project: Path, trials: int) -> None:
+    """`trials` trials of 3 epochs, one at a time, none retried: a trial whose worker dies fails for good."""
+    set_params(project, {("tune", "num_samples"): trials, ("tune", "cpus_per_trial"): 1,
+                         ("tune", "scheduler"): "fifo", ("tune", "max_concurrent_trials"): 1,
+                         ("tune", "max_failures"): 0,
+                         ("tune", "asha"): {"max_epochs": 3, "grace_period": 1, "reduction_factor": 2}})
+    fresh(project)
+
+
+def tune_again(project: Path) -> subprocess.CompletedProcess:
+    done = run([sys.executable, "-m", "stages.tune"], project, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def test_an_interrupted_study_resumes_without_training_finished_trials_again(aligned: Path) -> None:
@@ -103,3 +126,46 @@ def test_a_trial_whose_worker_dies_after_a_checkpoint_resumes_from_it(aligned: P
     assert epochs.count(1) <= 1 and epochs[-1] == 4, epochs
     assert outputs(aligned) == expected  # every epoch in the tables, and the same model chosen
     print(f"trial killed (worker {killed}) after its first checkpoint; Ray's result file then held epochs {epochs}")
+
+
+def test_trials_that_failed_for_a_passing_reason_pass_on_the_next_run(aligned: Path) -> None:
+    """Every trial failed, here for a passing reason (its worker died, no retries left): the run fails and names the
+    command that starts over; that command, with nothing changed, starts a fresh study and succeeds. (Before, the
+    next run restored the study with its errored trial as it was, and failed again at every run.)"""
+    losing_workers(aligned, 1)
+    log = aligned / "tune.log"
+    killed = tune_killing_a_worker(aligned, study(aligned), "*_00000_*", lambda: trial_worker_in(aligned), log,
+                                   ok=False)
+    assert killed is not None, "the trial's worker was never found"
+    text = log.read_text()
+    assert "no trial succeeded" in text and "ActorDiedError" in text, text[-3000:]
+    assert "This study is closed: the next run starts a fresh one." in text and "then run: dvc repro tune" in text
+
+    again = tune_again(aligned)
+    assert "starting a fresh study: the last run of the one in" in again.stderr
+    assert "(no trial succeeded of 1)" in again.stderr
+    assert statuses(aligned) == {"00000": "ok"} and reports(aligned) == {"00000": [1, 2, 3]}
+
+
+def test_a_study_cut_off_after_its_search_tries_its_errored_trial_again(aligned: Path) -> None:
+    """Trial 0's worker dies (no retries left), trial 1 succeeds, and the stage is killed right after its search.
+    The next run continues that study: trial 0 is tried again from its last checkpoint and passes, trial 1 is not
+    trained again. (Before, the errored trial stayed errored and had no config: building the table crashed with
+    "'NoneType' object has no attribute 'items'".)"""
+    losing_workers(aligned, 2)
+    log = aligned / "tune.log"
+    killed = tune_killing_a_worker(aligned, study(aligned), "*_00000_*", lambda: trial_worker_in(aligned), log,
+                                   cut_off=lambda: "search: 2 trials" in log.read_text())
+    assert killed is not None, "the trial's worker was never found"
+    before = reports(aligned)
+    assert before["00000"][-1] < 3 and before["00001"] == [1, 2, 3], before  # trial 0 died mid-way
+
+    again = tune_again(aligned)
+    assert "resuming the study" in again.stderr
+    after = reports(aligned)
+    assert after["00001"] == before["00001"]  # not trained again
+    assert after["00000"][: len(before["00000"])] == before["00000"] and after["00000"][-1] == 3, after
+    assert after["00000"].count(1) == 1  # continued from its checkpoint, not from scratch
+    assert statuses(aligned) == {"00000": "ok", "00001": "ok"}
+    # A restored study takes no new callback: its references train after the search (early_references.py).
+    assert "references start during the search" not in again.stderr and "unimodal audio: " in again.stderr
