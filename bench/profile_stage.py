@@ -6,7 +6,7 @@ its samples sorted into the parts of the work, printed as a markdown table.
 
 DIR is a reproduced project (its stage's inputs present); the stage runs there as `python -m stages.<stage>`, its
 outputs rewritten (a deterministic stage writes the same files). For `tune` the study folder `.ray/results` is moved
-aside first, or the stage would resume the finished study and train nothing.
+aside first, or the stage would continue a study that was cut off and train only what it lacked.
 
 py-spy samples Python stacks only: Ray's C++ processes (GCS, raylet) and time a process spends waiting are not in
 the table; the wall time is printed beside it. It also loses a Ray worker that `setup_worker.py` replaces by

@@ -19,7 +19,7 @@ from multimodal.storage.io import atomic_dir, write_csv_atomic, write_json, writ
 from multimodal.tuning.params import TUNE
 from multimodal.tuning.references import ReferencePlan, write_reference
 from multimodal.tuning.results import best_checkpoint, best_trial, epochs_table, trial_number, trial_table, write_plots
-from multimodal.tuning.search import run_search
+from multimodal.tuning.search import end_study, run_search
 from multimodal.tuning.trial import trial_train_config
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,13 @@ logger = logging.getLogger(__name__)
 PARAMS = TUNE  # kept in the library: each Ray trial loads the stage's params again
 
 
+START_OVER = "dvc repro tune"  # after a run that ended, the stage's next run starts a fresh study
+
+
 def no_trial_succeeded(table: pd.DataFrame) -> SystemExit:
-    return SystemExit(f"tune: no trial succeeded; errors:\n{table[['trial', 'error']].to_string(index=False)}")
+    return SystemExit(f"tune: no trial succeeded; errors:\n{table[['trial', 'error']].to_string(index=False)}\n"
+                      f"This study is closed: the next run starts a fresh one. Fix the cause above (one that passes, "
+                      f"such as a lost node or an out-of-memory kill, needs no fix), then run: {START_OVER}")
 
 
 def write_best(result, row: pd.Series, params: StageParams, out: Path) -> dict:
@@ -59,6 +64,7 @@ def tune(params: StageParams, project_dir: Path) -> dict:
     logger.info("search: %d trials, %d epochs in %.0f s", len(table), len(epochs), time.monotonic() - started)
     best_row = best_trial(table, cfg.metric, cfg.mode)
     if best_row is None:
+        end_study(storage, f"no trial succeeded of {len(table)}")
         raise no_trial_succeeded(table)
     best = next(r for r in results if trial_number(r) == best_row["trial"])
     metrics = {"best_" + cfg.metric: float(best_row[cfg.metric]), "best_trial": best_row["trial"],
@@ -81,6 +87,9 @@ def tune(params: StageParams, project_dir: Path) -> dict:
     with atomic_dir(Path(paths.plots) / "tune") as tmp:
         write_plots(table, epochs, cfg.space, cfg.metric, tmp)
     write_json(Path(paths.metrics) / "tune.json", metrics, sort_keys=False)  # the selecting metric first
+    # 4. The outcome is delivered: a later run of the same inputs (`dvc repro --force`) starts a fresh study. A run
+    # cut off before this point (killed, out of memory) leaves the study open for the next run to continue.
+    end_study(storage, f"best trial {best_row['trial']}")
     logger.info("best trial %s -> %s", best_row["trial"], metrics)
     return metrics
 

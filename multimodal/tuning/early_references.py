@@ -22,8 +22,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from multimodal.tuning.ray_private import number_of_trial_id
 from multimodal.tuning.references import ReferencePlan
-from multimodal.tuning.results import number_of_trial_id
 
 logger = logging.getLogger(__name__)
 

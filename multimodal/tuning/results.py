@@ -5,12 +5,13 @@ The last step of the tune story (`multimodal.training.train` has it whole): `tun
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from multimodal.tuning.ray_private import config_on_disk, number_of_trial_folder, number_of_trial_id
 
 EPOCH_COLUMNS = ("val_accuracy", "val_loss", "train_loss")  # what each trial reports per epoch
 CHECKPOINT_STATE = "state"  # a trial checkpoint's training-state folder (beside `model`)
@@ -21,19 +22,25 @@ def plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def number_of_trial_id(trial_id: str) -> str:
-    """The trial's sequence number ("00004"); Ray's trial id adds a random per-study prefix ("f1e41_00004")."""
-    return trial_id.rsplit("_", 1)[-1]
-
-
 def trial_number(result) -> str | None:
-    """The sequence number of a result's trial (`number_of_trial_id`)."""
+    """The sequence number of a result's trial ("00004"; `ray_private.number_of_trial_id`)."""
     trial_id = result.metrics.get("trial_id") if result.metrics else None
     if trial_id:
         return number_of_trial_id(trial_id)
-    # A trial that failed before reporting has no metrics; its folder is named `<trainable>_<id>_<n>_<params>`.
-    match = re.search(r"_[0-9a-f]{5}_(\d{5})_", Path(result.path).name) if result.path else None
-    return match.group(1) if match else None
+    # A trial that failed before reporting has no metrics; its folder's name holds the number.
+    return number_of_trial_folder(Path(result.path).name) if result.path else None
+
+
+def trial_config(result) -> dict[str, Any]:
+    """The config a result's trial ran with. A result restored from an errored trial that never reported has none
+    of its own (Ray keeps it in the trial's folder)."""
+    config = result.config
+    if config is None and result.path:
+        config = config_on_disk(Path(result.path))
+    if config is None:
+        raise ValueError(f"tune: Ray recorded no config for the trial in {result.path}: the study there is damaged; "
+                         "remove it to start a fresh one, then `dvc repro tune`")
+    return config
 
 
 def error_message(error: BaseException | None) -> str:
@@ -96,7 +103,7 @@ def trial_table(results, metric: str, mode: str) -> pd.DataFrame:
         best = history.loc[best_of(history[metric], mode)] if has else None
         rows.append({
             "trial": trial_number(result),
-            **{f"config.{k}": plain(v) for k, v in sorted(result.config.items())},
+            **{f"config.{k}": plain(v) for k, v in sorted(trial_config(result).items())},
             "seed": result.metrics.get("seed") if result.metrics else None,
             "status": "error" if result.error else "ok",
             "epochs": int(history["epoch"].max()) if len(history) else 0,

@@ -1,9 +1,15 @@
 """Resuming an interrupted Ray Tune study: trials that finished are not trained again, the outcome is unchanged.
 
-A study is resumed (`Tuner.restore`) only when it was started for the same inputs: a fingerprint of the tune
-params, the code the stage runs and the contents of its input folders is stored beside the study; anything else
-starts a fresh study. Ray saves a study's trials and searcher but not ASHA's rungs, so `ResumableASHA` rebuilds them
-by replaying the results the trials recorded, and answers a re-reported epoch with the decision it had made.
+A study is resumed (`Tuner.restore`) only when its last run was cut off (killed, out of memory, the machine lost)
+and it was started for the same inputs: a fingerprint of the tune params, the code the stage runs and the contents of
+its input folders is stored beside the study. Unfinished trials continue from their last checkpoint and errored ones
+are tried again from theirs. A run that ended, with a best model or with "no trial succeeded", closes its study
+(`end_study`): the next run of the stage starts a fresh one. DVC does not tell a stage it was forced, but with
+unchanged inputs only a forced run (or lost outputs) runs the stage again after it ended, so `dvc repro --force`
+gets a fresh study. Anything else starts a fresh study too.
+
+Ray saves a study's trials and searcher but not ASHA's rungs, so `ResumableASHA` rebuilds them by replaying the
+results the trials recorded, and answers a re-reported epoch with the decision it had made.
 """
 
 from __future__ import annotations
@@ -18,11 +24,10 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler
 
 from multimodal.pipeline.stage_deps import input_files
-from multimodal.storage.io import write_json
+from multimodal.storage.io import write_json, write_text_atomic
+from multimodal.tuning import ray_private
 
 logger = logging.getLogger(__name__)
-
-RESULT_FILES = ("result.json", "progress.csv")  # what Ray appends to, per trial, once per report
 
 
 def _digest_files(root: Path, paths: list[Path]) -> str:
@@ -57,23 +62,37 @@ def fingerprint_file(study: Path) -> Path:
     return study.with_name(f"{study.name}.fingerprint.json")
 
 
+def ended_file(study: Path) -> Path:
+    """Present once a run of the study ended (`end_study`); holds how."""
+    return study.with_name(f"{study.name}.ended")
+
+
+def end_study(study: Path, outcome: str) -> None:
+    """Close `study`: its run ended with `outcome` (a best model, or no trial succeeded); the next run of the stage
+    starts a fresh one. Called only once the outcome is delivered (outputs written, or the failure reported)."""
+    write_text_atomic(ended_file(study), outcome + "\n")
+
+
 def prepare_study(study: Path, fingerprint: dict[str, str]) -> bool:
-    """True: `study` holds a restorable study of the same fingerprint, to resume. False: it was removed (if there),
-    and the new fingerprint recorded, for a fresh study."""
+    """True: `study` holds a restorable study of the same fingerprint whose run was cut off, to resume. False: it
+    was removed (if there), and the new fingerprint recorded, for a fresh study."""
     from ray.tune import Tuner
 
-    stored = fingerprint_file(study)
+    stored, ended = fingerprint_file(study), ended_file(study)
     same = stored.exists() and json.loads(stored.read_text()) == fingerprint
     # Ray writes the trials' state some seconds into a study: a study killed before has nothing to resume.
-    if same and Tuner.can_restore(str(study)) and any(study.glob("experiment_state-*.json")):
-        for name in RESULT_FILES:
-            for path in study.glob(f"*/{name}"):
-                drop_partial_line(path)
+    if same and not ended.exists() and Tuner.can_restore(str(study)) and ray_private.has_trial_states(study):
+        for path in ray_private.result_files(study):
+            drop_partial_line(path)
         return True
-    if study.exists():
+    if ended.exists():
+        logger.info("starting a fresh study: the last run of the one in %s ended (%s); only a run that was cut off "
+                    "is continued", study, ended.read_text().strip())
+    elif study.exists():
         logger.info("starting a fresh study: %s", "its inputs changed" if stored.exists() and not same
                     else "the one there cannot be resumed")
     shutil.rmtree(study, ignore_errors=True)
+    ended.unlink(missing_ok=True)
     write_json(stored, fingerprint)
     return False
 
@@ -88,15 +107,8 @@ def drop_partial_line(path: Path) -> None:
 
 def recorded_results(study: Path) -> list[dict[str, Any]]:
     """Every report the study's trials recorded, in the order they were made."""
-    reports = []
-    for path in study.glob("*/result.json"):
-        reports += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return sorted(reports, key=lambda r: (r.get("timestamp", 0), r.get("trial_id", ""), r.get("training_iteration", 0)))
-
-
-class _Replayed:
-    def __init__(self, trial_id: str):
-        self.trial_id = trial_id
+    order = lambda r: (r.get("timestamp", 0), r.get("trial_id", ""), r.get("training_iteration", 0))
+    return sorted(ray_private.recorded_reports(study), key=order)
 
 
 class ResumableASHA(ASHAScheduler):
@@ -112,15 +124,16 @@ class ResumableASHA(ASHAScheduler):
 
     def _replay(self) -> None:
         self._decisions = {}
-        if len(self._brackets) != 1:  # a trial's bracket is drawn at random: several cannot be replayed
+        asha = ray_private.asha_settings(self)
+        if asha.brackets != 1:  # a trial's bracket is drawn at random: several cannot be replayed
             return
         reports = recorded_results(Path(self._study))
         for report in reports:
-            if self._time_attr in report and self._metric in report:
-                key = (report["trial_id"], report[self._time_attr])
-                decision = self._brackets[0].on_result(
-                    _Replayed(report["trial_id"]), report[self._time_attr], self._metric_op * report[self._metric])
-                last = report[self._time_attr] >= self._max_t and self._stop_last_trials
+            if asha.time_attr in report and asha.metric in report:
+                key = (report["trial_id"], report[asha.time_attr])
+                decision = ray_private.bracket_decision(self, report["trial_id"], report[asha.time_attr],
+                                                        asha.metric_op * report[asha.metric])
+                last = report[asha.time_attr] >= asha.max_t and asha.stop_last_trials
                 self._decisions.setdefault(key, self.STOP if last else decision)
         if reports:
             logger.info("ASHA: replayed %d recorded reports of %d trials", len(reports),
@@ -132,5 +145,6 @@ class ResumableASHA(ASHAScheduler):
         super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        decided = (self._decisions or {}).get((trial.trial_id, result.get(self._time_attr)))
+        epoch = result.get(ray_private.asha_settings(self).time_attr)
+        decided = (self._decisions or {}).get((trial.trial_id, epoch))
         return decided if decided is not None else super().on_trial_result(tune_controller, trial, result)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from multimodal.tuning.ray_private import asha_settings
 from multimodal.tuning.resume import ResumableASHA
 
 logger = logging.getLogger(__name__)
@@ -157,8 +158,9 @@ class OrderedASHA(ResumableASHA):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        if self._time_attr in result:
-            self._tell("decide", trial, int(result[self._time_attr]))
+        time_attr = asha_settings(self).time_attr
+        if time_attr in result:
+            self._tell("decide", trial, int(result[time_attr]))
         return decision
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:

@@ -19,12 +19,26 @@ import torch
 from multimodal.pipeline.ray_cluster import cluster_address, join_ray
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.tuning.params import Tune
+from multimodal.tuning.ray_private import require_checked_ray
 from multimodal.tuning.references import ReferencePlan
 from multimodal.tuning.trial import run_trial
 
 logger = logging.getLogger(__name__)
 
 STUDY = "tune"  # the study's folder under the storage path
+
+
+def study_dir(storage: Path) -> Path:
+    """The study's folder (Ray wants an absolute path)."""
+    return storage.resolve() / STUDY
+
+
+def end_study(storage: Path, outcome: str) -> None:
+    """The run delivered its `outcome`: the study in `storage` is closed, the next run starts a fresh one
+    (`multimodal.tuning.resume`)."""
+    from multimodal.tuning.resume import end_study as close
+
+    close(study_dir(storage), outcome)
 
 
 def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -144,7 +158,8 @@ def run_search(params: StageParams, project_dir: Path, storage: Path, references
     ResultGrid. `references`, when given, start as soon as the best trial is certain (a new study only:
     multimodal/tuning/early_references.py)."""
     cfg = params.tune
-    start_ray(cfg, project_dir)  # first: it sets the environment Ray reads when imported
+    require_checked_ray()  # before anything starts: another Ray fails here, not mid-study
+    start_ray(cfg, project_dir)  # it sets the environment Ray reads when imported
     import ray
     from ray import tune
 
@@ -158,7 +173,7 @@ def run_search(params: StageParams, project_dir: Path, storage: Path, references
     device = "cuda" if resources["gpu"] > 0 else "cpu"
     if references is not None:
         references.resources = resources  # the references take what a trial takes
-    study = storage.resolve() / STUDY
+    study = study_dir(storage)
     # Trials get the validated params as plain JSON data (no objects pickled) and re-validate them.
     shared = {"project_dir": str(project_dir.resolve()), "params_raw": params.raw_params(),
               "device": device, "rung_board": None}
@@ -177,11 +192,12 @@ def run_search(params: StageParams, project_dir: Path, storage: Path, references
         logger.info("each trial trains on %d %s workers of %s each (Ray Train)", cfg.workers_per_trial, device,
                     resources)
         trainable = trial_on_workers(shared, cfg.workers_per_trial, resources, study)
-    # 2. An interrupted study of the same inputs resumes: finished trials stay, unfinished ones continue from their
-    # last checkpoint, errored ones stay errored (as they would have).
+    # 2. A study of the same inputs whose run was cut off resumes: finished trials stay, unfinished ones continue from
+    # their last checkpoint, and errored ones are tried once more from theirs (a lost node, an out-of-memory kill
+    # pass; a deterministic error fails again, and is recorded as before).
     if prepare_study(study, study_fingerprint(params, project_dir)):
-        logger.info("resuming the study in %s: finished trials are kept, unfinished ones continue", study)
-        return tune.Tuner.restore(str(study), trainable, resume_unfinished=True, resume_errored=False).fit()
+        logger.info("resuming the study in %s: finished trials are kept, unfinished and errored ones continue", study)
+        return tune.Tuner.restore(str(study), trainable, resume_unfinished=True, resume_errored=True).fit()
     # 3. A new study: the search and the scheduler (ASHA or FIFO) decide which trials run and how long.
     tuner = tune.Tuner(
         trainable,

@@ -31,6 +31,8 @@ from typing import Any
 
 from ray.train import UserCallback
 
+from multimodal.tuning.ray_private import training_thread, trial_session, with_mixins
+
 logger = logging.getLogger(__name__)
 
 # The trial's own process trains nothing (its workers hold the CPUs/GPUs); Ray wants a non-empty request for it.
@@ -49,13 +51,11 @@ class ReleasesWorkers:
     SystemExit in `tune.report`, has shut its Train run down (see the module docstring)."""
 
     def cleanup(self) -> None:
-        from ray.train._internal.session import get_session
-
-        session = get_session()
+        session = trial_session()  # before Tune's cleanup, which clears it
         try:
             super().cleanup()  # sets Tune's stop event and wakes the trial's thread; does not wait for it
         finally:
-            thread = session.training_thread if session is not None and session.training_started else None
+            thread = training_thread(session)
             if thread is not None:
                 thread.join(timeout=RELEASE_TIMEOUT_S)
                 if thread.is_alive():
@@ -69,8 +69,7 @@ def trial_on_workers(shared: dict[str, Any], workers: int, per_worker: dict[str,
 
     trainable = tune.with_parameters(run_trial_on_workers, **shared, workers=workers, per_worker=per_worker,
                                      storage=str(study))
-    trainable.__mixins__ = (ReleasesWorkers,)  # Tune's function Trainable inherits from these first
-    return tune.with_resources(trainable, DRIVER_RESOURCES)
+    return tune.with_resources(with_mixins(trainable, ReleasesWorkers), DRIVER_RESOURCES)
 
 
 class ToTune(UserCallback):

@@ -133,6 +133,20 @@ def test_each_modality_gets_a_reference_trained_as_a_ray_task(tuned) -> None:
     assert "references: 3 Ray tasks of 1 CPUs and 0 GPUs each, 1 torch threads, on cpu" in done.stderr
 
 
+def test_a_forced_run_starts_a_fresh_study_with_the_same_outcome(tuned) -> None:
+    """`dvc repro --force` after a run that ended: a fresh study (the errored trial fails again in it, deterministic)
+    and the same tables. (Before, it restored the finished study, whose errored trial had no config: the table
+    crashed with "'NoneType' object has no attribute 'items'".)"""
+    project, done, _ = tuned
+    assert done.returncode == 0
+    tables = {name: (project / "metrics" / name).read_text() for name in ("tune_trials.csv", "tune_epochs.csv")}
+    forced = run(["dvc", "repro", "--force", "--single-item", "tune"], project, check=False)
+    log = forced.stdout + forced.stderr
+    assert forced.returncode == 0, log[-3000:]
+    assert "starting a fresh study: the last run of the one in" in log and "(best trial " in log
+    assert {name: (project / "metrics" / name).read_text() for name in tables} == tables
+
+
 FAILING_REFERENCE = """
 import sys
 from pathlib import Path
@@ -197,15 +211,13 @@ def test_trials_run_on_an_existing_cluster(aligned) -> None:
         assert len(results) == 1 and len(reported) == 2  # one trial, both epochs (ASHA stops none alone)
         assert {r["node_id"] for r in reported} == set(node_ids)
         # The references are Ray tasks on the cluster too. With one trial, its best is certain at its first report:
-        # they started while it trained its second epoch. The same inputs restore the finished study (no trial trains
-        # again, and a restored study takes no new callback): the references train after the search this time, and
-        # are the same models (early_references.py).
+        # they started while it trained its second epoch. The same inputs again (as `dvc repro --force` runs the
+        # stage): the last run ended, so a fresh study, and the same reference models (early_references.py).
         assert "references start during the search: trial 00000" in done.stderr
         first = references(aligned)
         again = stage(aligned, "stages.tune")
         assert again.returncode == 0, again.stderr[-3000:]
-        assert "resuming the study" in again.stderr and "unimodal audio: " in again.stderr
-        assert "references start during the search" not in again.stderr
+        assert "starting a fresh study: the last run of the one in" in again.stderr
         assert references(aligned) == first
 
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 
+from multimodal.tuning.ray_private import asha_rungs
 from multimodal.tuning.rungs import RungBoard, milestones
 
 
@@ -17,7 +18,7 @@ from multimodal.tuning.rungs import RungBoard, milestones
 def test_milestones_are_the_rungs_of_rays_asha(grace, rf, max_t) -> None:
     asha = ASHAScheduler(time_attr="epoch", metric="m", mode="max", max_t=max_t, grace_period=grace,
                          reduction_factor=rf)
-    assert milestones(grace, rf, max_t) == sorted(int(m) for m, _ in asha._brackets[0]._rungs)
+    assert milestones(grace, rf, max_t) == asha_rungs(asha)
 
 
 def test_a_trial_waits_at_a_rung_for_earlier_trials_not_yet_decided_there() -> None:

@@ -176,6 +176,7 @@ def test_workers_per_trial_works_with_either_scheduler(tmp_path, scheduler) -> N
     per trial: their resources leaked)."""
     from ray.tune.schedulers import FIFOScheduler
 
+    from multimodal.tuning.ray_private import asha_rungs, asha_settings
     from multimodal.tuning.resume import ResumableASHA
 
     cfg = tune_cfg(workers_per_trial=2, scheduler=scheduler, max_concurrent_trials=2,
@@ -184,8 +185,8 @@ def test_workers_per_trial_works_with_either_scheduler(tmp_path, scheduler) -> N
     assert built.set_search_properties(cfg.metric, cfg.mode)  # as the Tuner sets them
     if scheduler == "asha":
         assert isinstance(built, ResumableASHA) and built._study == str(tmp_path / "tune")
-        assert (built._time_attr, built._max_t) == ("epoch", 8)
-        assert [len(built._brackets)] == [1] and sorted(r for r, _ in built._brackets[0]._rungs) == [2, 4, 8]
+        asha = asha_settings(built)
+        assert (asha.time_attr, asha.max_t, asha.brackets) == ("epoch", 8, 1) and asha_rungs(built) == [2, 4, 8]
     else:
         assert type(built) is FIFOScheduler
     searcher = search_algorithm(cfg, 42)
@@ -278,6 +279,22 @@ def test_epochs_before_a_retry_come_from_the_checkpoint_when_ray_lost_them(tmp_p
 def test_no_success_means_no_best_trial() -> None:
     table = trial_table([results()[2]], "val_accuracy", "max")
     assert best_trial(table, "val_accuracy", "max") is None
+
+
+def test_a_restored_errored_trial_that_never_reported_keeps_its_config(tmp_path) -> None:
+    """Restored by `Tuner.restore`, a trial that errored before its first report has no metrics, hence no config
+    (`Result.config` is None); the table takes it from the trial's folder, where Ray keeps it."""
+    from ray.tune import Result
+
+    folder = tmp_path / "run_trial_ab12c_00001_1_lr=-1.0"
+    folder.mkdir()
+    (folder / "params.json").write_text('{"lr": -1.0, "fusion": "concat"}')
+    restored = Result(metrics={}, checkpoint=None, error=FakeError(ValueError("Invalid learning rate: -1.0")),
+                      path=str(folder))
+    assert restored.config is None
+    table = trial_table([results()[1], restored], "val_accuracy", "max")
+    assert table.loc[1, ["trial", "config.lr", "config.fusion", "status"]].tolist() == ["00001", -1.0, "concat",
+                                                                                       "error"]
 
 
 def test_error_message_without_a_cause() -> None:
