@@ -92,8 +92,11 @@ def test_report_rows_per_model_device_and_batch_size(image_audio):
         assert row["latency_ms_per_sample"] > 0 and row["throughput_per_s"] > 0
         assert row["throughput_per_s"] * row["latency_ms_per_sample"] / 1000 == pytest.approx(1.0)
         assert row["memory"] == "rss_peak_growth"
-        if PEAK_MEASURABLE:  # the passes allocate activations after the heap was trimmed: the resident peak grows
-            assert isinstance(row["peak_memory_mib"], float) and 0 < row["peak_memory_mib"] < 256, row
+        if PEAK_MEASURABLE:
+            # The growth of the resident peak over the passes: zero is a true reading for a tiny model whose
+            # activations fit in heap pages the process already holds (malloc_trim cannot return fragmented ones;
+            # seen in a pytest-xdist worker that had run other tests first).
+            assert isinstance(row["peak_memory_mib"], float) and 0 <= row["peak_memory_mib"] < 256, row
         else:
             assert row["peak_memory_mib"] is None
     assert report["models"]["fused"]["parameters"]["cached"] == ["audio"]
