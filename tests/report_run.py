@@ -51,7 +51,7 @@ def build_run(base: Path) -> dict[str, Path]:
     preds = {name: np.where(rng.random(40) < hit, y, 1 - y)
              for name, hit in (("fused", 0.9), ("unimodal_audio", 0.7), ("baseline_early_fusion", 0.6))}
     preds["unimodal_audio"][:5] = -1  # rows that model cannot see
-    report = {"fusion": "gated", **fair_report(y, preds, {"audio": 0.7}, resamples=200, seed=0)}
+    report = {"fusion": "gated", **fair_report(y, preds, {"unimodal_audio": 0.7}, resamples=200, seed=0)}
     report["calibration"] = {"fused": {"ece": 0.05, "bins": 10}, HOSTILE: {"ece": 0.1, "bins": 10}}  # a new block
     write_json(metrics / "evaluate.json", report, sort_keys=False)
     write_json(metrics / "tune.json", {"best_trial": "00001", "best_epoch": 3, "best_val_accuracy": 0.8, "trials": 2})

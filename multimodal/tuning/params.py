@@ -102,6 +102,7 @@ class Tune(Strict):
     workers_per_trial: int = Field(ge=1)  # >1: a trial is a Ray Train run of that many data-parallel workers
     max_failures: int = Field(ge=0)  # retries of a failed trial, from its last checkpoint
     keep_checkpoints: int = Field(ge=1)  # per trial, the best by `metric` (Ray also keeps the latest)
+    top_k: int = Field(ge=1)  # best trials whose best models are saved (models/best, models/trials/<n>)
     object_store_memory_mb: int = Field(ge=78)
     address: RayAddress
     metric: Literal[SELECTION_METRICS]
