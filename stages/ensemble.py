@@ -13,10 +13,11 @@ from pathlib import Path
 
 from multimodal.data.manifest import read_manifest
 from multimodal.evaluation.baseline import VAL_PROBABILITIES
-from multimodal.evaluation.ensemble import EnsembleSpec, choose
+from multimodal.evaluation.ensemble import choose
 from multimodal.evaluation.members import classical_probabilities, deep_members, deep_probabilities
 from multimodal.evaluation.params import Ensemble
 from multimodal.modalities.params import LISTED
+from multimodal.models.ensemble import EnsembleSpec
 from multimodal.pipeline.params import Base, Schema, load_params
 from multimodal.pipeline.runtime import go_offline, pick_device, setup_logging
 from multimodal.pipeline.stage_params import StageParams

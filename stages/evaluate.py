@@ -26,7 +26,7 @@ from multimodal.evaluation.baseline import (
 )
 from multimodal.evaluation.calibration import reliability
 from multimodal.evaluation.efficiency import efficiency_report
-from multimodal.evaluation.ensemble import EnsembleSpec, ensemble_probabilities
+from multimodal.models.ensemble import EnsembleSpec, ensemble_probabilities
 from multimodal.evaluation.evaluate import (
     ENSEMBLE,
     FUSED,

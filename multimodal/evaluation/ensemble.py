@@ -9,39 +9,22 @@ modality). On each row the average runs over the members that see it, weights re
 sees is scored as a uniform guess (log-likelihood) or as wrong (accuracy), so every candidate is judged on the same
 rows. Only validation rows enter: the functions here take one split's probabilities and labels.
 
-The saved form (`ensemble.json` in its own folder) names members by reference, never copies them: a deep model by
-its folder relative to the ensemble's, a classical baseline by its name in the baseline stage's files.
+The saved form (`multimodal.models.ensemble`, `ensemble.json`) names members by reference, never copies them: a deep
+model by its folder relative to the ensemble's, a classical baseline by its name in the baseline stage's files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from multimodal.storage.io import read_json, write_json
+from multimodal.models.ensemble import EnsembleSpec, Member, combine
 
 METRICS = ("log_likelihood", "accuracy")  # what the greedy rounds maximise (params `ensemble.metric`)
-ENSEMBLE_JSON = "ensemble.json"
-FORMAT = 1
 EPS = 1e-15  # probability floor of the log-likelihood (a member saying 0 for the true class is not -inf)
-
-
-def combine(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """(N, C) weighted average of the members' (N, C) probabilities, per row over the members that see it (not
-    NaN there), weights renormalised; NaN rows where no member of positive weight sees the row."""
-    stack = np.stack([np.asarray(p, dtype=np.float64) for p in probs])  # (M, N, C)
-    seen = ~np.isnan(stack).any(axis=2)  # (M, N)
-    w = np.asarray(weights, dtype=np.float64)[:, None] * seen  # (M, N)
-    total = np.einsum("mn,mnc->nc", w, np.nan_to_num(stack, nan=0.0))
-    norm = w.sum(axis=0)
-    out = np.full(total.shape, np.nan)
-    rows = norm > 0
-    out[rows] = total[rows] / norm[rows, None]
-    return out
 
 
 def score(probs: np.ndarray, y: np.ndarray, metric: str) -> float:
@@ -104,64 +87,6 @@ def select(val_probs: Mapping[str, np.ndarray], y: np.ndarray, metric: str, roun
     keep = int(np.argmax(trajectory)) + 1  # the first best prefix
     counts = {name: chosen[:keep].count(name) for name in names}
     return Selection(counts, trajectory[:keep], metric)
-
-
-@dataclass
-class Member:
-    """One member by reference: `kind` "model" (a saved deep model, `path` relative to the ensemble's folder) or
-    "classical" (a baseline of the `baseline` stage, named `name`); `modalities` it reads."""
-
-    name: str
-    kind: str
-    weight: float
-    count: int
-    modalities: list[str]
-    path: str | None = None
-
-
-@dataclass
-class EnsembleSpec:
-    """`ensemble.json`: the members and weights, the labels, and the validation figures that chose them."""
-
-    metric: str
-    rounds: int
-    labels: list[str]
-    members: list[Member]
-    single_best: str  # the best single full-coverage member on validation
-    default: str  # "ensemble" when it beats `single_best` on validation, else `single_best`
-    validation: dict[str, Any] = field(default_factory=dict)
-    format: int = FORMAT
-
-    @property
-    def weights(self) -> dict[str, float]:
-        return {m.name: m.weight for m in self.members}
-
-    def save(self, out_dir: Path) -> None:
-        write_json(Path(out_dir) / ENSEMBLE_JSON, asdict(self), sort_keys=False)
-
-    @classmethod
-    def load(cls, folder: Path) -> "EnsembleSpec":
-        path = Path(folder) / ENSEMBLE_JSON
-        raw = read_json(path)
-        if raw.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {raw.get('format')!r}, this code reads {FORMAT}; re-run "
-                             "`dvc repro ensemble`")
-        try:
-            return cls(**{**raw, "members": [Member(**m) for m in raw["members"]]})
-        except TypeError as err:
-            raise ValueError(f"{path}: {err}; re-run `dvc repro ensemble`") from None
-
-
-def is_ensemble(folder: Path) -> bool:
-    return (Path(folder) / ENSEMBLE_JSON).exists()
-
-
-def ensemble_probabilities(spec: EnsembleSpec, member_probs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The ensemble's (N, C) probabilities from its members' ({name: (N, C)}, NaN rows unseen)."""
-    missing = [m.name for m in spec.members if m.name not in member_probs]
-    if missing:
-        raise KeyError(f"ensemble members without probabilities: {missing}")
-    return combine([member_probs[m.name] for m in spec.members], [m.weight for m in spec.members])
 
 
 def member_figures(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multimodal.evaluation.ensemble import EnsembleSpec, choose, combine, ensemble_probabilities, score, select
+from multimodal.evaluation.ensemble import choose, score, select
+from multimodal.models.ensemble import EnsembleSpec, combine, ensemble_probabilities
 
 N, C = 40, 3
 
