@@ -100,6 +100,9 @@ def tune(params: StageParams, project_dir: Path) -> dict:
             write_reference(reference, tmp / "unimodal" / modality)
             bundle_inputs(Path(paths.aligned), tmp / "unimodal" / modality)
             metrics[f"unimodal/{modality}/val_accuracy"] = reference.val_accuracy
+            write_json(tmp / "unimodal" / modality / "reference.json",
+                       {"candidate": reference.candidate, "knobs": reference.knobs, "epochs": reference.epochs,
+                        "val_accuracy": reference.val_accuracy, "selected_on": f"val rows holding {modality}"})
         # The next best trials' models: candidates of ensemble selection (stage `ensemble`).
         (tmp / "trials").mkdir()
         for number in top_trials(table, cfg.metric, cfg.mode, cfg.top_k)[1:]:
