@@ -4,7 +4,7 @@ hard setting: one full `dvc repro` per setting in a scratch copy of the project,
 modality difference, which model is the default). Nothing is chosen on test: the ensemble stage selects on
 validation rows, evaluate only scores.
 
-    python bench/ensemble.py                       # both settings: about 2 x 11 min on 2 cores
+    python bench/ensemble.py                       # both settings: about 2 x 15 min on 2 cores (not measured)
     python bench/ensemble.py --settings hard
 """
 
@@ -53,8 +53,8 @@ def describe(setting: str, result: dict) -> str:
         f"  single best      {r['single_best']}: {r['single_best_accuracy'] * 100:.1f}%",
         f"  ensemble - best  {interval(r, 'ensemble_minus_single_best', points=True)}",
         f"  default model    {r['default_model']} (chosen on validation)",
-        f"  fused - best single modality ({r['best_unimodal']}, chosen on validation): "
-        f"{interval(r, 'fused_minus_best_unimodal', points=True)}",
+        (f"  fused - best single modality ({r['best_unimodal']}, chosen on validation): "
+         f"{interval(r, 'fused_minus_best_unimodal', points=True)}"),
     ])
 
 

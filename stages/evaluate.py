@@ -26,7 +26,6 @@ from multimodal.evaluation.baseline import (
 )
 from multimodal.evaluation.calibration import reliability
 from multimodal.evaluation.efficiency import efficiency_report
-from multimodal.models.ensemble import EnsembleSpec, ensemble_probabilities
 from multimodal.evaluation.evaluate import (
     ENSEMBLE,
     FUSED,
@@ -44,6 +43,7 @@ from multimodal.evaluation.robustness import Pooled, check_corruptions, corrupti
 from multimodal.evaluation.scoring import ABSTAIN, per_class_scores, top_label
 from multimodal.modalities.params import LISTED
 from multimodal.models.bundle import load_encoders
+from multimodal.models.ensemble import EnsembleSpec, ensemble_probabilities
 from multimodal.pipeline.metrics_files import HEADLINE, headline_of
 from multimodal.pipeline.params import Base, Schema, load_params
 from multimodal.pipeline.runtime import go_offline, pick_device, setup_logging
