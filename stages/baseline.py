@@ -9,6 +9,7 @@ from multimodal.data.manifest import SPLITS, read_manifest
 from multimodal.evaluation.baseline import (
     PREDICTIONS,
     PROBABILITIES,
+    VAL_PROBABILITIES,
     fit_baselines,
     write_predictions,
     write_probabilities,
@@ -38,7 +39,8 @@ def baseline(params: StageParams) -> dict:
     test = splits["test"]
     with atomic_dir(Path(paths.baseline)) as tmp:
         write_predictions(tmp / PREDICTIONS, test.sample_ids, test.labels.numpy(), predictions, labels)
-        write_probabilities(tmp / PROBABILITIES, test.sample_ids, probabilities, labels)
+        write_probabilities(tmp / PROBABILITIES, test.sample_ids, probabilities["test"], labels)
+        write_probabilities(tmp / VAL_PROBABILITIES, splits["val"].sample_ids, probabilities["val"], labels)
     write_json(Path(paths.metrics) / "baseline.json", metrics)
     return metrics
 

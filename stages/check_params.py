@@ -18,6 +18,7 @@ from multimodal.pipeline.stage_params import Section
 from stages.align import PARAMS as ALIGN
 from stages.baseline import PARAMS as BASELINE
 from stages.demo import PARAMS as DEMO
+from stages.ensemble import PARAMS as ENSEMBLE
 from stages.evaluate import PARAMS as EVALUATE
 from stages.ingest import PARAMS as INGEST
 from stages.preprocess import PARAMS as PREPROCESS
@@ -27,7 +28,7 @@ from stages.validate import PARAMS as VALIDATE
 
 # Every section, typed as the stage reading it types it (the report stage reads nearly all of them), and the Prefect
 # flow's own section, which no stage reads.
-ALL: Schema = DEMO | INGEST | VALIDATE | PREPROCESS | BASELINE | ALIGN | TUNE | EVALUATE | REPORT | FLOW
+ALL: Schema = DEMO | INGEST | VALIDATE | PREPROCESS | BASELINE | ALIGN | TUNE | ENSEMBLE | EVALUATE | REPORT | FLOW
 
 
 def load_all(path: str | Path = "params.yaml") -> Section:

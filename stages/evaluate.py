@@ -12,32 +12,44 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from multimodal.data.manifest import read_manifest
-from multimodal.evaluation.baseline import PREDICTIONS, PROBABILITIES, read_predictions, read_probabilities
+from multimodal.evaluation.baseline import (
+    EARLY_FUSION,
+    PREDICTIONS,
+    PREFIX,
+    PROBABILITIES,
+    read_predictions,
+    read_probabilities,
+)
 from multimodal.evaluation.calibration import reliability
 from multimodal.evaluation.efficiency import efficiency_report
 from multimodal.evaluation.evaluate import (
+    ENSEMBLE,
     FUSED,
+    ensemble_headline,
     fair_report,
     load_readers,
     reader_probabilities,
     warn_if_baseline_wins,
     with_details,
 )
+from multimodal.evaluation.members import deep_probabilities
 from multimodal.evaluation.params import Evaluate
 from multimodal.evaluation.plots import write_efficiency, write_tables
 from multimodal.evaluation.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
 from multimodal.evaluation.scoring import ABSTAIN, per_class_scores, top_label
 from multimodal.modalities.params import LISTED
 from multimodal.models.bundle import load_encoders
+from multimodal.models.ensemble import EnsembleSpec, ensemble_probabilities
 from multimodal.pipeline.metrics_files import HEADLINE, headline_of
 from multimodal.pipeline.params import Base, Schema, load_params
 from multimodal.pipeline.runtime import go_offline, pick_device, setup_logging
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.dataset import SplitData, load_split
-from multimodal.storage.io import atomic_file, read_json, write_json
+from multimodal.storage.io import atomic_file, write_json
 from multimodal.training.load_data import load_labels
 
 logger = logging.getLogger(__name__)
@@ -47,10 +59,20 @@ PARAMS = Schema({"base": Base, "evaluate": Evaluate}) | LISTED
 CONFUSION = Path("plots/sklearn/confusion_matrix.json")  # where DVCLive puts it, under evaluate's plots folder
 
 
-def unimodal_val_accuracy(tune_metrics: dict) -> dict[str, float]:
-    """`unimodal/<m>/val_accuracy` of tune.json as {m: accuracy}: what picks the best unimodal model."""
-    return {key.split("/")[1]: value for key, value in tune_metrics.items()
-            if key.startswith("unimodal/") and key.endswith("/val_accuracy")}
+def single_modality_val_accuracy(ensemble: EnsembleSpec) -> dict[str, float]:
+    """Validation accuracy, on the rows each sees, of every single-modality model (deep `unimodal_<m>`, classical
+    `baseline_<m>`), as the ensemble stage measured it: what picks the best single-modality model."""
+    return {name: figures["accuracy"] for name, figures in ensemble.validation["members"].items()
+            if name.startswith("unimodal_") or (name.startswith(PREFIX) and name != PREFIX + EARLY_FUSION)}
+
+
+def with_ensemble(probs: dict[str, np.ndarray], ensemble: EnsembleSpec, ensemble_dir: Path, test: SplitData,
+                  aligned: Path, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+    """`probs` plus the ensemble's test probabilities, from its members' (loading those not scored yet: the
+    other top-k trials' models)."""
+    extra = {m.name: ensemble_dir / m.path for m in ensemble.members if m.name not in probs and m.kind == "model"}
+    member_probs = {**probs, **deep_probabilities(extra, test, "test", aligned, batch_size, device)[0]}
+    return {**probs, ENSEMBLE: ensemble_probabilities(ensemble, member_probs)}
 
 
 def load_test(params: StageParams) -> SplitData:
@@ -74,12 +96,15 @@ def evaluate(params: StageParams) -> dict:
     # 2. Class probabilities of every model; the baseline's decisions are LogisticRegression.predict's own.
     probs = reader_probabilities(readers, cfg.batch_size, device)
     probs.update(read_probabilities(Path(paths.baseline) / PROBABILITIES, test.sample_ids, spec.labels))
+    ensemble = EnsembleSpec.load(Path(paths.ensemble))
+    probs = with_ensemble(probs, ensemble, Path(paths.ensemble), test, aligned, cfg.batch_size, device)
     preds = {name: top_label(p) for name, p in probs.items()}
     preds.update(read_predictions(Path(paths.baseline) / PREDICTIONS, test.sample_ids, spec.labels))
     y = test.labels.numpy()
     # 3. Scores on the rows each model sees: accuracy with intervals, calibration, per class.
-    val_accuracy = unimodal_val_accuracy(read_json(Path(paths.metrics) / "tune.json"))
+    val_accuracy = single_modality_val_accuracy(ensemble)
     report = {"fusion": spec.fusion, **fair_report(y, preds, val_accuracy, cfg.bootstrap, seed)}
+    report = ensemble_headline(report, y, preds, ensemble.single_best, ensemble.default, cfg.bootstrap, seed)
     calibration = {name: reliability(y, preds[name], probs[name], cfg.calibration_bins) for name in preds
                    if name in probs}
     per_class = {name: per_class_scores(y, pred, spec.labels) for name, pred in preds.items()}
@@ -112,6 +137,11 @@ def evaluate(params: StageParams) -> dict:
                 report["best_unimodal"], report.get("fused_minus_best_unimodal"),
                 report.get("fused_minus_best_unimodal_ci95_lo"), report.get("fused_minus_best_unimodal_ci95_hi"),
                 report["fused_accuracy_without"])
+    logger.info("ensemble test accuracy %s [%s, %s]; minus the single best (%s, chosen on val): %s [%s, %s]; "
+                "default model: %s", report["ensemble_accuracy"], report["ensemble_accuracy_ci95_lo"],
+                report["ensemble_accuracy_ci95_hi"], report["single_best"], report["ensemble_minus_single_best"],
+                report["ensemble_minus_single_best_ci95_lo"], report["ensemble_minus_single_best_ci95_hi"],
+                report["default_model"])
     warn_if_baseline_wins(report)
     return report
 

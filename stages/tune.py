@@ -51,6 +51,25 @@ def write_best(result, row: pd.Series, params: StageParams, out: Path) -> dict:
     return trial
 
 
+def top_trials(table: pd.DataFrame, metric: str, mode: str, k: int) -> list[str]:
+    """The `k` best successful trials' numbers, best first (ties: the lower number), as `best_trial` ranks them."""
+    ok = table[(table["status"] == "ok") & table[metric].notna()]
+    ranked = ok.assign(_v=ok[metric].astype(float)).sort_values(["_v", "trial"], ascending=[mode == "min", True])
+    return ranked["trial"].head(k).tolist()
+
+
+def write_trial_model(result, params: StageParams, out: Path) -> None:
+    """A trial's best kept checkpoint's model (an ensemble candidate), with what predict needs beside it."""
+    checkpoint = best_checkpoint(result, params.tune.metric, params.tune.mode)
+    if checkpoint is None:  # Ray kept none with the metric: nothing to offer
+        logger.warning("trial %s kept no checkpoint with %s: not an ensemble candidate", trial_number(result),
+                       params.tune.metric)
+        return
+    with checkpoint.as_directory() as ckpt:
+        shutil.copytree(Path(ckpt) / "model", out)
+    bundle_inputs(Path(params.base.paths.aligned), out)
+
+
 def tune(params: StageParams, project_dir: Path) -> dict:
     paths, cfg = params.base.paths, params.tune
     storage = project_dir / ".ray" / "results"
@@ -81,6 +100,13 @@ def tune(params: StageParams, project_dir: Path) -> dict:
             write_reference(reference, tmp / "unimodal" / modality)
             bundle_inputs(Path(paths.aligned), tmp / "unimodal" / modality)
             metrics[f"unimodal/{modality}/val_accuracy"] = reference.val_accuracy
+            write_json(tmp / "unimodal" / modality / "reference.json",
+                       {"candidate": reference.candidate, "knobs": reference.knobs, "epochs": reference.epochs,
+                        "val_accuracy": reference.val_accuracy, "selected_on": f"val rows holding {modality}"})
+        # The next best trials' models: candidates of ensemble selection (stage `ensemble`).
+        (tmp / "trials").mkdir()
+        for number in top_trials(table, cfg.metric, cfg.mode, cfg.top_k)[1:]:
+            write_trial_model(next(r for r in results if trial_number(r) == number), params, tmp / "trials" / number)
     # 3. Tables, plots and metrics DVC declares.
     write_csv_atomic(Path(paths.metrics) / "tune_trials.csv", table)
     write_csv_atomic(Path(paths.metrics) / "tune_epochs.csv", epochs)

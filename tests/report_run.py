@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from multimodal.evaluation.evaluate import fair_report
+from multimodal.evaluation.evaluate import ensemble_headline, fair_report
 from multimodal.storage.io import write_json
 from stages.validate import validate_into
 from tests.unit.conftest import params_section
@@ -49,9 +49,12 @@ def build_run(base: Path) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 40)
     preds = {name: np.where(rng.random(40) < hit, y, 1 - y)
-             for name, hit in (("fused", 0.9), ("unimodal_audio", 0.7), ("baseline_early_fusion", 0.6))}
+             for name, hit in (("fused", 0.9), ("unimodal_audio", 0.7), ("baseline_early_fusion", 0.6),
+                               ("ensemble", 0.9))}
     preds["unimodal_audio"][:5] = -1  # rows that model cannot see
-    report = {"fusion": "gated", **fair_report(y, preds, {"audio": 0.7}, resamples=200, seed=0)}
+    report = {"fusion": "gated", **fair_report(y, preds, {"unimodal_audio": 0.7}, resamples=200, seed=0)}
+    # The ensemble lost on validation: the single best stays the default.
+    report = ensemble_headline(report, y, preds, "fused", "fused", resamples=200, seed=0)
     report["calibration"] = {"fused": {"ece": 0.05, "bins": 10}, HOSTILE: {"ece": 0.1, "bins": 10}}  # a new block
     write_json(metrics / "evaluate.json", report, sort_keys=False)
     write_json(metrics / "tune.json", {"best_trial": "00001", "best_epoch": 3, "best_val_accuracy": 0.8, "trials": 2})

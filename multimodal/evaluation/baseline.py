@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 EARLY_FUSION = "early_fusion"
 PREDICTIONS = "test_predictions.csv"  # under base.paths.baseline
 PROBABILITIES = "test_probabilities.csv"  # beside it: one row per (model, test row it sees)
+VAL_PROBABILITIES = "val_probabilities.csv"  # the same for validation rows: what ensemble selection reads
 PREFIX = "baseline_"  # evaluate's name for a baseline model: baseline_early_fusion, baseline_<modality>
 
 # A feature function: (the modality's tensors on every row, rows it may fit statistics on, params) -> (N, d). The
@@ -170,29 +171,33 @@ def fit_selected(x_train, y_train, x_val, y_val, cfg: Baseline, seed: int) -> tu
 
 
 def fit_baselines(splits: Mapping[str, SplitData], cfg: Baseline, seed: int,
-                  n_classes: int) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+                  n_classes: int) -> tuple[dict, dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
     """Metrics per model, its test predictions (a class per test row, ABSTAIN where it has no input) and its
-    test class probabilities ((rows, n_classes), NaN rows where it has no input)."""
+    class probabilities per split ({"val" | "test": {model: (rows, n_classes)}}, NaN rows where it has no
+    input)."""
     which, y, tensors, masks = joined(splits)
     features = {}
     for modality in tensors:
         x = modality_features(modality, tensors[modality], (which == "train") & masks[modality], cfg)
         if x is not None:
             features[modality] = x
-    metrics, predictions, probabilities = {}, {}, {}
+    metrics, predictions, probabilities = {}, {}, {"val": {}, "test": {}}
     # One BLAS thread: on these small problems threads only add contention (200x slower on a busy 2-core
     # machine), and single-threaded reductions make the fitted weights bit-reproducible.
     with threadpool_limits(limits=1):
         for name, (x, rows) in designs(features, masks).items():
             fitted = _fit_one(name, x, rows, which, y, cfg, seed, n_classes)
             if fitted:
-                metrics[name], predictions[name], probabilities[name] = fitted
+                metrics[name], predictions[name], proba = fitted
+                for split in probabilities:
+                    probabilities[split][name] = proba[split]
     return metrics, predictions, probabilities
 
 
 def _fit_one(name: str, x: np.ndarray, rows: np.ndarray, which: np.ndarray, y: np.ndarray, cfg: Baseline,
-             seed: int, n_classes: int) -> tuple[dict, np.ndarray, np.ndarray] | None:
-    """One model on `rows`: fitted on train, C chosen on val; its metrics, test predictions and probabilities."""
+             seed: int, n_classes: int) -> tuple[dict, np.ndarray, dict[str, np.ndarray]] | None:
+    """One model on `rows`: fitted on train, C chosen on val; its metrics, test predictions and its val and test
+    probabilities."""
     test = which == "test"
     train, val = rows & (which == "train"), rows & (which == "val")
     if len(np.unique(y[train])) < 2:
@@ -200,17 +205,25 @@ def _fit_one(name: str, x: np.ndarray, rows: np.ndarray, which: np.ndarray, y: n
         return None
     model, c, val_accuracy = fit_selected(x[train], y[train], x[val], y[val], cfg, seed)
     pred = np.full(test.sum(), ABSTAIN, dtype=np.int64)
-    proba = np.full((test.sum(), n_classes), np.nan)
     seen = rows[test]
     if seen.any():
         pred[seen] = model.predict(x[test][seen])
-        proba[seen] = 0.0  # a class without a train row of this model: probability 0
-        proba[np.ix_(np.flatnonzero(seen), model.classes_)] = model.predict_proba(x[test][seen])
+    proba = {split: _probabilities(model, x, rows, which == split, n_classes) for split in ("val", "test")}
     metrics = {"C": c, "val_accuracy": val_accuracy, "n_val": int(val.sum()), "features": x.shape[1],
                "test_accuracy": float((pred[seen] == y[test][seen]).mean()) if seen.any() else None,
                "n_test": int(seen.sum())}
     logger.info("baseline %s: %s", name, metrics)
     return metrics, pred, proba
+
+
+def _probabilities(model: Pipeline, x: np.ndarray, rows: np.ndarray, split: np.ndarray, n_classes: int) -> np.ndarray:
+    """(rows of `split`, n_classes) probabilities, NaN rows where the model has no input."""
+    proba = np.full((split.sum(), n_classes), np.nan)
+    seen = rows[split]
+    if seen.any():
+        proba[seen] = 0.0  # a class without a train row of this model: probability 0
+        proba[np.ix_(np.flatnonzero(seen), model.classes_)] = model.predict_proba(x[split][seen])
+    return proba
 
 
 def write_predictions(path: Path, sample_ids: list[str], y: np.ndarray, predictions: Mapping[str, np.ndarray],

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from multimodal.evaluation.scoring import best_by_validation, compare, model_scores, top_label
+from multimodal.evaluation.scoring import (
+    ABSTAIN,
+    best_by_validation,
+    compare,
+    model_scores,
+    paired_difference,
+    rng_for,
+    top_label,
+)
 from multimodal.models.model import ModelSpec, load_model
 from multimodal.storage.dataset import SplitData
 from multimodal.training.align import load_cached_features
@@ -26,27 +34,30 @@ from multimodal.training.train import predict
 logger = logging.getLogger(__name__)
 
 FUSED = "fused"
+ENSEMBLE = "ensemble"  # the selected ensemble (multimodal.evaluation.ensemble), scored like any other model
 BASELINE = "baseline_early_fusion"  # the classical model the fused one must beat (multimodal.evaluation.baseline)
 NOTHING = "none"  # name of the empty set of removed modalities (multimodal.evaluation.robustness.missing_modality)
 
 
-def inputs_for(spec: ModelSpec, test: SplitData, aligned_dir: Path) -> SplitData:
-    """`test` restricted to the model's modalities, with cached features where the model reads them."""
-    return load_cached_features(aligned_dir, test.only(spec.modalities), "test", spec.feature_modalities)
+def inputs_for(spec: ModelSpec, data: SplitData, aligned_dir: Path, split: str = "test") -> SplitData:
+    """`data` (split `split`) restricted to the model's modalities, with cached features where the model reads
+    them."""
+    return load_cached_features(aligned_dir, data.only(spec.modalities), split, spec.feature_modalities)
 
 
 @dataclass
 class ModelOnTestSplit:
-    """A saved model and the test split in the form it reads (cached features where its spec says so)."""
+    """A saved model and a split (test unless told) in the form it reads (cached features where its spec says so)."""
 
     model: nn.Module
     spec: ModelSpec
     data: SplitData
 
     @classmethod
-    def load(cls, model_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device) -> "ModelOnTestSplit":
+    def load(cls, model_dir: Path, data: SplitData, aligned_dir: Path, device: torch.device,
+             split: str = "test") -> "ModelOnTestSplit":
         model, spec = load_model(model_dir, device)
-        return cls(model, spec, inputs_for(spec, test, aligned_dir))
+        return cls(model, spec, inputs_for(spec, data, aligned_dir, split))
 
     def probabilities(self, data: SplitData, batch_size: int, device: torch.device) -> np.ndarray:
         """(N, C) class probabilities of `data` (this model's form), NaN on the rows holding none of its
@@ -110,26 +121,43 @@ def _difference(comparisons: dict, name: str | None, prefix: str) -> dict:
     return _flat(prefix, paired[f"{FUSED}_minus"], paired[f"{FUSED}_minus_ci95"], paired["n"])
 
 
-def fair_report(y: np.ndarray, preds: Mapping[str, np.ndarray], unimodal_val_accuracy: Mapping[str, float],
+def fair_report(y: np.ndarray, preds: Mapping[str, np.ndarray], single_modality_val_accuracy: Mapping[str, float],
                 resamples: int, seed: int) -> dict:
     """evaluate.json: a few flat headline keys first (what `dvc exp show` compares), then the details.
 
-    `unimodal_val_accuracy` maps a modality to its unimodal model's validation accuracy (tune.json): the best
-    unimodal model is the one validation prefers.
+    `single_modality_val_accuracy` maps a single-modality model (`unimodal_<m>`, deep; `baseline_<m>`, classical)
+    to its validation accuracy on the rows it sees: `best_unimodal` is the one validation prefers, deep or classical.
     """
     models = {name: model_scores(name, y, pred, resamples, seed) for name, pred in preds.items()}
     comparisons = compare(FUSED, y, preds, resamples, seed)
-    candidates = {m: v for m, v in unimodal_val_accuracy.items() if f"unimodal_{m}" in preds}
+    candidates = {m: v for m, v in single_modality_val_accuracy.items() if m in preds and v is not None}
     best = best_by_validation(candidates)
     fused = models[FUSED]
     headline = {**_flat("fused_accuracy", fused["accuracy"], fused["ci95"], fused["n"]), "n_test": len(y),
-                "best_unimodal": best,
-                **_difference(comparisons, best and f"unimodal_{best}", "fused_minus_best_unimodal")}
+                "best_unimodal": best, **_difference(comparisons, best, "fused_minus_best_unimodal")}
     if BASELINE in preds:
         headline["baseline_accuracy"] = models[BASELINE]["accuracy"]
         headline.update(_difference(comparisons, BASELINE, "fused_minus_baseline"))
         headline["fused_beats_baseline"] = bool((headline["fused_minus_baseline"] or 0) > 0)
     return {**headline, "models": models, **comparisons}
+
+
+def ensemble_headline(report: Mapping, y: np.ndarray, preds: Mapping[str, np.ndarray], single_best: str,
+                      default: str, resamples: int, seed: int) -> dict:
+    """`report` with the ensemble's headline keys before its details: its test accuracy, the single best model
+    (chosen on validation) and the paired ensemble-minus-single-best difference, and which one is the default."""
+    ensemble = preds[ENSEMBLE]
+    both = (ensemble != ABSTAIN) & (preds[single_best] != ABSTAIN)
+    paired = paired_difference(ensemble[both] == y[both], preds[single_best][both] == y[both], resamples,
+                               rng_for(seed, f"paired/{ENSEMBLE}/{single_best}"))
+    scores = report["models"][ENSEMBLE]
+    keys = {**_flat("ensemble_accuracy", scores["accuracy"], scores["ci95"], scores["n"]),
+            "single_best": single_best, "single_best_accuracy": report["models"][single_best]["accuracy"],
+            **_flat("ensemble_minus_single_best", paired["difference"], paired["ci95"], paired["n"]),
+            "default_model": default}
+    cut = list(report).index("models")
+    items = list(report.items())
+    return {**dict(items[:cut]), **keys, **dict(items[cut:])}
 
 
 def with_details(report: Mapping, reliability: Mapping[str, dict], missing: list[dict],

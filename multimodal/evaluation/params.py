@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, PositiveFloat, field_validator
 
 from multimodal.pipeline.params import Strict
@@ -45,3 +47,12 @@ class Evaluate(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return corruptions
+
+
+class Ensemble(Strict):
+    """Ensemble selection on validation (multimodal.evaluation.ensemble)."""
+
+    metric: Literal["log_likelihood", "accuracy"]  # what each greedy round maximises on validation rows
+    rounds: int = Field(ge=1)  # greedy rounds; a member's weight is its count / the kept rounds
+    members: list[Literal["trials", "unimodal", "classical"]]  # candidates beside the fused best model
+    batch_size: int = Field(ge=1)  # rows per forward pass of a deep member

@@ -49,6 +49,7 @@ class Paths(Strict):
     preprocessed: Path
     aligned: Path
     models: Path
+    ensemble: Path  # the ensemble stage's model: ensemble.json naming members under `models` and `baseline`
     baseline: Path
     metrics: Path
     plots: Path

@@ -145,6 +145,18 @@ def _flat(evaluate: Mapping[str, Any], prefix: str, unit=pct) -> str:
     return f"{unit(evaluate[prefix])} {interval(low, high, unit)}"
 
 
+def ensemble_sentence(evaluate: Mapping[str, Any]) -> str:
+    """The selected ensemble beside the single best model, and which of the two is the default (chosen on
+    validation)."""
+    best = evaluate.get("single_best")
+    text = (f"Ensemble of this run's models (weights chosen on validation): test accuracy "
+            f"{_flat(evaluate, 'ensemble_accuracy')}; against the single best model ({best}, chosen on validation): "
+            f"{_flat(evaluate, 'ensemble_minus_single_best', pts)}.")
+    if evaluate.get("default_model") == "ensemble":
+        return text + " The ensemble is the default model: it beats the single best on validation."
+    return text + f" The single best ({best}) stays the default model: the ensemble does not beat it on validation."
+
+
 def headline(evaluate: Mapping[str, Any]) -> list:
     """The verdict in two sentences, and the loud line when the classical baseline is not beaten."""
     if "fused_accuracy" not in evaluate:
@@ -158,6 +170,8 @@ def headline(evaluate: Mapping[str, Any]) -> list:
         parts.append(f"Against the classical baseline ({pct(evaluate.get('baseline_accuracy'))}): "
                      f"{_flat(evaluate, 'fused_minus_baseline', pts)}.")
     blocks = [Text(" ".join(parts), "good" if evaluate.get("fused_beats_baseline", True) else "plain")]
+    if evaluate.get("ensemble_accuracy") is not None:
+        blocks.append(Text(ensemble_sentence(evaluate)))
     if evaluate.get("fused_beats_baseline") is False:
         blocks.append(Text("The fused deep model does NOT beat the classical baseline (logistic regression on "
                            "standard features): check the data, the search space and the augmentation before "

@@ -25,6 +25,8 @@ from multimodal.data.manifest import modality_columns, read_manifest
 from multimodal.modalities import get_modality
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.bundle import load_for_raw_inputs
+from multimodal.models.ensemble import EnsembleModel, EnsembleSpec, is_ensemble
+from multimodal.models.model import ModelSpec
 from multimodal.storage.dataset import SplitData
 from multimodal.storage.io import atomic_text
 from multimodal.training.train import predict as predict_probs
@@ -151,10 +153,35 @@ class Summary:
                 self.labelled_unpredicted += row[1] == ""
 
 
+def load_ensemble_for_raw_inputs(folder: Path, device: torch.device
+                                 ) -> tuple[EnsembleModel, ModelSpec, dict[str, ModalitySpec]]:
+    """An ensemble folder (`ensemble.json`) as one model of its deep members, a spec naming the modalities any
+    member reads, and their processing settings (each modality's from the first member reading it)."""
+    ensemble = EnsembleSpec.load(folder)
+    classical = [m.name for m in ensemble.members if m.kind != "model"]
+    if classical:
+        raise ValueError(f"{folder}: the ensemble holds classical members {classical}, which predict cannot run "
+                         f"yet; predict with its single best model ({ensemble.single_best}), or set "
+                         "`ensemble.members` without `classical` and run `dvc repro ensemble`")
+    models, reads, processing, first = [], [], {}, None
+    for member in ensemble.members:
+        model, spec, settings = load_for_raw_inputs(folder / member.path, device)
+        models.append(model)
+        reads.append(spec.modalities)
+        first = first or spec
+        for modality in spec.modalities:
+            processing.setdefault(modality, settings[modality])
+    # What predict reads of a spec: the modalities (any member's) and the labels.
+    spec = ModelSpec(list(processing), {}, first.labels, first.dim, "ensemble", 0.0, {}, {})
+    return EnsembleModel(models, reads, [m.weight for m in ensemble.members]).eval(), spec, processing
+
+
 def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int, device: torch.device) -> Summary:
-    """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy."""
+    """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy. A model
+    folder holding `ensemble.json` predicts as its weighted members."""
     # 1. The model with an encoder for every modality, and the readers preprocess used for them.
-    model, spec, processing = load_for_raw_inputs(model_dir, device)
+    load = load_ensemble_for_raw_inputs if is_ensemble(model_dir) else load_for_raw_inputs
+    model, spec, processing = load(model_dir, device)
     readers = {m: ManifestCellReader.build(m, processing[m]) for m in spec.modalities}
     frame = read_manifest(manifest, required=REQUIRED)
     unused = [m for m in modality_columns(frame) if m not in readers]

@@ -93,6 +93,30 @@ def _space_problems(name: str, spec: Any) -> list[str]:
     return []
 
 
+REFERENCE_KNOBS = ("lr", "dropout", "weight_decay", "modality_dropout", "warmup_ratio", "grad_clip",
+                   "augment_strength")  # what a unimodal reference's own search may vary (not the architecture)
+
+
+class References(Strict):
+    """The unimodal references' own search (multimodal.tuning.references): per modality, `num_samples` candidates,
+    the first with the best fused trial's knobs, the others drawn from `space` over them (seeded per modality);
+    each selected on the validation rows holding its modality."""
+
+    num_samples: int = Field(ge=1)
+    space: dict[str, dict[str, Any]]
+
+    @field_validator("space")
+    @classmethod
+    def _space_shape(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        problems = [f"tune.references.space.{name}: not a knob a reference searches; searchable: "
+                    f"{list(REFERENCE_KNOBS)}" for name in space if name not in REFERENCE_KNOBS]
+        problems += [p.replace("tune.space.", "tune.references.space.") for name, spec in space.items()
+                     for p in _space_problems(name, spec)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return space
+
+
 class Tune(Strict):
     search: Literal["random", "optuna"]  # optuna: TPE seeded from base.seed
     num_samples: int = Field(ge=1)
@@ -102,6 +126,8 @@ class Tune(Strict):
     workers_per_trial: int = Field(ge=1)  # >1: a trial is a Ray Train run of that many data-parallel workers
     max_failures: int = Field(ge=0)  # retries of a failed trial, from its last checkpoint
     keep_checkpoints: int = Field(ge=1)  # per trial, the best by `metric` (Ray also keeps the latest)
+    top_k: int = Field(ge=1)  # best trials whose best models are saved (models/best, models/trials/<n>)
+    references: References
     object_store_memory_mb: int = Field(ge=78)
     address: RayAddress
     metric: Literal[SELECTION_METRICS]

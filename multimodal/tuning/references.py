@@ -1,5 +1,11 @@
-"""Unimodal references: each modality fine-tuned alone with the best trial's knobs, in parallel, during the search
-or after it.
+"""Unimodal references: each modality fine-tuned alone, with a small search of its own, in parallel, during the
+search or after it.
+
+Per modality, `tune.references.num_samples` candidates: the first with the best fused trial's knobs, the others with
+`tune.references.space` (learning rate, dropout, weight decay, ...) drawn over them, seeded from `base.seed` and the
+modality. Each trains to `tune.asha.max_epochs` with the trials' early stopping (`patience`), its best epoch chosen
+on the validation rows holding its modality; the candidate of highest validation accuracy there is the reference
+(ties: the first). A fused model is no longer compared with a single-modality model trained with knobs chosen for it.
 
 One Ray task per modality on the Ray the search started (local, or the cluster of `tune.address`), each taking what
 a trial takes (`tune.cpus_per_trial`, and `tune.gpus_per_trial` when the trials used GPUs) and training with that
@@ -14,9 +20,11 @@ returns the files' bytes with its fit metrics; the driver writes them (`write_re
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,13 +35,39 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Reference:
     """What one reference task returns: its saved model's files ({path relative to the model folder: bytes}),
-    the best validation accuracy, the epochs it trained and its training seconds."""
+    the best validation accuracy (on the val rows holding its modality), the epochs it trained, its training
+    seconds, and which candidate of its modality it is with its searched knobs."""
 
     modality: str
     files: dict[str, bytes]
     val_accuracy: float
     epochs: int
     seconds: float
+    candidate: int = 0
+    knobs: dict[str, Any] | None = None
+
+
+def draw(spec: dict[str, Any], rng) -> Any:
+    """One value of a `{loguniform|uniform|choice|randint: ...}` search entry."""
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        return args[int(rng.integers(len(args)))]
+    if kind == "randint":
+        return int(rng.integers(args[0], args[1]))
+    if kind == "loguniform":
+        return float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+    return float(rng.uniform(args[0], args[1]))
+
+
+def candidates(values: dict[str, Any], space: dict[str, dict[str, Any]], num_samples: int, seed: int,
+               modality: str) -> list[dict[str, Any]]:
+    """The TrainConfig values of a modality's reference candidates: `values` (the best fused trial's) first, then
+    `num_samples - 1` draws of `space` over them; the same seed and modality give the same candidates."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, zlib.crc32(modality.encode())])
+    drawn = [{name: draw(spec, rng) for name, spec in sorted(space.items())} for _ in range(num_samples - 1)]
+    return [dict(values), *({**values, **d} for d in drawn)]
 
 
 class ReferenceFailed(RuntimeError):
@@ -41,9 +75,9 @@ class ReferenceFailed(RuntimeError):
 
 
 def train_reference(modality: str, values: dict[str, Any], project_dir: str, params_raw: dict[str, Any],
-                    device: str, threads: int) -> Reference:
-    """Fine-tune `modality` alone with the TrainConfig `values` (the best trial's), in this process; runs as a
-    Ray task, or directly (benchmarks)."""
+                    device: str, threads: int, candidate: int = 0, knobs: dict[str, Any] | None = None) -> Reference:
+    """Fine-tune `modality` alone with the TrainConfig `values` (one candidate's), in this process, its best epoch
+    chosen on the val rows holding the modality; runs as a Ray task, or directly (benchmarks)."""
     import torch
 
     from multimodal.models.model import save_model
@@ -60,13 +94,16 @@ def train_reference(modality: str, values: dict[str, Any], project_dir: str, par
     seed_everything(cfg.seed)
     started = time.monotonic()
     data = load_splits(params, ("train", "val"), strategy=cfg.strategy)
-    model, spec, result = finetune(Path(params.base.paths.aligned), load_labels(params), data["train"], data["val"],
-                                   cfg, torch.device(device), [modality])
+    own = data["val"].masks[modality].nonzero().flatten()  # a reference is judged where it can see
+    if len(own) == 0:
+        raise ReferenceFailed(f"tune: no validation row holds '{modality}': its reference cannot be selected")
+    model, spec, result = finetune(Path(params.base.paths.aligned), load_labels(params), data["train"],
+                                   data["val"].take(own), cfg, torch.device(device), [modality])
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, spec, tmp)
         files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
     return Reference(modality, files, float(result.best.val_accuracy), len(result.history),
-                     time.monotonic() - started)
+                     time.monotonic() - started, candidate, knobs)
 
 
 def write_reference(reference: Reference, out: Path) -> None:
@@ -82,21 +119,29 @@ def write_reference(reference: Reference, out: Path) -> None:
 
 
 def submit_references(params, values: dict[str, Any], modalities: list[str], project_dir: Path,
-                      resources: dict[str, float]) -> dict[Any, str]:
-    """Every modality's reference as a Ray task on the Ray already joined, each taking a trial's `resources`
-    ({"cpu", "gpu"}, as the search decided them: `search.trial_resources`); {object ref: modality}, in the order of
-    `modalities`."""
+                      resources: dict[str, float]) -> dict[Any, tuple[str, int]]:
+    """Every modality's reference candidates as Ray tasks on the Ray already joined, each taking a trial's
+    `resources` ({"cpu", "gpu"}, as the search decided them: `search.trial_resources`); {object ref: (modality,
+    candidate)}, in the order of `modalities`, then candidates."""
     import ray
 
     options = {"num_cpus": resources["cpu"], "num_gpus": resources["gpu"]}
     device = "cuda" if resources["gpu"] > 0 else "cpu"
     threads = max(1, int(params.tune.cpus_per_trial))  # a trial's count (multimodal.tuning.trial.train_trial)
     task = ray.remote(**options, max_retries=params.tune.max_failures)(train_reference)
-    logger.info("references: %d Ray tasks of %g CPUs and %g GPUs each, %d torch threads, on %s", len(modalities),
-                options["num_cpus"], options["num_gpus"], threads, device)
+    search = params.tune.references
+    logger.info("references: %d candidates for each of %d modalities, Ray tasks of %g CPUs and %g GPUs each, %d "
+                "torch threads, on %s", search.num_samples, len(modalities), options["num_cpus"],
+                options["num_gpus"], threads, device)
     shared = {"project_dir": str(project_dir.resolve()), "params_raw": params.raw_params(), "device": device,
               "threads": threads}
-    return {task.options(name=f"reference-{m}").remote(m, values, **shared): m for m in modalities}
+    pending = {}
+    for m in modalities:
+        for i, config in enumerate(candidates(values, search.space, search.num_samples, params.base.seed, m)):
+            knobs = {k: config[k] for k in sorted(search.space)}
+            ref = task.options(name=f"reference-{m}-{i}").remote(m, config, **shared, candidate=i, knobs=knobs)
+            pending[ref] = (m, i)
+    return pending
 
 
 def train_references(params, values: dict[str, Any], modalities: list[str], project_dir: Path,
@@ -106,15 +151,16 @@ def train_references(params, values: dict[str, Any], modalities: list[str], proj
     return gather(submit_references(params, values, modalities, project_dir, resources), time.monotonic())
 
 
-def gather(pending: dict[Any, str], started: float) -> dict[str, Reference]:
-    """The results of `pending` ({Ray object ref: modality}) as they finish, logged; in submission order."""
+def gather(pending: dict[Any, tuple[str, int]], started: float) -> dict[str, Reference]:
+    """The results of `pending` ({Ray object ref: (modality, candidate)}) as they finish, logged; per modality the
+    candidate of highest validation accuracy (ties: the first), in submission order."""
     import ray
 
-    order = list(pending.values())
-    done: dict[str, Reference] = {}
+    order = list(dict.fromkeys(m for m, _ in pending.values()))
+    done: dict[tuple[str, int], Reference] = {}
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)
-        modality = pending.pop(ref)
+        modality, candidate = pending.pop(ref)
         try:
             reference = ray.get(ref)
         except Exception as error:  # Ray wraps the task's exception: named and raised again below
@@ -123,10 +169,16 @@ def gather(pending: dict[Any, str], started: float) -> dict[str, Reference]:
             cause = getattr(error, "cause", None) or error
             raise ReferenceFailed(f"tune: the unimodal reference of '{modality}' failed: "
                                   f"{type(cause).__name__}: {cause}") from error
-        done[modality] = reference
-        logger.info("unimodal %s: %d epochs, %.0f s training (%.0f s since the references started)", modality,
+        done[modality, candidate] = reference
+        logger.info("unimodal %s: candidate %d %s, val accuracy %.4f, %d epochs, %.0f s training (%.0f s since the "
+                    "references started)", modality, candidate, reference.knobs, reference.val_accuracy,
                     reference.epochs, reference.seconds, time.monotonic() - started)
-    return {m: done[m] for m in order}
+    return {m: best_candidate([r for (mod, _), r in sorted(done.items()) if mod == m]) for m in order}
+
+
+def best_candidate(references: list[Reference]) -> Reference:
+    """The candidate of highest validation accuracy; ties go to the lower candidate number."""
+    return min(references, key=lambda r: (-r.val_accuracy, r.candidate))
 
 
 class ReferencePlan:

@@ -25,6 +25,9 @@ TINY_PARAMS = {
     # (bench/BENCHMARKS.md), and other jobs share these cores.
     ("tune", "cpus_per_trial"): 1,
     ("tune", "asha"): {"max_epochs": 2, "grace_period": 1, "reduction_factor": 2},
+    # One reference per modality, with the fused best trial's knobs: the candidates' search is unit-tested
+    # (tests/unit/tuning/test_references.py) and each extra candidate would add a reference training per modality.
+    ("tune", "references"): {"num_samples": 1, "space": {"lr": {"loguniform": [0.0003, 0.005]}}},
     # One corrupted level per curve, and the efficiency report timed once on small batches: at the default sizes
     # they were half of evaluate's work (MiniLM end to end on 64 rows, 3 repeats, per model).
     ("evaluate", "corruptions"): {"image": {"noise": [0, 0.5], "blur": [0, 1.0], "occlusion": [0, 0.35]},

@@ -451,10 +451,10 @@ def test_overrides_apply_to_one_run_and_leave_the_workspace_as_found(
     assert override.state.result()["overrides"] == ["tune.num_samples=1"]
 
     runs = task_runs(override.id, len(stage_names) + 2)
-    rerun = ("tune", "evaluate", "report")
+    rerun = ("tune", "ensemble", "evaluate", "report")
     assert {s: runs[s].state.name for s in stage_names} == {s: "Completed" if s in rerun else "Cached"
                                                             for s in stage_names}
-    # Only what the change reaches started a `dvc repro` (evaluate and report: downstream of tune, re-checked).
+    # Only what the change reaches started a `dvc repro` (ensemble, evaluate, report: downstream of tune, re-checked).
     assert repros(override) == list(rerun)
     # The workspace is back on its baseline: params, lock and outputs as before, nothing for DVC to redo.
     assert (workspace / "params.yaml").read_bytes() == params_before

@@ -6,8 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from flows.workspace import run
@@ -19,7 +22,7 @@ from tests.integration.conftest import TINY_PARAMS
 pytestmark = pytest.mark.integration
 
 STAGES = {"demo", "ingest", "validate", "preprocess@image", "preprocess@audio", "preprocess@text", "baseline", "align", "tune",
-          "evaluate", "report"}
+          "ensemble", "evaluate", "report"}
 
 
 def stages_run(output: str) -> set[str]:
@@ -59,9 +62,17 @@ def test_pipeline_end_to_end_then_noop(built: Built, reproduced: Path) -> None:
             assert model["ci95"][0] <= model["accuracy"] <= model["ci95"][1]
             assert metrics["paired"][key]["n"] == seen
             assert metrics["all_rows_abstain_wrong"][key]["n"] == len(test_rows)
-    tune = json.loads((project / "metrics/tune.json").read_text())
-    val = {m: tune[f"unimodal/{m}/val_accuracy"] for m in ("image", "audio", "text")}
-    assert metrics["best_unimodal"] == max(val, key=val.get)  # chosen on validation
+    # The best single-modality model, deep or classical, chosen on validation (each on the val rows it sees).
+    ensemble = json.loads((project / "ensemble/ensemble.json").read_text())
+    val = {name: figures["accuracy"] for name, figures in ensemble["validation"]["members"].items()
+           if name.startswith("unimodal_") or name in {f"baseline_{m}" for m in ("image", "audio", "text")}}
+    assert len(val) == 6 and metrics["best_unimodal"] == max(val, key=val.get)
+    # The ensemble: weights from validation, scored on test beside the single best, the default named.
+    assert sum(m["weight"] for m in ensemble["members"]) == pytest.approx(1.0)
+    assert metrics["ensemble_accuracy_n"] == len(test_rows) and metrics["single_best"] == ensemble["single_best"]
+    assert metrics["default_model"] == ensemble["default"] in {"ensemble", ensemble["single_best"]}
+    assert metrics["ensemble_minus_single_best_ci95_lo"] <= metrics["ensemble_minus_single_best"] <= \
+        metrics["ensemble_minus_single_best_ci95_hi"]
     assert metrics["n_test"] == metrics["models"]["fused"]["n"] == metrics["fused_minus_baseline_n"] == len(test_rows)
     assert metrics["fused_beats_baseline"] == (metrics["fused_minus_baseline"] > 0)
     baseline = json.loads((project / "metrics/baseline.json").read_text())
@@ -100,6 +111,23 @@ def test_pipeline_end_to_end_then_noop(built: Built, reproduced: Path) -> None:
     assert stages_run(second.stdout) == set()
     assert "Data and pipelines are up to date" in second.stdout
     # 3. Experiments (a tune knob changed): test_use_model.py, over another copy of the same run.
+
+
+def test_ensemble_weights_do_not_move_when_the_test_labels_are_shuffled(reproduced: Path) -> None:
+    """Selection reads validation rows only: the ensemble stage of the same run with every test label shuffled writes
+    the same members, weights and validation figures."""
+    project = reproduced
+    before = json.loads((project / "ensemble/ensemble.json").read_text())
+    manifest = project / "data/validated/manifest.csv"
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    test = frame["split"] == "test"
+    labels = frame.loc[test, "label"].to_numpy()
+    frame.loc[test, "label"] = np.roll(labels, 1)  # each test row takes its neighbour's label
+    assert (frame.loc[test, "label"].to_numpy() != labels).any()
+    frame.to_csv(manifest, index=False)
+    run([sys.executable, "-m", "stages.ensemble"], project)
+    after = json.loads((project / "ensemble/ensemble.json").read_text())
+    assert after == before
 
 
 @pytest.mark.slow

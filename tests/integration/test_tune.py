@@ -130,7 +130,8 @@ def test_each_modality_gets_a_reference_trained_as_a_ray_task(tuned) -> None:
         assert 0 <= references(project)["metrics"][f"unimodal/{modality}/val_accuracy"] <= 1
         assert f"unimodal {modality}: " in done.stderr  # its epochs and seconds are logged
     # cpus_per_trial 1 on two CPUs: two tasks at a time, one torch thread each.
-    assert "references: 3 Ray tasks of 1 CPUs and 0 GPUs each, 1 torch threads, on cpu" in done.stderr
+    assert "references: 1 candidates for each of 3 modalities, Ray tasks of 1 CPUs and 0 GPUs each, 1 torch threads, " \
+           "on cpu" in done.stderr
 
 
 def test_a_forced_run_starts_a_fresh_study_with_the_same_outcome(tuned) -> None:
@@ -170,7 +171,7 @@ def reference(modality):
 
 
 try:
-    gather({reference.remote(m): m for m in ("image", "audio", "text")}, 0.0)
+    gather({reference.remote(m): (m, 0) for m in ("image", "audio", "text")}, 0.0)
 except ReferenceFailed as error:
     sys.exit(f"FAILED: {error}")
 """

@@ -15,6 +15,7 @@ from PIL import Image
 from multimodal.evaluation.baseline import (
     PREDICTIONS,
     PROBABILITIES,
+    VAL_PROBABILITIES,
     fit_baselines,
     read_predictions,
     read_probabilities,
@@ -127,7 +128,7 @@ def test_evaluate_scores_the_baseline_on_the_rows_the_deep_models_see(project):
     y = test.labels.numpy()
     # The deep models' view of the same rows: a unimodal model has an input exactly where the mask is set.
     deep = {"fused": y.copy(), **{f"unimodal_{m}": np.where(test.masks[m].numpy(), y, -1) for m in test.modalities}}
-    report = fair_report(y, {**deep, **preds}, {"image": 0.9}, 200, seed=0)
+    report = fair_report(y, {**deep, **preds}, {"unimodal_image": 0.9}, 200, seed=0)
     for modality in ("image", "audio", "text"):
         seen = int(test.masks[modality].sum())
         assert report["models"][f"baseline_{modality}"]["n"] == seen == report["models"][f"unimodal_{modality}"]["n"]
@@ -152,6 +153,13 @@ def test_probabilities_are_written_for_the_rows_each_model_sees(project):
         assert (proba[seen].argmax(axis=1) == preds[name][seen]).all(), name  # predict is the most probable class
     with pytest.raises(ValueError, match="no probability column for class.*'extra'"):
         read_probabilities(Path(paths.baseline) / PROBABILITIES, ids, [*LABELS, "extra"])
+    # The validation rows too (ensemble selection reads them), in the same form.
+    val_ids = frame.loc[frame["split"] == "val", "sample_id"].tolist()
+    val = read_probabilities(Path(paths.baseline) / VAL_PROBABILITIES, val_ids, LABELS)
+    assert set(val) == set(probs)
+    for name, proba in val.items():
+        seen = ~np.isnan(proba).any(axis=1)
+        assert seen.any() and np.allclose(proba[seen].sum(axis=1), 1.0), name
 
 
 def test_predictions_of_other_samples_are_refused(project):
@@ -174,8 +182,11 @@ def test_a_split_without_a_modality_gets_no_predictions_for_it():
         return SplitData([f"{name}{i}" for i in range(n)], y, inputs, masks)
 
     cfg = Baseline(c_grid=[1.0], max_iter=200, image_size=8, n_mfcc=4, max_tokens=10)
-    metrics, preds, probs = fit_baselines({"train": split("t", 20, True), "val": split("v", 10, True),
-                                           "test": split("s", 10, False)}, cfg, seed=0, n_classes=3)
+    metrics, preds, by_split = fit_baselines({"train": split("t", 20, True), "val": split("v", 10, True),
+                                              "test": split("s", 10, False)}, cfg, seed=0, n_classes=3)
+    probs = by_split["test"]
+    # Validation has audio: its probabilities are saved for ensemble selection.
+    assert not np.isnan(by_split["val"]["audio"]).any() and by_split["val"]["audio"].shape == (10, 3)
     assert (preds["audio"] == ABSTAIN).all() and metrics["audio"]["n_test"] == 0
     assert np.isnan(probs["audio"]).all() and probs["image"].shape == (10, 3)
     # Class 2 has no train row: probability 0; the others sum to 1 and their argmax is the prediction.

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from multimodal.evaluation.evaluate import (
+    ensemble_headline,
     fair_report,
     load_readers,
     reader_probabilities,
@@ -32,12 +33,12 @@ PREDS = {
     "unimodal_image": np.array([0, 1, 0, 0, A, 2, 1, 1, 2, A]),  # sees 8 rows, right on 6
     "unimodal_audio": np.array([A, A, 2, 0, 1, 2, 0, A, A, A]),  # sees 5 rows, right on 5
 }
-VAL = {"image": 0.8, "audio": 0.6}
+VAL = {"unimodal_image": 0.8, "unimodal_audio": 0.6}
 
 
 def test_best_unimodal_comes_from_validation_and_is_compared_on_the_rows_both_see():
     report = fair_report(Y, PREDS, VAL, 500, seed=0)
-    assert report["best_unimodal"] == "image"  # not audio, which test would pick
+    assert report["best_unimodal"] == "unimodal_image"  # not audio, which test would pick
     assert report["models"]["unimodal_image"]["n"] == 8
     assert report["models"]["unimodal_audio"] == {**report["models"]["unimodal_audio"], "accuracy": 1.0, "n": 5}
     # Rows 0-3, 5-8: fused 8/8, image 6/8.
@@ -49,7 +50,28 @@ def test_best_unimodal_comes_from_validation_and_is_compared_on_the_rows_both_se
     headline = list(report)[: list(report).index("models")]
     assert headline[0] == "fused_accuracy" and all(not isinstance(report[k], (list, dict)) for k in headline)
     # Validation the other way round picks the other model.
-    assert fair_report(Y, PREDS, {"image": 0.5, "audio": 0.6}, 500, seed=0)["best_unimodal"] == "audio"
+    assert fair_report(Y, PREDS, {"unimodal_image": 0.5, "unimodal_audio": 0.6}, 500, seed=0)["best_unimodal"] == \
+        "unimodal_audio"
+
+
+def test_the_best_single_modality_model_may_be_a_classical_one():
+    """Deep and classical single-modality models compete on validation; test never chooses."""
+    classical = {**PREDS, "baseline_image": np.array([0, 1, 2, 1, A, 1, 0, 0, 2, A])}  # right on 5 of its 8
+    report = fair_report(Y, classical, {**VAL, "baseline_image": 0.85}, 500, seed=0)
+    assert report["best_unimodal"] == "baseline_image"
+    assert report["fused_minus_best_unimodal"] == pytest.approx(8 / 8 - 5 / 8)
+    assert report["fused_minus_best_unimodal_n"] == 8
+
+
+def test_the_ensemble_is_reported_beside_the_single_best_with_a_paired_difference():
+    preds = {**PREDS, "ensemble": np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])}  # right on every row
+    report = ensemble_headline(fair_report(Y, preds, VAL, 500, seed=0), Y, preds, "fused", "ensemble", 500, seed=0)
+    assert report["ensemble_accuracy"] == 1.0 and report["single_best"] == "fused"
+    assert report["ensemble_minus_single_best"] == pytest.approx(0.1) and report["ensemble_minus_single_best_n"] == 10
+    assert report["ensemble_minus_single_best_ci95_lo"] <= 0.1 <= report["ensemble_minus_single_best_ci95_hi"]
+    assert report["default_model"] == "ensemble"
+    headline = list(report)[: list(report).index("models")]  # headline keys, before the details
+    assert {"ensemble_accuracy", "single_best", "ensemble_minus_single_best", "default_model"} <= set(headline)
 
 
 def test_report_is_deterministic_for_a_seed():

@@ -70,6 +70,8 @@ def test_report_has_every_section_with_figures(page):
     assert "Measured on the test split only" in text and "chance is 50.0%" in text
     assert "unimodal_audio" in text and "baseline_early_fusion" in text  # compared with, with figures
     assert "fused minus model" in text and "95% interval" in text
+    assert "against the single best model (fused, chosen on validation)" in text
+    assert "The single best (fused) stays the default model: the ensemble does not beat it on validation" in text
     pngs = [a["src"] for t, a in tags(page) if t == "img" and a["src"].startswith("data:image/png")]
     assert len(pngs) >= 3  # accuracies, paired differences, confusion matrix
 

@@ -5,6 +5,7 @@ predictions are those evaluate makes from the cached features."""
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from multimodal.evaluation.evaluate import FUSED, inputs_for, load_readers, read
 from multimodal.evaluation.scoring import top_label
 from multimodal.modalities.base import FeatureInput
 from multimodal.models.bundle import bundle_inputs, load_for_raw_inputs
+from multimodal.models.ensemble import EnsembleSpec, Member, combine
 from multimodal.models.model import load_model, save_model
 from multimodal.preprocessing.preprocess import preprocess_modality
 from multimodal.shipping import predict as predict_module
@@ -212,3 +214,38 @@ def test_a_frozen_strategy_model_gets_every_aligned_encoder_back(saved, tmp_path
     expected = predict(model, inputs_for(spec, test, aligned), 4, CPU)
     probs = torch.tensor([[float(r[f"p_{c}"]) for c in LABELS] for r in read_rows(tmp_path / "p.csv")])
     assert torch.allclose(probs, expected, atol=1e-5)
+
+
+def test_an_ensemble_predicts_the_weighted_average_of_its_members(saved, tmp_path):
+    """`predict --model <ensemble folder>`: the members' probabilities averaged with the saved weights; on a row
+    without audio the audio model drops out (the fused model's probabilities alone). A classical member is refused
+    with the way out."""
+    dataset, models, aligned = saved
+    _, spec = load_model(models / "best")
+    torch.manual_seed(1)
+    audio_spec = spec.restricted(["audio"])
+    model, _ = initial_model(aligned, LABELS, ["audio"], train_config(strategy="full", input_norm=NORM))
+    torch.nn.init.normal_(model.head.weight)
+    save_model(model, audio_spec, tmp_path / "models" / "unimodal" / "audio")
+    bundle_inputs(aligned, tmp_path / "models" / "unimodal" / "audio")
+    shutil.copytree(models / "best", tmp_path / "models" / "best")
+    folder = tmp_path / "ensemble"
+    members = [Member("fused", "model", 0.25, 1, MODALITIES, "../models/best"),
+               Member("unimodal_audio", "model", 0.75, 3, ["audio"], "../models/unimodal/audio")]
+    EnsembleSpec("log_likelihood", 4, LABELS, members, "fused", "ensemble").save(folder)
+
+    predict_manifest(folder, dataset / "manifest.csv", tmp_path / "p.csv", 5, CPU)
+    rows = read_rows(tmp_path / "p.csv")
+    frame = read_manifest(dataset / "manifest.csv").assign(split="test")
+    test = load_split(frame, "test", LABELS, dataset.parent / "pre", MODALITIES)
+    scored = reader_probabilities(load_readers(tmp_path / "models", test, aligned, CPU), 4, CPU)
+    expected = combine([scored[FUSED], scored["unimodal_audio"]], [0.25, 0.75])
+    probs = np.array([[float(r[f"p_{c}"]) for c in LABELS] for r in rows])
+    assert np.allclose(probs, expected, atol=1e-5)
+    no_audio = ~test.masks["audio"].numpy()
+    assert no_audio.any() and np.allclose(probs[no_audio], scored[FUSED][no_audio], atol=1e-5)
+
+    members.append(Member("baseline_image", "classical", 0.0, 0, ["image"]))
+    EnsembleSpec("log_likelihood", 4, LABELS, members, "fused", "ensemble").save(folder)
+    with pytest.raises(ValueError, match="classical members \\['baseline_image'\\].*single best model \\(fused\\)"):
+        predict_manifest(folder, dataset / "manifest.csv", tmp_path / "q.csv", 5, CPU)
