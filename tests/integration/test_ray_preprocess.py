@@ -18,7 +18,8 @@ from flows.workspace import project_env
 from tests.integration.built import Built, copy_built
 from tests.integration.ray_head import ray_head
 
-pytestmark = pytest.mark.integration
+# slow (~2.5 min, a Ray head started for it): the shards themselves are checked by the default run's preprocess.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def preprocess(project: Path, modality: str, address: str) -> subprocess.CompletedProcess:

@@ -25,7 +25,9 @@ from flows.workspace import copy_project, run
 from multimodal.modalities.base import Modality
 from multimodal.modalities.checks import Check, one_of
 
-pytestmark = pytest.mark.integration
+# slow (~4 min, a fresh project through every stage): the plugin parts are unit-tested (tests/unit/modalities);
+# this is the end-to-end proof that a modality written outside the library runs the whole pipeline.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 # ---------------------------------------------------------------------------------------------- the toy modality

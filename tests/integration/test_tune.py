@@ -134,6 +134,7 @@ def test_each_modality_gets_a_reference_trained_as_a_ray_task(tuned) -> None:
            "on cpu" in done.stderr
 
 
+@pytest.mark.slow  # a second tiny study; bit-identical reruns are also test_pipeline.py's (slow)
 def test_a_forced_run_starts_a_fresh_study_with_the_same_outcome(tuned) -> None:
     """`dvc repro --force` after a run that ended: a fresh study (the errored trial fails again in it, deterministic)
     and the same tables. (Before, it restored the finished study, whose errored trial had no config: the table
@@ -200,6 +201,7 @@ def test_an_impossible_resource_request_fails_fast(aligned) -> None:
     assert seconds < 60, f"took {seconds:.0f} s"
 
 
+@pytest.mark.slow  # starts a Ray head; tune.address
 def test_trials_run_on_an_existing_cluster(aligned) -> None:
     with ray_head(aligned) as (address, node_ids):
         assert len(node_ids) == 1
@@ -222,6 +224,7 @@ def test_trials_run_on_an_existing_cluster(aligned) -> None:
         assert references(aligned) == first
 
 
+@pytest.mark.slow  # two tiny studies; bench/tune_concurrency.py compares them on the default project
 def test_trials_side_by_side_choose_as_one_at_a_time(aligned) -> None:
     """Two trials at once under ASHA, each waiting for its turn at a rung, make every decision of the same study run
     one trial at a time: identical tables, epoch by epoch (multimodal/tuning/rungs.py; docs/tune.md)."""

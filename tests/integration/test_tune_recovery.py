@@ -18,7 +18,9 @@ from flows.workspace import run, set_params
 from tests.integration.built import Built, copy_built
 from tests.integration.recovery import kill_when, lines, trial_worker_in, tune_killing_a_worker, tune_on_a_full_disk
 
-pytestmark = pytest.mark.integration
+# slow (~2 min each, a tiny tune run twice): resume and retry of a study; unit tests cover the decisions
+# (tests/unit/tuning/test_resume.py), these the real Ray behaviour behind them.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 OUTPUTS = ("metrics/tune_trials.csv", "metrics/tune_epochs.csv", "metrics/tune.json")
 
@@ -106,7 +108,6 @@ def test_an_interrupted_study_resumes_without_training_finished_trials_again(ali
           f"epochs reported; the re-run took {resumed:.0f} s and trained only the missing epochs")
 
 
-@pytest.mark.slow  # the study-level resume above runs by default; this kills a worker mid-trial (Ray's retry)
 def test_a_trial_whose_worker_dies_after_a_checkpoint_resumes_from_it(aligned: Path) -> None:
     set_params(aligned, {("tune", "num_samples"): 1, ("tune", "cpus_per_trial"): 1, ("tune", "scheduler"): "fifo",
                          ("tune", "max_failures"): 1, ("tune", "asha"): {"max_epochs": 4, "grace_period": 1,
