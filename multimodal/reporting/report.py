@@ -27,7 +27,8 @@ from multimodal.storage.io import read_json
 log = logging.getLogger(__name__)
 
 # evaluate.json keys the metrics section shows itself; any other key is rendered generically.
-_EVALUATE_SHOWN = {"models", "paired", "all_rows_abstain_wrong", "fusion"}
+# `claims`: their sentences open the summary (model_card.headline).
+_EVALUATE_SHOWN = {"models", "paired", "all_rows_abstain_wrong", "fusion", "claims"}
 
 
 @dataclass(frozen=True)

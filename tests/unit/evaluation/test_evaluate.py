@@ -57,16 +57,43 @@ def test_report_is_deterministic_for_a_seed():
     assert fair_report(Y, PREDS, VAL, 300, seed=8) != fair_report(Y, PREDS, VAL, 300, seed=7)  # some interval moves
 
 
-@pytest.mark.parametrize("baseline, beats", [(np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]), False),
-                                             (np.array([0, 1, 2, 0, 1, 2, 0, 0, 0, 0]), True)])
-def test_warning_fires_when_the_fused_model_does_not_beat_the_baseline(baseline, beats, caplog):
-    report = fair_report(Y, {**PREDS, "baseline_early_fusion": baseline}, VAL, 300, seed=0)
-    assert report["fused_beats_baseline"] is beats
-    assert report["baseline_accuracy"] == pytest.approx((baseline == Y).mean())
+def _rows(fused_right: int, other_right: int, both: int, n: int) -> tuple[np.ndarray, dict]:
+    """Labels and predictions where the fused model alone is right on `fused_right` rows, the baseline alone on
+    `other_right`, both on `both`, neither on the rest."""
+    y = np.zeros(n, dtype=np.int64)
+    fused, other = np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int64)
+    fused[: fused_right + both] = 0
+    other[fused_right: fused_right + both + other_right] = 0
+    return y, {"fused": fused, "baseline_early_fusion": other}
+
+
+@pytest.mark.parametrize("fused_right, other_right, verdict", [(2, 1, "not shown"), (40, 2, "shown"),
+                                                               (2, 40, "worse")])
+def test_beating_the_baseline_is_claimed_only_when_the_interval_is_above_zero(fused_right, other_right, verdict,
+                                                                               caplog):
+    y, preds = _rows(fused_right, other_right, both=100, n=200)
+    report = fair_report(y, preds, {}, 500, seed=0)
+    low, high = report["fused_minus_baseline_ci95_lo"], report["fused_minus_baseline_ci95_hi"]
+    assert report["fused_minus_baseline"] > 0 or verdict == "worse"
+    assert report["fused_beats_baseline"] is (low > 0) is (verdict == "shown")
+    assert report["fused_beats_baseline_verdict"] == verdict
+    sentence = report["claims"]["fused_beats_baseline"]["sentence"]
+    assert f": {verdict} (" in sentence and f"[{100 * low:+.1f}, {100 * high:+.1f}]" in sentence
+    assert report["baseline_accuracy"] == pytest.approx((preds["baseline_early_fusion"] == y).mean())
     with caplog.at_level(logging.WARNING, logger="multimodal.evaluation.evaluate"):
         warn_if_baseline_wins(report)
-    loud = [r for r in caplog.records if r.levelno == logging.WARNING and "does NOT beat" in r.getMessage()]
-    assert bool(loud) is not beats
+    loud = [r for r in caplog.records if r.levelno == logging.WARNING and "NOT shown to beat" in r.getMessage()]
+    assert bool(loud) is (verdict != "shown")
+
+
+def test_fusion_helps_is_the_claim_against_the_best_single_modality():
+    report = fair_report(Y, PREDS, VAL, 500, seed=0)
+    helps = report["claims"]["fusion_helps"]
+    # +25 points on 8 rows: positive, yet the interval holds 0.
+    assert helps["difference"] == report["fused_minus_best_unimodal"] > 0
+    assert helps["ci95"] == [report["fused_minus_best_unimodal_ci95_lo"], report["fused_minus_best_unimodal_ci95_hi"]]
+    assert report["fusion_helps"] is False and report["fusion_helps_verdict"] == "not shown"
+    assert "best single modality, image" in helps["sentence"]
 
 
 def test_deep_models_abstain_on_rows_lacking_their_modality(tmp_path):

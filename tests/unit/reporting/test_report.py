@@ -70,6 +70,9 @@ def test_report_has_every_section_with_figures(page):
     assert "Measured on the test split only" in text and "chance is 50.0%" in text
     assert "unimodal_audio" in text and "baseline_early_fusion" in text  # compared with, with figures
     assert "fused minus model" in text and "95% interval" in text
+    # The summary's claims, each with its verdict and paired interval (multimodal/evaluation/claims.py).
+    assert "Fusion helps (the fused model beats the best single modality, audio, chosen on validation): " in text
+    assert re.search(r"beats the classical baseline \(baseline_early_fusion\): (shown|not shown|worse) \([+-]", text)
     pngs = [a["src"] for t, a in tags(page) if t == "img" and a["src"].startswith("data:image/png")]
     assert len(pngs) >= 3  # accuracies, paired differences, confusion matrix
 
