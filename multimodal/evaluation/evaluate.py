@@ -20,9 +20,10 @@ from torch import nn
 from multimodal.evaluation.claims import claim, headline_keys
 from multimodal.evaluation.scoring import best_by_validation, compare, model_scores, top_label
 from multimodal.models.model import ModelSpec, load_model
+from multimodal.models.temperature import load_temperature
 from multimodal.storage.dataset import SplitData
 from multimodal.training.align import load_cached_features
-from multimodal.training.train import predict
+from multimodal.training.train import predict_logits
 
 logger = logging.getLogger(__name__)
 
@@ -38,29 +39,40 @@ def inputs_for(spec: ModelSpec, test: SplitData, aligned_dir: Path) -> SplitData
 
 @dataclass
 class ModelOnTestSplit:
-    """A saved model and the test split in the form it reads (cached features where its spec says so)."""
+    """A saved model, its temperature (`multimodal.models.temperature`) and the test split in the form it reads
+    (cached features where its spec says so)."""
 
     model: nn.Module
     spec: ModelSpec
     data: SplitData
+    temperature: float = 1.0
 
     @classmethod
     def load(cls, model_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device) -> "ModelOnTestSplit":
         model, spec = load_model(model_dir, device)
-        return cls(model, spec, inputs_for(spec, test, aligned_dir))
+        return cls(model, spec, inputs_for(spec, test, aligned_dir), load_temperature(model_dir))
+
+    def logits(self, data: SplitData, batch_size: int, device: torch.device) -> np.ndarray:
+        """(N, C) logits of `data` (this model's form), NaN on the rows holding none of its modalities: there the
+        model's output is a constant, not a prediction (`top_label` makes them ABSTAIN)."""
+        rows = torch.nonzero(data.any_present()).flatten()
+        logits = np.full((len(data), len(self.spec.labels)), np.nan)
+        if len(rows):
+            logits[rows.numpy()] = predict_logits(self.model, data.take(rows), batch_size, device).numpy()
+        return logits
 
     def probabilities(self, data: SplitData, batch_size: int, device: torch.device) -> np.ndarray:
-        """(N, C) class probabilities of `data` (this model's form), NaN on the rows holding none of its
-        modalities: there the model's output is a constant, not a prediction (`top_label` makes them ABSTAIN)."""
-        rows = torch.nonzero(data.any_present()).flatten()
-        probs = np.full((len(data), len(self.spec.labels)), np.nan)
-        if len(rows):
-            probs[rows.numpy()] = predict(self.model, data.take(rows), batch_size, device).numpy()
-        return probs
+        """(N, C) class probabilities as trained (T = 1), NaN where the model sees nothing."""
+        return softmax(self.logits(data, batch_size, device))
 
     def predict(self, data: SplitData, batch_size: int, device: torch.device) -> np.ndarray:
         """Class per row of `data`, ABSTAIN where the model sees nothing."""
         return top_label(self.probabilities(data, batch_size, device))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of `logits` / `temperature` in float32 (as `predict`); NaN rows stay NaN."""
+    return torch.softmax(torch.from_numpy(logits).float() / temperature, dim=-1).double().numpy()
 
 
 def load_readers(models_dir: Path, test: SplitData, aligned_dir: Path, device: torch.device
@@ -76,19 +88,28 @@ def load_readers(models_dir: Path, test: SplitData, aligned_dir: Path, device: t
     return readers
 
 
-def reader_probabilities(readers: Mapping[str, ModelOnTestSplit], batch_size: int, device: torch.device
-                         ) -> dict[str, np.ndarray]:
-    """Class probabilities of the fused model, its ablations (`fused_only_<m>`: only modality m shown, the others
-    masked as missing) and the unimodal models, each NaN on the rows it does not see."""
+def reader_logits(readers: Mapping[str, ModelOnTestSplit], batch_size: int, device: torch.device
+                  ) -> dict[str, tuple[np.ndarray, float]]:
+    """Logits and temperature of the fused model, its ablations (`fused_only_<m>`: only modality m shown, the
+    others masked as missing; the fused model's temperature) and the unimodal models, each NaN on the rows it does
+    not see."""
     fused = readers[FUSED]
-    probs = {FUSED: fused.probabilities(fused.data, batch_size, device)}
+    out = {FUSED: (fused.logits(fused.data, batch_size, device), fused.temperature)}
     for modality in fused.spec.modalities:
         others = [m for m in fused.spec.modalities if m != modality]
-        probs[f"fused_only_{modality}"] = fused.probabilities(with_masked(fused.data, others), batch_size, device)
+        out[f"fused_only_{modality}"] = (fused.logits(with_masked(fused.data, others), batch_size, device),
+                                         fused.temperature)
         if f"unimodal_{modality}" in readers:
             reader = readers[f"unimodal_{modality}"]
-            probs[f"unimodal_{modality}"] = reader.probabilities(reader.data, batch_size, device)
-    return probs
+            out[f"unimodal_{modality}"] = (reader.logits(reader.data, batch_size, device), reader.temperature)
+    return out
+
+
+def reader_probabilities(readers: Mapping[str, ModelOnTestSplit], batch_size: int, device: torch.device,
+                         calibrated: bool = False) -> dict[str, np.ndarray]:
+    """Class probabilities of every model `reader_logits` names, as trained or (`calibrated`) at its temperature."""
+    return {name: softmax(logits, temperature if calibrated else 1.0)
+            for name, (logits, temperature) in reader_logits(readers, batch_size, device).items()}
 
 
 def with_masked(data: SplitData, removed: list[str]) -> SplitData:
@@ -148,19 +169,31 @@ def fair_report(y: np.ndarray, preds: Mapping[str, np.ndarray], unimodal_val_acc
 
 
 def with_details(report: Mapping, reliability: Mapping[str, dict], missing: list[dict],
-                 skipped: Mapping[str, str]) -> dict:
-    """`fair_report`'s dict plus each model's ECE (`models.<name>.ece`; `fused_ece` closes the headline keys), the
-    fused accuracy with each set of modalities removed (`fused_accuracy_without`) and, if any, the modalities
-    whose corruption curves were skipped, with why (`corruption_skipped`)."""
+                 skipped: Mapping[str, str], calibrated: Mapping[str, dict] | None = None) -> dict:
+    """`fair_report`'s dict plus each model's ECE (`models.<name>.ece`), and where `calibrated` has the model
+    (`{name: reliability at its temperature, with "temperature"}`) its `ece_calibrated` and `temperature`; the fused
+    model's close the headline keys (`fused_ece`, `fused_ece_calibrated`, `fused_temperature`). Then the fused
+    accuracy with each set of modalities removed (`fused_accuracy_without`) and, if any, the modalities whose
+    corruption curves were skipped, with why (`corruption_skipped`)."""
+    calibrated = calibrated or {}
     keys = list(report)
     cut = keys.index("models")
-    out = {**{k: report[k] for k in keys[:cut]}, "fused_ece": reliability[FUSED]["ece"],
-           **{k: report[k] for k in keys[cut:]}}
-    out["models"] = {name: {**scores, "ece": reliability[name]["ece"]} if name in reliability else scores
+    head = {"fused_ece": reliability[FUSED]["ece"]}
+    if FUSED in calibrated:
+        head.update(fused_ece_calibrated=calibrated[FUSED]["ece"], fused_temperature=calibrated[FUSED]["temperature"])
+    out = {**{k: report[k] for k in keys[:cut]}, **head, **{k: report[k] for k in keys[cut:]}}
+    out["models"] = {name: {**scores, **_calibration(reliability.get(name), calibrated.get(name))}
                      for name, scores in report["models"].items()}
     out["fused_accuracy_without"] = {row["removed"]: row["accuracy"] for row in missing if row["removed"] != NOTHING}
     if skipped:
         out["corruption_skipped"] = dict(skipped)
+    return out
+
+
+def _calibration(before: Mapping | None, after: Mapping | None) -> dict:
+    out = {"ece": before["ece"]} if before else {}
+    if after:
+        out.update(ece_calibrated=after["ece"], temperature=after["temperature"])
     return out
 
 

@@ -25,9 +25,11 @@ from multimodal.data.manifest import modality_columns, read_manifest
 from multimodal.modalities import get_modality
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.bundle import load_for_raw_inputs
+from multimodal.models.explain import modality_contributions
+from multimodal.models.explain import probabilities as class_probabilities
+from multimodal.models.temperature import load_temperature
 from multimodal.storage.dataset import SplitData
 from multimodal.storage.io import atomic_text
-from multimodal.training.train import predict as predict_probs
 
 logger = logging.getLogger(__name__)
 
@@ -104,27 +106,45 @@ def read_batch(rows: pd.DataFrame, readers: dict[str, ManifestCellReader], root:
     return SplitData(rows["sample_id"].tolist(), torch.zeros(n, dtype=torch.long), inputs, masks), errors
 
 
-def output_columns(labels: Sequence[str]) -> list[str]:
-    return ["sample_id", "predicted", *(f"p_{label}" for label in labels), "modalities_used", "error"]
+def output_columns(labels: Sequence[str], modalities: Sequence[str] = ()) -> list[str]:
+    return ["sample_id", "predicted", *(f"p_{label}" for label in labels), *(f"contrib_{m}" for m in modalities),
+            "modalities_used", "error"]
 
 
 def predict_batch(model: torch.nn.Module, labels: Sequence[str], data: SplitData, errors: list[list[str]],
-                  device: torch.device) -> list[list[Any]]:
-    """Output rows for one batch: a prediction where some modality was read, else empty cells and the error."""
+                  device: torch.device, temperature: float = 1.0, contributions: bool = True) -> list[list[Any]]:
+    """Output rows for one batch: a prediction where some modality was read, else empty cells and the error.
+
+    Probabilities are softmax(logits / `temperature`), the model's calibration. With `contributions`, a
+    `contrib_<m>` cell per modality (`output_columns(labels, data.modalities)`): what removing m takes off the
+    predicted class's probability (`multimodal.models.explain`; one more forward pass per modality), empty where
+    the row lacks m."""
     present = data.any_present()
-    probs = torch.empty(0, len(labels))
+    probs, contrib = torch.empty(0, len(labels)), {}
+    shown_modalities = data.modalities if contributions else []
     if present.any():
-        probs = predict_probs(model, data.take(present.nonzero().flatten()), len(data), device)
-    out, next_prob = [], iter(probs.tolist())
+        shown = data.take(present.nonzero().flatten())
+        probs = class_probabilities(model, shown, temperature, len(data), device)
+        if contributions:
+            contrib = modality_contributions(model, shown, probs, temperature, len(data), device)
+    out, seen = [], 0
     for i, sample_id in enumerate(data.sample_ids):
         used = "+".join(m for m in data.modalities if data.masks[m][i])
         if present[i]:
-            p = next(next_prob)
-            out.append([sample_id, labels[max(range(len(p)), key=p.__getitem__)], *p, used, "; ".join(errors[i])])
+            p = probs[seen].tolist()
+            shares = [_cell(contrib[m][seen]) for m in shown_modalities]
+            seen += 1
+            out.append([sample_id, labels[max(range(len(p)), key=p.__getitem__)], *p, *shares, used,
+                        "; ".join(errors[i])])
         else:
             message = "; ".join([*errors[i], "no modality left to predict from"])
-            out.append([sample_id, "", *[""] * len(labels), "", message])
+            out.append([sample_id, "", *[""] * len(labels), *[""] * len(shown_modalities), "", message])
     return out
+
+
+def _cell(value: torch.Tensor) -> float | str:
+    """A contribution as a CSV cell: empty where the modality was absent (NaN)."""
+    return "" if torch.isnan(value) else float(value)
 
 
 @dataclass
@@ -151,10 +171,13 @@ class Summary:
                 self.labelled_unpredicted += row[1] == ""
 
 
-def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int, device: torch.device) -> Summary:
-    """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy."""
+def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int, device: torch.device,
+                     contributions: bool = True) -> Summary:
+    """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy.
+    `contributions=False` leaves out the `contrib_<m>` columns and their extra forward passes."""
     # 1. The model with an encoder for every modality, and the readers preprocess used for them.
     model, spec, processing = load_for_raw_inputs(model_dir, device)
+    temperature = load_temperature(model_dir)  # fitted on validation by tune; 1 for a model saved before
     readers = {m: ManifestCellReader.build(m, processing[m]) for m in spec.modalities}
     frame = read_manifest(manifest, required=REQUIRED)
     unused = [m for m in modality_columns(frame) if m not in readers]
@@ -168,11 +191,11 @@ def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int
     summary = Summary()
     with atomic_text(out, newline="") as handle, tqdm(total=len(frame), desc="predict", unit="sample") as bar:
         writer = csv.writer(handle)
-        writer.writerow(output_columns(spec.labels))
+        writer.writerow(output_columns(spec.labels, spec.modalities if contributions else ()))
         for start in range(0, len(frame), batch_size):
             rows = frame.iloc[start : start + batch_size]
             data, errors = read_batch(rows, readers, manifest.parent)
-            written = predict_batch(model, spec.labels, data, errors, device)
+            written = predict_batch(model, spec.labels, data, errors, device, temperature, contributions)
             writer.writerows(written)
             summary.add(written, labels and labels[start : start + batch_size])
             bar.update(len(rows))

@@ -19,6 +19,7 @@ from multimodal.evaluation.evaluate import (
 )
 from multimodal.evaluation.scoring import ABSTAIN, top_label
 from multimodal.models.model import ModelSpec, build_model, save_model
+from multimodal.models.temperature import TEMPERATURE
 from multimodal.training.train import predict
 from tests.unit.conftest import knobs, synthetic_split
 
@@ -125,6 +126,17 @@ def test_deep_models_abstain_on_rows_lacking_their_modality(tmp_path):
     expected = predict(fused, shown_a, 16, torch.device("cpu")).argmax(1).numpy()
     assert np.array_equal(preds["fused_only_a"][has_a], expected)
 
+    # A saved temperature: the calibrated probabilities are softmax(logits / T), with the same argmax.
+    (models / "best" / TEMPERATURE).write_text(json.dumps({"temperature": 3.0}))
+    readers = load_readers(models, test, aligned, torch.device("cpu"))
+    calibrated = reader_probabilities(readers, 16, torch.device("cpu"), calibrated=True)
+    fused_data = readers["fused"].data
+    assert np.allclose(calibrated["fused"], predict(fused, fused_data, 16, torch.device("cpu"), temperature=3.0))
+    assert np.array_equal(top_label(calibrated["fused"]), preds["fused"])
+    assert np.array_equal(top_label(calibrated["fused_only_a"]), preds["fused_only_a"])
+    assert not np.allclose(calibrated["fused"], probs["fused"])
+    assert np.array_equal(calibrated["unimodal_a"], probs["unimodal_a"], equal_nan=True)  # no file: T = 1
+
 
 def test_details_add_calibration_and_missing_modality_figures_after_the_headline():
     report = fair_report(Y, PREDS, VAL, 300, seed=0)
@@ -138,3 +150,11 @@ def test_details_add_calibration_and_missing_modality_figures_after_the_headline
     assert out["fused_accuracy_without"] == {"audio": 0.6} and out["corruption_skipped"] == {"text": "why"}
     assert "ece" not in report["models"]["fused"]  # the input is left as it was
     assert "corruption_skipped" not in with_details(report, calibration, missing, {})
+    after = {"fused": {"ece": 0.03, "temperature": 1.7}}
+    out = with_details(report, calibration, missing, {}, after)
+    keys = list(out)
+    assert keys[keys.index("fused_ece"):keys.index("models")] == ["fused_ece", "fused_ece_calibrated",
+                                                                  "fused_temperature"]
+    assert out["models"]["fused"] == {**out["models"]["fused"], "ece": 0.05, "ece_calibrated": 0.03,
+                                      "temperature": 1.7}
+    assert "temperature" not in out["models"]["unimodal_image"]
