@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from multimodal.data.manifest import read_manifest
@@ -20,6 +21,7 @@ from multimodal.evaluation.calibration import reliability
 from multimodal.evaluation.efficiency import efficiency_report
 from multimodal.evaluation.evaluate import (
     FUSED,
+    ModelOnTestSplit,
     fair_report,
     load_readers,
     reader_logits,
@@ -27,8 +29,9 @@ from multimodal.evaluation.evaluate import (
     warn_if_baseline_wins,
     with_details,
 )
+from multimodal.evaluation.explanations import explain_rows, pick_rows, write_explanations
 from multimodal.evaluation.params import Evaluate
-from multimodal.evaluation.plots import CALIBRATED, write_efficiency, write_tables
+from multimodal.evaluation.plots import CALIBRATED, EXPLANATIONS, write_efficiency, write_tables
 from multimodal.evaluation.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
 from multimodal.evaluation.scoring import ABSTAIN, per_class_scores, top_label
 from multimodal.modalities.params import LISTED
@@ -60,6 +63,19 @@ def load_test(params: StageParams) -> SplitData:
     paths = params.base.paths
     frame = read_manifest(Path(paths.validated) / "manifest.csv")
     return load_split(frame, "test", load_labels(params), Path(paths.preprocessed), params.preprocess.modalities)
+
+
+def explain(fused: ModelOnTestSplit, test: SplitData, y: np.ndarray, pred: np.ndarray, params: StageParams,
+            device: torch.device) -> tuple[list[dict], dict]:
+    """`evaluate.explain.rows` test rows of the fused model (half right, half wrong, seeded), with their manifest
+    cells (`multimodal.evaluation.explanations`)."""
+    cfg = params.evaluate.explain
+    complete = torch.stack([test.masks[m] for m in fused.spec.modalities]).all(dim=0).numpy()
+    rows = pick_rows(y, pred, complete, cfg.rows, params.base.seed)
+    frame = read_manifest(Path(params.base.paths.validated) / "manifest.csv").set_index("sample_id")
+    cells = {m: frame.loc[test.sample_ids, m].fillna("").astype(str).tolist() for m in fused.spec.modalities
+             if m in frame}
+    return explain_rows(fused, rows, y, fused.spec.labels, cells, cfg.steps, device)
 
 
 def evaluate(params: StageParams) -> dict:
@@ -100,11 +116,13 @@ def evaluate(params: StageParams) -> dict:
     write_json(Path(paths.metrics) / HEADLINE, headline_of(report), sort_keys=False)  # the DVC metric
     write_tables(out_dir, per_class, {**calibration, **{f"{name}{CALIBRATED}": r for name, r in after.items()}},
                  missing, curves)
-    # 5. Efficiency, a report (timings vary run to run): CPU always, CUDA too when present.
+    # 5. Why: a few test rows, picked by a seeded rule, with contributions and attribution maps for the report.
+    write_explanations(out_dir / EXPLANATIONS, *explain(readers[FUSED], test, y, preds[FUSED], params, device))
+    # 6. Efficiency, a report (timings vary run to run): CPU always, CUDA too when present.
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     write_efficiency(out_dir, efficiency_report({name: (r.model, r.spec) for name, r in readers.items()}, encoders,
                                                 test, cfg.efficiency, devices))
-    # 6. The confusion matrix. dvcyaml=False: DVCLive must not rewrite our dvc.yaml; the plot is declared there.
+    # 7. The confusion matrix. dvcyaml=False: DVCLive must not rewrite our dvc.yaml; the plot is declared there.
     seen = preds[FUSED] != ABSTAIN
     # DVCLive writes into a scratch folder; the one file it makes is then moved into place atomically.
     with tempfile.TemporaryDirectory(prefix=".live-", dir=out_dir.parent) as scratch:

@@ -9,6 +9,7 @@
   removed, accuracy, minus_clean, ci95_lo, ci95_hi, n, n_left_empty (rows left with no modality, counted wrong).
 - `corruption/<modality>_<kind>.csv`, a row per corruption level (0: clean): level, fused, unimodal (accuracies
   on the n rows having the modality), n.
+- `explanations/`: a few test rows the report explains (`multimodal.evaluation.explanations`).
 - `efficiency.json`: `multimodal.evaluation.efficiency.efficiency_report` (parameters per component, latency,
 throughput,
   peak memory per device and batch size), not deterministic.
@@ -29,6 +30,7 @@ from multimodal.storage.io import atomic_dir, write_json, write_text_atomic
 PER_CLASS, RELIABILITY, MISSING, CORRUPTION, EFFICIENCY = (
     "per_class", "reliability", "missing_modality.csv", "corruption", "efficiency.json")
 CALIBRATED = "_calibrated"  # suffix of a reliability table at the model's temperature
+EXPLANATIONS = "explanations"  # the report's explained rows (multimodal.evaluation.explanations)
 CURVE_COLUMNS = ["level", "fused", "unimodal", "n"]
 
 

@@ -77,6 +77,19 @@ def test_report_has_every_section_with_figures(page):
     assert len(pngs) >= 3  # accuracies, paired differences, confusion matrix
 
 
+def test_calibration_and_explained_rows_are_drawn_from_what_evaluate_wrote(page):
+    text = assert_defused(page, "report")
+    for title in ("Calibration", "ECE as trained", "ECE calibrated", "Why these predictions",
+                  "contribution is the predicted class", "attributions sum to +0.410"):
+        assert title in text, title
+    assert "s0: cat predicted as cat (90.0%, right)" in text and "predicted as cat (65.0%, WRONG)" in text
+    assert f"text: {HOSTILE} 1" in text  # a text cell, as text
+    alts = [a.get("alt") for t, a in tags(page) if t == "img"]
+    assert "reliability diagram of the fused model" in alts
+    assert alts.count("explanation of s0") == alts.count("explanation of s1") == 1
+    assert "rows.json" not in text  # drawn by its section, not again among the other results
+
+
 def test_files_no_section_knows_are_rendered_generically(page):
     text = assert_defused(page, "report")
     assert "calibration" in text and "ece" in text  # a new evaluate.json block
