@@ -5,7 +5,8 @@ The model is mask-aware, so removing a modality is switching its mask off; a mod
 
     contrib_m = P(predicted class | every present modality) - P(predicted class | the same row, m's mask off)
 
-at the model's temperature (`multimodal.models.temperature`): one extra forward pass per present modality. A row
+at the model's temperature (`multimodal.models.temperature`): one extra pass of the fusion and head per modality
+(the encoders run once). A row
 holding m alone is compared with the model's output given no modality at all (a constant: its prior). Absent
 modalities get NaN (no contribution measured, not zero).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from multimodal.models.model import MultimodalModel
 from multimodal.storage.dataset import SplitData
 
 
@@ -34,19 +36,32 @@ def probabilities(model: nn.Module, data: SplitData, temperature: float, batch_s
     return torch.cat(out) if out else torch.empty(0)
 
 
-def modality_contributions(model: nn.Module, data: SplitData, probs: torch.Tensor, temperature: float,
+def modality_contributions(model: MultimodalModel, data: SplitData, probs: torch.Tensor, temperature: float,
                            batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
     """{modality: (N,) contribution to the predicted class's probability} for `data`, whose rows' probabilities
-    (at `temperature`) are `probs`; NaN where the row lacks the modality. Only rows holding m are passed again."""
+    (at `temperature`) are `probs`; NaN where the row lacks the modality.
+
+    The encoders run once per row: a modality's embedding does not depend on the others' masks, so each pass with
+    one mask off re-runs the fusion and head only (`MultimodalModel.classify`: equal to a whole forward pass with
+    that mask off, the masked modality's embedding being zeros as `Embedder` gives an absent one)."""
     predicted = probs.argmax(dim=1)
-    out = {}
-    for modality in data.modalities:
-        values = torch.full((len(data),), float("nan"))
-        rows = data.masks[modality].nonzero().flatten()
-        if len(rows):
-            without = probabilities(model, mask_off(data.take(rows), modality), temperature, batch_size, device)
-            values[rows] = probs[rows, predicted[rows]] - without.gather(1, predicted[rows, None]).squeeze(1)
-        out[modality] = values
+    out = {m: torch.full((len(data),), float("nan")) for m in data.modalities}
+    model.eval()
+    start = 0
+    with torch.no_grad():
+        for batch in data.batches(batch_size):
+            batch = batch.to(device)
+            rows = torch.arange(start, start + len(batch))
+            start += len(batch)
+            embedded = model.embedder(batch.inputs, batch.masks)
+            for modality in batch.modalities:
+                off = mask_off(batch, modality).masks
+                logits = model.classify({**embedded, modality: torch.zeros_like(embedded[modality])}, off)
+                without = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+                chosen = predicted[rows]
+                drop = probs[rows, chosen] - without.gather(1, chosen[:, None]).squeeze(1)
+                present = batch.masks[modality].cpu()
+                out[modality][rows[present]] = drop[present]
     return out
 
 
