@@ -3,7 +3,7 @@
 Rows are picked by a rule seeded from `base.seed`: among the rows holding every modality of the model (else any
 row it sees), half predicted right and half wrong (the other kind fills in when one runs short), drawn at
 random, shown in test order. For each: the prediction and its calibrated probability, each modality's
-contribution (`multimodal.models.explain.modality_contributions`), and for each modality read from a float input
+contribution (`multimodal.models.explain.with_contributions`), and for each modality read from a float input
 (image pixels, a spectrogram) an Integrated Gradients map over that input.
 
 Written under `<plots>/evaluate/explanations/` for the report to draw (it computes nothing):
@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from multimodal.evaluation.scoring import ABSTAIN, rng_for
 from multimodal.modalities.base import FeatureInput
-from multimodal.models.explain import integrated_gradients, modality_contributions, probabilities
+from multimodal.models.explain import integrated_gradients, with_contributions
 from multimodal.storage.io import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ def explain_rows(reader, rows: Sequence[int], y: np.ndarray, labels: Sequence[st
         return [], {}
     index = torch.tensor(list(rows), dtype=torch.long)
     data = reader.data.batch(index).to(device)  # in memory: the gradients need tensors
-    probs = probabilities(reader.model, data, reader.temperature, len(data), device)
-    contrib = modality_contributions(reader.model, data, probs, reader.temperature, len(data), device)
+    probs, contrib = with_contributions(reader.model, data, reader.temperature, len(data), device)
     target = probs.argmax(dim=1).to(device)
     attributions = {}
     for modality, inputs in data.inputs.items():

@@ -36,64 +36,76 @@ def probabilities(model: nn.Module, data: SplitData, temperature: float, batch_s
     return torch.cat(out) if out else torch.empty(0)
 
 
-def modality_contributions(model: MultimodalModel, data: SplitData, probs: torch.Tensor, temperature: float,
-                           batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """{modality: (N,) contribution to the predicted class's probability} for `data`, whose rows' probabilities
-    (at `temperature`) are `probs`; NaN where the row lacks the modality.
+@torch.no_grad()
+def with_contributions(model: MultimodalModel, data: SplitData, temperature: float, batch_size: int,
+                       device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(N, C) probabilities of `data` at `temperature` (as `probabilities`), and {modality: (N,) contribution to
+    the predicted class's probability}, NaN where the row lacks the modality.
 
     The encoders run once per row: a modality's embedding does not depend on the others' masks, so each pass with
     one mask off re-runs the fusion and head only (`MultimodalModel.classify`: equal to a whole forward pass with
     that mask off, the masked modality's embedding being zeros as `Embedder` gives an absent one)."""
-    predicted = probs.argmax(dim=1)
-    out = {m: torch.full((len(data),), float("nan")) for m in data.modalities}
     model.eval()
-    start = 0
-    with torch.no_grad():
-        for batch in data.batches(batch_size):
-            batch = batch.to(device)
-            rows = torch.arange(start, start + len(batch))
-            start += len(batch)
-            embedded = model.embedder(batch.inputs, batch.masks)
-            for modality in batch.modalities:
-                off = mask_off(batch, modality).masks
-                logits = model.classify({**embedded, modality: torch.zeros_like(embedded[modality])}, off)
-                without = torch.softmax(logits.float() / temperature, dim=-1).cpu()
-                chosen = predicted[rows]
-                drop = probs[rows, chosen] - without.gather(1, chosen[:, None]).squeeze(1)
-                present = batch.masks[modality].cpu()
-                out[modality][rows[present]] = drop[present]
-    return out
+    probs, out = [], {m: [] for m in data.modalities}
+    for batch in data.batches(batch_size):
+        batch = batch.to(device)
+        embedded = model.embedder(batch.inputs, batch.masks)
+        p = torch.softmax(model.classify(embedded, batch.masks).float() / temperature, dim=-1).cpu()
+        chosen = p.argmax(dim=1, keepdim=True)
+        for modality in batch.modalities:
+            logits = model.classify({**embedded, modality: torch.zeros_like(embedded[modality])},
+                                    mask_off(batch, modality).masks)
+            without = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+            drop = (p.gather(1, chosen) - without.gather(1, chosen)).squeeze(1)
+            out[modality].append(torch.where(batch.masks[modality].cpu(), drop, torch.tensor(float("nan"))))
+        probs.append(p)
+    if not probs:
+        return torch.empty(0), {m: torch.empty(0) for m in data.modalities}
+    return torch.cat(probs), {m: torch.cat(v) for m, v in out.items()}
 
 
-def integrated_gradients(model: nn.Module, data: SplitData, modality: str, key: str, target: torch.Tensor,
-                         temperature: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def integrated_gradients(model: MultimodalModel, data: SplitData, modality: str, key: str, target: torch.Tensor,
+                         temperature: float, steps: int, rows_per_pass: int = 256
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Integrated Gradients (Sundararajan et al. 2017, https://arxiv.org/abs/1703.01365) of the probability of class
     `target[i]` (at `temperature`) over input `key` of `modality`, for every row of `data` (in memory, one device).
 
     The path runs in the encoder's normalised input space (after its `input_norm`), from the reference 0 there:
     the per-bin mean of a clip under `utterance_bins`, mid-grey for unnormalised pixels in [-1, 1]. The other
-    modalities stay as they are. Midpoint rule over `steps` points. Returns the attributions (shaped as the input)
-    and f(x) - f(reference) per row: completeness says the attributions of a row sum to about that.
+    modalities stay as they are (embedded once). Midpoint rule over `steps` points, several points per pass (about
+    `rows_per_pass` rows). Returns the attributions (shaped as the input) and f(x) - f(reference) per row:
+    completeness says the attributions of a row sum to about that.
     """
     model.eval()
+    n = len(data)
     encoder = model.embedder.encoders[modality]
     norm = encoder.input_norm
     raw = dict(data.inputs[modality])
     with torch.no_grad():
         normalised = norm(raw)[key] if norm is not None else raw[key]
+        others = model.embedder(data.inputs, data.masks)
     reference = torch.zeros_like(normalised)
 
     def chosen(x: torch.Tensor) -> torch.Tensor:
-        inputs = {**data.inputs, modality: {**raw, key: x}}
-        probs = torch.softmax(model(inputs, data.masks).float() / temperature, dim=-1)
-        return probs.gather(1, target[:, None]).squeeze(1)
+        """f at a stack of k points per row ((k * n, ...), point-major): the target class's probability."""
+        k = len(x) // n
+        inputs = {name: value.repeat(k, *[1] * (value.dim() - 1)) for name, value in raw.items() if name != key}
+        masks = {m: v.repeat(k) for m, v in data.masks.items()}
+        embedded = {m: v.repeat(k, 1) for m, v in others.items()}
+        embedded[modality] = model.embedder.embed(modality, {**inputs, key: x}, masks[modality])
+        probs = torch.softmax(model.classify(embedded, masks).float() / temperature, dim=-1)
+        return probs.gather(1, target.repeat(k)[:, None]).squeeze(1)
 
+    alphas = (torch.arange(steps, dtype=normalised.dtype, device=normalised.device) + 0.5) / steps
+    per_pass = max(1, rows_per_pass // max(n, 1))
     encoder.input_norm = None  # the path is already normalised
     try:
         total = torch.zeros_like(normalised)
-        for k in range(steps):
-            point = (reference + (k + 0.5) / steps * (normalised - reference)).requires_grad_(True)
-            total += torch.autograd.grad(chosen(point).sum(), point)[0]
+        for chunk in alphas.split(per_pass):
+            shape = (len(chunk), *[1] * normalised.dim())
+            points = (reference + chunk.view(shape) * (normalised - reference)).flatten(0, 1).requires_grad_(True)
+            grads = torch.autograd.grad(chosen(points).sum(), points)[0]
+            total += grads.view(len(chunk), *normalised.shape).sum(0)
         with torch.no_grad():
             gap = chosen(normalised) - chosen(reference)
     finally:

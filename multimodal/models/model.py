@@ -112,7 +112,7 @@ class MultimodalModel(nn.Module):
     def classify(self, embedded: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits from the projected encodings (`Embedder`'s output, zeros on absent rows): fusion and head only.
         A modality's embedding does not depend on another's mask, so switching masks off needs no encoder again
-        (`multimodal.models.explain.modality_contributions`)."""
+        (`multimodal.models.explain.with_contributions`)."""
         z = {m: self.dropout(v) for m, v in embedded.items()}
         fused = self.fusion(z, masks)
         return fused if self.head is None else self.head(self.dropout(fused))

@@ -25,8 +25,8 @@ from multimodal.data.manifest import modality_columns, read_manifest
 from multimodal.modalities import get_modality
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.bundle import load_for_raw_inputs
-from multimodal.models.explain import modality_contributions
 from multimodal.models.explain import probabilities as class_probabilities
+from multimodal.models.explain import with_contributions
 from multimodal.models.temperature import load_temperature
 from multimodal.storage.dataset import SplitData
 from multimodal.storage.io import atomic_text
@@ -124,9 +124,10 @@ def predict_batch(model: torch.nn.Module, labels: Sequence[str], data: SplitData
     shown_modalities = data.modalities if contributions else []
     if present.any():
         shown = data.take(present.nonzero().flatten())
-        probs = class_probabilities(model, shown, temperature, len(data), device)
         if contributions:
-            contrib = modality_contributions(model, shown, probs, temperature, len(data), device)
+            probs, contrib = with_contributions(model, shown, temperature, len(data), device)
+        else:
+            probs = class_probabilities(model, shown, temperature, len(data), device)
     out, seen = [], 0
     for i, sample_id in enumerate(data.sample_ids):
         used = "+".join(m for m in data.modalities if data.masks[m][i])
