@@ -56,7 +56,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 def save_temperature(model_dir: Path, temperature: float, logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """`model_dir/temperature.json`: T and the validation NLL before and after, on the `len(labels)` rows it was
     fitted on."""
-    record = {"temperature": temperature, "fitted_on": "val", "n": int(len(labels)),
+    record = {"temperature": temperature, "fitted_on": "val", "n": len(labels),
               "val_nll_before": nll(logits, labels, 1.0) if len(labels) else None,
               "val_nll_after": nll(logits, labels, temperature) if len(labels) else None}
     write_json(Path(model_dir) / TEMPERATURE, record)

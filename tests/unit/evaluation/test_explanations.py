@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from multimodal.evaluation.evaluate import ModelOnTestSplit
 from multimodal.evaluation.explanations import MAPS, ROWS, explain_rows, pick_rows, write_explanations
 from multimodal.evaluation.scoring import ABSTAIN
-from multimodal.models.model import Embedder, MultimodalModel, ModelSpec
+from multimodal.models.model import Embedder, ModelSpec, MultimodalModel
 from multimodal.storage.dataset import SplitData
 from multimodal.training.align import build_encoders
 from tests.unit.conftest import TINY_SPECS, knobs
