@@ -29,16 +29,19 @@ from multimodal.evaluation.efficiency import efficiency_report
 from multimodal.evaluation.evaluate import (
     ENSEMBLE,
     FUSED,
+    ModelOnTestSplit,
     ensemble_headline,
     fair_report,
     load_readers,
-    reader_probabilities,
+    reader_logits,
+    softmax,
     warn_if_baseline_wins,
     with_details,
 )
+from multimodal.evaluation.explanations import explain_rows, pick_rows, write_explanations
 from multimodal.evaluation.members import deep_probabilities
 from multimodal.evaluation.params import Evaluate
-from multimodal.evaluation.plots import write_efficiency, write_tables
+from multimodal.evaluation.plots import CALIBRATED, EXPLANATIONS, write_efficiency, write_tables
 from multimodal.evaluation.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
 from multimodal.evaluation.scoring import ABSTAIN, per_class_scores, top_label
 from multimodal.modalities.params import LISTED
@@ -83,6 +86,19 @@ def load_test(params: StageParams) -> SplitData:
     return load_split(frame, "test", load_labels(params), Path(paths.preprocessed), params.preprocess.modalities)
 
 
+def explain(fused: ModelOnTestSplit, test: SplitData, y: np.ndarray, pred: np.ndarray, params: StageParams,
+            device: torch.device) -> tuple[list[dict], dict]:
+    """`evaluate.explain.rows` test rows of the fused model (half right, half wrong, seeded), with their manifest
+    cells (`multimodal.evaluation.explanations`)."""
+    cfg = params.evaluate.explain
+    complete = torch.stack([test.masks[m] for m in fused.spec.modalities]).all(dim=0).numpy()
+    rows = pick_rows(y, pred, complete, cfg.rows, params.base.seed)
+    frame = read_manifest(Path(params.base.paths.validated) / "manifest.csv").set_index("sample_id")
+    cells = {m: frame.loc[test.sample_ids, m].fillna("").astype(str).tolist() for m in fused.spec.modalities
+             if m in frame}
+    return explain_rows(fused, rows, y, fused.spec.labels, cells, cfg.steps, device)
+
+
 def evaluate(params: StageParams) -> dict:
     from dvclive import Live
 
@@ -93,11 +109,16 @@ def evaluate(params: StageParams) -> dict:
     readers = load_readers(Path(paths.models), test, aligned, device)
     spec = readers[FUSED].spec
     check_corruptions(cfg.corruptions, spec.modalities)
-    # 2. Class probabilities of every model; the baseline's decisions are LogisticRegression.predict's own.
-    probs = reader_probabilities(readers, cfg.batch_size, device)
+    # 2. Class probabilities of every model, as trained and at its validation-fitted temperature (the same argmax);
+    # the baseline's decisions are LogisticRegression.predict's own.
+    logits = reader_logits(readers, cfg.batch_size, device)
+    probs = {name: softmax(z) for name, (z, _) in logits.items()}
+    calibrated = {name: softmax(z, temperature) for name, (z, temperature) in logits.items()}
     probs.update(read_probabilities(Path(paths.baseline) / PROBABILITIES, test.sample_ids, spec.labels))
     ensemble = EnsembleSpec.load(Path(paths.ensemble))
-    probs = with_ensemble(probs, ensemble, Path(paths.ensemble), test, aligned, cfg.batch_size, device)
+    # The ensemble averages its deep members at their temperatures, as it was selected (and as `predict` runs it).
+    probs[ENSEMBLE] = with_ensemble({**probs, **calibrated}, ensemble, Path(paths.ensemble), test, aligned,
+                                    cfg.batch_size, device)[ENSEMBLE]
     preds = {name: top_label(p) for name, p in probs.items()}
     preds.update(read_predictions(Path(paths.baseline) / PREDICTIONS, test.sample_ids, spec.labels))
     y = test.labels.numpy()
@@ -107,6 +128,8 @@ def evaluate(params: StageParams) -> dict:
     report = ensemble_headline(report, y, preds, ensemble.single_best, ensemble.default, cfg.bootstrap, seed)
     calibration = {name: reliability(y, preds[name], probs[name], cfg.calibration_bins) for name in preds
                    if name in probs}
+    after = {name: {**reliability(y, preds[name], p, cfg.calibration_bins), "temperature": logits[name][1]}
+             for name, p in calibrated.items()}
     per_class = {name: per_class_scores(y, pred, spec.labels) for name, pred in preds.items()}
     # 4. Robustness: modalities removed; inputs corrupted (re-encoded where a model reads cached features).
     pooled = {name: Pooled(reader, preds[name], cfg.batch_size, device) for name, reader in readers.items()}
@@ -114,15 +137,18 @@ def evaluate(params: StageParams) -> dict:
     cached = {m for reader in readers.values() for m in reader.spec.feature_modalities}
     encoders = load_encoders(aligned, sorted(cached))  # the ones align ran, saved beside their features
     curves, skipped = corruption_curves(pooled, test, y, cfg.corruptions, encoders, cfg.batch_size, device, seed)
-    report = with_details(report, calibration, missing, skipped)
+    report = with_details(report, calibration, missing, skipped, after)
     write_json(Path(paths.metrics) / "evaluate.json", report, sort_keys=False)
     write_json(Path(paths.metrics) / HEADLINE, headline_of(report), sort_keys=False)  # the DVC metric
-    write_tables(out_dir, per_class, calibration, missing, curves)
-    # 5. Efficiency, a report (timings vary run to run): CPU always, CUDA too when present.
+    write_tables(out_dir, per_class, {**calibration, **{f"{name}{CALIBRATED}": r for name, r in after.items()}},
+                 missing, curves)
+    # 5. Why: a few test rows, picked by a seeded rule, with contributions and attribution maps for the report.
+    write_explanations(out_dir / EXPLANATIONS, *explain(readers[FUSED], test, y, preds[FUSED], params, device))
+    # 6. Efficiency, a report (timings vary run to run): CPU always, CUDA too when present.
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     write_efficiency(out_dir, efficiency_report({name: (r.model, r.spec) for name, r in readers.items()}, encoders,
                                                 test, cfg.efficiency, devices))
-    # 6. The confusion matrix. dvcyaml=False: DVCLive must not rewrite our dvc.yaml; the plot is declared there.
+    # 7. The confusion matrix. dvcyaml=False: DVCLive must not rewrite our dvc.yaml; the plot is declared there.
     seen = preds[FUSED] != ABSTAIN
     # DVCLive writes into a scratch folder; the one file it makes is then moved into place atomically.
     with tempfile.TemporaryDirectory(prefix=".live-", dir=out_dir.parent) as scratch:
@@ -131,9 +157,10 @@ def evaluate(params: StageParams) -> dict:
                                   [spec.labels[i] for i in preds[FUSED][seen]], name="confusion_matrix.json")
         with atomic_file(out_dir / CONFUSION) as tmp:
             shutil.copyfile(Path(scratch) / CONFUSION, tmp)
-    logger.info("fused test accuracy %.4f [%.4f, %.4f] on %d rows, ECE %.4f; fused minus best unimodal (%s, chosen "
-                "on val): %s [%s, %s]; without %s", report["fused_accuracy"], report["fused_accuracy_ci95_lo"],
+    logger.info("fused test accuracy %.4f [%.4f, %.4f] on %d rows, ECE %.4f (%.4f at T = %.3f); fused minus best "
+                "unimodal (%s, chosen on val): %s [%s, %s]; without %s", report["fused_accuracy"], report["fused_accuracy_ci95_lo"],
                 report["fused_accuracy_ci95_hi"], report["fused_accuracy_n"], report["fused_ece"],
+                report["fused_ece_calibrated"], report["fused_temperature"],
                 report["best_unimodal"], report.get("fused_minus_best_unimodal"),
                 report.get("fused_minus_best_unimodal_ci95_lo"), report.get("fused_minus_best_unimodal_ci95_hi"),
                 report["fused_accuracy_without"])

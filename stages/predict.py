@@ -3,7 +3,10 @@
     python -m stages.predict --model models/best --manifest new/manifest.csv --out predictions.csv
 
 Reads the model folder (and the manifest's files) only, from any working directory. Writes one row per manifest
-row, in order: sample_id, predicted, p_<label> per class, modalities_used, error.
+row, in order: sample_id, predicted, p_<label> per class (calibrated: softmax(logits / T), T the model's
+`temperature.json`), contrib_<modality> per modality of the model (the predicted class's probability minus its
+probability with that modality removed; empty where the row lacks it; `--no-contributions` leaves them out),
+modalities_used, error.
 A cell that cannot be read drops its modality for that row and is named in `error`; a row with no modality left
 gets no prediction. With a `label` column, accuracy on the labelled rows is printed at the end.
 """
@@ -29,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="rows read and predicted at once (default 64)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto takes CUDA when present (default auto)")
+    parser.add_argument("--no-contributions", dest="contributions", action="store_false",
+                        help="leave out the contrib_<modality> columns (each costs one more forward pass)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -37,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     # its encoders from their saved configs; no checkpoint name, local or `hub:`, is read again.
     go_offline()
     try:
-        summary = predict_manifest(args.model, args.manifest, args.out, args.batch_size, pick_device(args.device))
+        summary = predict_manifest(args.model, args.manifest, args.out, args.batch_size, pick_device(args.device),
+                                   args.contributions)
     except (ManifestError, FileNotFoundError, ValueError) as err:
         sys.exit(f"predict: {err}")
     print(f"{summary.rows} rows -> {args.out}: {summary.predicted} predicted, {summary.with_errors} with an error")

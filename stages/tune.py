@@ -13,9 +13,11 @@ import yaml
 
 from multimodal.models.bundle import bundle_inputs
 from multimodal.pipeline.params import load_params
-from multimodal.pipeline.runtime import go_offline, seed_everything, setup_logging
+from multimodal.pipeline.runtime import go_offline, pick_device, seed_everything, setup_logging
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.io import atomic_dir, write_csv_atomic, write_json, write_text_atomic
+from multimodal.training.calibrate import calibrate_saved
+from multimodal.training.load_data import load_splits
 from multimodal.tuning.params import TUNE
 from multimodal.tuning.references import ReferencePlan, write_reference
 from multimodal.tuning.results import best_checkpoint, best_trial, epochs_table, trial_number, trial_table, write_plots
@@ -70,6 +72,14 @@ def write_trial_model(result, params: StageParams, out: Path) -> None:
     bundle_inputs(Path(params.base.paths.aligned), out)
 
 
+def calibrate_all(model_dirs: list[Path], params: StageParams) -> None:
+    """`temperature.json` in each of `model_dirs`: one forward pass over the validation rows per model."""
+    val = load_splits(params, ("val",))["val"]
+    device = pick_device(params.base.device)
+    for model_dir in model_dirs:
+        calibrate_saved(model_dir, val, Path(params.base.paths.aligned), params.tune.fixed.batch_size, device)
+
+
 def tune(params: StageParams, project_dir: Path) -> dict:
     paths, cfg = params.base.paths, params.tune
     storage = project_dir / ".ray" / "results"
@@ -107,6 +117,9 @@ def tune(params: StageParams, project_dir: Path) -> dict:
         (tmp / "trials").mkdir()
         for number in top_trials(table, cfg.metric, cfg.mode, cfg.top_k)[1:]:
             write_trial_model(next(r for r in results if trial_number(r) == number), params, tmp / "trials" / number)
+        # Each saved model's temperature, fitted on the validation rows it sees (multimodal.training.calibrate).
+        trial_dirs = sorted(d for d in (tmp / "trials").iterdir() if d.is_dir())
+        calibrate_all([tmp / "best", *(tmp / "unimodal" / m for m in unimodal), *trial_dirs], params)
     # 3. Tables, plots and metrics DVC declares.
     write_csv_atomic(Path(paths.metrics) / "tune_trials.csv", table)
     write_csv_atomic(Path(paths.metrics) / "tune_epochs.csv", epochs)

@@ -11,10 +11,13 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
 import yaml
 
 from multimodal.evaluation.evaluate import ensemble_headline, fair_report
-from multimodal.storage.io import write_json
+from multimodal.evaluation.explanations import write_explanations
+from multimodal.storage.io import write_csv_atomic, write_json
 from stages.validate import validate_into
 from tests.unit.conftest import params_section
 from tests.unit.data.test_validation import OVERRIDES, row, write_dataset, write_png, write_wav
@@ -56,7 +59,23 @@ def build_run(base: Path) -> dict[str, Path]:
     # The ensemble lost on validation: the single best stays the default.
     report = ensemble_headline(report, y, preds, "fused", "fused", resamples=200, seed=0)
     report["calibration"] = {"fused": {"ece": 0.05, "bins": 10}, HOSTILE: {"ece": 0.1, "bins": 10}}  # a new block
+    report["models"]["fused"].update(ece=0.08, ece_calibrated=0.03, temperature=1.7)  # as evaluate's with_details
     write_json(metrics / "evaluate.json", report, sort_keys=False)
+    # Reliability before and after temperature scaling, and two explained rows, as evaluate writes them.
+    bins = [{"bin_lo": 0.8, "bin_hi": 0.9, "confidence": 0.85, "accuracy": 0.7, "count": 30},
+            {"bin_lo": 0.9, "bin_hi": 1.0, "confidence": 0.95, "accuracy": 0.8, "count": 10}]
+    for name in ("fused", "fused_calibrated"):
+        write_csv_atomic(plots / "evaluate" / "reliability" / f"{name}.csv", pd.DataFrame(bins))
+    maps = {f"row{j}/image/{kind}": torch.rand(8, 8) - 0.5 for j in (0, 1) for kind in ("input", "attribution")}
+    maps.update({"row0/audio/input": torch.rand(16, 12), "row0/audio/attribution": torch.rand(16, 12)})
+    explained = [{"sample_id": f"s{j}", "label": LABELS[j], "predicted": LABELS[0], "probability": 0.9 - j / 4,
+                  "correct": j == 0, "contributions": {"image": 0.2 - j / 3, "audio": 0.1 if j == 0 else None,
+                                                       "text": 0.05},
+                  "cells": {"image": f"img/{j}.png", "audio": "wav/0.wav" if j == 0 else "", "text": f"{HOSTILE} {j}"},
+                  "maps": {m: {"key": "x", "input": f"row{j}/{m}/input", "attribution": f"row{j}/{m}/attribution",
+                               "layout": "sequence" if m == "audio" else "picture", "completeness": [0.41, 0.42]}
+                           for m in (("image", "audio") if j == 0 else ("image",))}} for j in (0, 1)]
+    write_explanations(plots / "evaluate" / "explanations", explained, maps)
     write_json(metrics / "tune.json", {"best_trial": "00001", "best_epoch": 3, "best_val_accuracy": 0.8, "trials": 2})
     write_json(metrics / "robustness.json", {"noise": [{"level": 0, "accuracy": 0.9}, {"level": 1, "accuracy": 0.5}]})
     with (metrics / "tune_trials.csv").open("w", newline="") as handle:

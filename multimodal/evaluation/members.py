@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from multimodal.evaluation.baseline import EARLY_FUSION, PREFIX, read_probabilities
-from multimodal.evaluation.evaluate import FUSED, ModelOnTestSplit
+from multimodal.evaluation.evaluate import FUSED, ModelOnTestSplit, softmax
 from multimodal.storage.dataset import SplitData
 
 KINDS = ("trials", "unimodal", "classical")  # params `ensemble.members`; the fused best model is always a member
@@ -35,12 +35,13 @@ def deep_members(models_dir: Path, kinds: Collection[str]) -> dict[str, Path]:
 
 def deep_probabilities(members: Mapping[str, Path], data: SplitData, split: str, aligned_dir: Path,
                        batch_size: int, device: torch.device) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """Each deep member's (N, C) probabilities on `data` (split `split`, read in the member's form), and the
-    modalities it reads. Loaded one at a time: memory holds one model."""
+    """Each deep member's (N, C) probabilities on `data` (split `split`, read in the member's form) at its
+    validation-fitted temperature (as `predict` gives them), and the modalities it reads. Loaded one at a time:
+    memory holds one model."""
     probs, modalities = {}, {}
     for name, folder in members.items():
         reader = ModelOnTestSplit.load(folder, data, aligned_dir, device, split)
-        probs[name] = reader.probabilities(reader.data, batch_size, device)
+        probs[name] = softmax(reader.logits(reader.data, batch_size, device), reader.temperature)
         modalities[name] = list(reader.spec.modalities)
     return probs, modalities
 

@@ -29,6 +29,13 @@ class Efficiency(Strict):
     repeats: int = Field(ge=1)  # timed forward passes per batch size; the median counts
 
 
+class Explain(Strict):
+    """The test rows the report explains (multimodal.evaluation.explanations): inputs, contributions, attributions."""
+
+    rows: int = Field(ge=0)  # rows explained, half right and half wrong where the fused model has both; 0: none
+    steps: int = Field(ge=1)  # Integrated Gradients: points on the path from the reference to the input
+
+
 class Evaluate(Strict):
     batch_size: int = Field(ge=1)
     bootstrap: int = Field(ge=100)  # resamples behind every 95% interval (seeded from base.seed)
@@ -37,6 +44,7 @@ class Evaluate(Strict):
     # CORRUPTIONS; every list starts at 0, the clean input.
     corruptions: dict[str, dict[str, list[float]]]
     efficiency: Efficiency
+    explain: Explain
 
     @field_validator("corruptions")
     @classmethod

@@ -3,17 +3,19 @@
 
 - `per_class/<model>.csv`, a row per class: class, precision, recall, f1, support (on the rows the model sees).
 - `reliability/<model>.csv`, a row per non-empty confidence bin: bin_lo, bin_hi, confidence (mean in the bin),
-  accuracy, count.
+  accuracy, count; `reliability/<model>_calibrated.csv` the same at the model's temperature (deep models only:
+  `multimodal.models.temperature`, fitted on validation by tune).
 - `missing_modality.csv`, a row per set of modalities removed from the fused model (`none`, `a`, `a+b`):
   removed, accuracy, minus_clean, ci95_lo, ci95_hi, n, n_left_empty (rows left with no modality, counted wrong).
 - `corruption/<modality>_<kind>.csv`, a row per corruption level (0: clean): level, fused, unimodal (accuracies
   on the n rows having the modality), n.
+- `explanations/`: a few test rows the report explains (`multimodal.evaluation.explanations`).
 - `efficiency.json`: `multimodal.evaluation.efficiency.efficiency_report` (parameters per component, latency,
 throughput,
   peak memory per device and batch size), not deterministic.
 
 `<model>` is evaluate's name of a model: `fused`, `fused_only_<m>`, `unimodal_<m>`, `baseline_<m>`,
-`baseline_early_fusion`. Each model's ECE is in `metrics/evaluate.json` (`models.<model>.ece`).
+`baseline_early_fusion`. Each model's ECE is in `metrics/evaluate.json` (`models.<model>.ece`, and `ece_calibrated`, `temperature`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from multimodal.storage.io import atomic_dir, write_json, write_text_atomic
 
 PER_CLASS, RELIABILITY, MISSING, CORRUPTION, EFFICIENCY = (
     "per_class", "reliability", "missing_modality.csv", "corruption", "efficiency.json")
+CALIBRATED = "_calibrated"  # suffix of a reliability table at the model's temperature
+EXPLANATIONS = "explanations"  # the report's explained rows (multimodal.evaluation.explanations)
 CURVE_COLUMNS = ["level", "fused", "unimodal", "n"]
 
 

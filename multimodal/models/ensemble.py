@@ -100,16 +100,21 @@ class EnsembleModel(nn.Module):
     (softmax of it gives the average back), each member dropping out of the rows where it sees no modality. A row no
     member sees gets a uniform distribution."""
 
-    def __init__(self, members: Sequence[nn.Module], modalities: Sequence[list[str]], weights: Sequence[float]):
+    def __init__(self, members: Sequence[nn.Module], modalities: Sequence[list[str]], weights: Sequence[float],
+                 temperatures: Sequence[float] | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.member_modalities = [list(m) for m in modalities]
         self.weights = [float(w) for w in weights]
+        # Each member's own temperature (multimodal.models.temperature): selection averaged calibrated members.
+        self.temperatures = [float(t) for t in temperatures] if temperatures else [1.0] * len(self.weights)
 
     def forward(self, inputs: dict[str, dict[str, torch.Tensor]], masks: dict[str, torch.Tensor]) -> torch.Tensor:
         total, norm = None, None
-        for model, reads, weight in zip(self.members, self.member_modalities, self.weights):
-            probs = torch.softmax(model({m: inputs[m] for m in reads}, {m: masks[m] for m in reads}).float(), dim=-1)
+        for model, reads, weight, temperature in zip(self.members, self.member_modalities, self.weights,
+                                                      self.temperatures):
+            logits = model({m: inputs[m] for m in reads}, {m: masks[m] for m in reads}).float()
+            probs = torch.softmax(logits / temperature, dim=-1)
             sees = torch.stack([masks[m] for m in reads]).any(dim=0).float() * weight  # (B,)
             total = probs * sees[:, None] if total is None else total + probs * sees[:, None]
             norm = sees if norm is None else norm + sees

@@ -107,7 +107,13 @@ class MultimodalModel(nn.Module):
         self.head = None if produces_logits else nn.Linear(self.fusion.out_dim, n_classes)
 
     def forward(self, inputs: dict[str, dict[str, torch.Tensor]], masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        z = {m: self.dropout(v) for m, v in self.embedder(inputs, masks).items()}
+        return self.classify(self.embedder(inputs, masks), masks)
+
+    def classify(self, embedded: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits from the projected encodings (`Embedder`'s output, zeros on absent rows): fusion and head only.
+        A modality's embedding does not depend on another's mask, so switching masks off needs no encoder again
+        (`multimodal.models.explain.with_contributions`)."""
+        z = {m: self.dropout(v) for m, v in embedded.items()}
         fused = self.fusion(z, masks)
         return fused if self.head is None else self.head(self.dropout(fused))
 

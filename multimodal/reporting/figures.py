@@ -88,3 +88,58 @@ def confusion_chart(labels: Sequence[str], counts: np.ndarray, xlabel: str, ylab
     ax.set_ylabel(ylabel, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
     return _png(fig)
+
+
+def reliability_chart(curves: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[int]]]) -> str:
+    """Reliability diagram: per curve (label, mean confidence per bin, accuracy per bin, rows per bin), accuracy
+    against confidence, the marker area following the rows; the diagonal is perfect calibration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], color="#5b6474", linestyle="--", linewidth=1, label="perfect calibration")
+    for (label, confidence, accuracy, counts), color in zip(curves, ("#2459a8", "#a4330f", "#3b7d3b")):
+        sizes = 12 + 120 * np.asarray(counts, dtype=float) / max(max(counts, default=1), 1)
+        ax.plot(confidence, accuracy, color=color, linewidth=1.4, label=label)
+        ax.scatter(confidence, accuracy, s=sizes, color=color, alpha=0.7)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (highest class probability)", fontsize=9)
+    ax.set_ylabel("accuracy in the bin", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    ax.grid(color="#e4e7ec", linewidth=0.8)
+    ax.set_axisbelow(True)
+    return _png(fig)
+
+
+def explanation_chart(maps: Sequence[tuple[str, np.ndarray, np.ndarray, str]],
+                      contributions: dict[str, float | None]) -> str:
+    """One row explained: per input with a map (title, input, attribution, layout) the input in grey and its
+    attribution (red: towards the predicted class, blue: away), then a bar per modality's contribution. A
+    `sequence` layout (features x frames, a spectrogram) is drawn with its first feature at the bottom."""
+    plt = _pyplot()
+    panels = 2 * len(maps) + 1
+    fig, axes = plt.subplots(1, panels, figsize=(2.3 * panels, 2.4),
+                             gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.3]})
+    axes = np.atleast_1d(axes)
+    for k, (title, shown, attribution, layout) in enumerate(maps):
+        ax_in, ax_attr = axes[2 * k], axes[2 * k + 1]
+        origin = "lower" if layout == "sequence" else "upper"
+        ax_in.imshow(shown, cmap="gray", aspect="auto", origin=origin)
+        ax_in.set_title(title, fontsize=8)
+        bound = float(np.abs(attribution).max()) or 1.0
+        ax_attr.imshow(attribution, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", origin=origin)
+        ax_attr.set_title(f"{title}: attribution", fontsize=8)
+        for ax in (ax_in, ax_attr):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    ax = axes[-1]
+    names = list(contributions)
+    values = [contributions[m] if contributions[m] is not None else 0.0 for m in names]
+    ax.barh(names, values, color=["#a4330f" if v > 0 else "#2459a8" for v in values])
+    for y, m in enumerate(names):
+        if contributions[m] is None:
+            ax.annotate("absent", (0, y), fontsize=7, color="#5b6474", va="center")
+    ax.axvline(0, color="#5b6474", linewidth=0.8)
+    ax.set_title("contribution to P(predicted)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.invert_yaxis()
+    return _png(fig)

@@ -149,31 +149,32 @@ def ensemble_sentence(evaluate: Mapping[str, Any]) -> str:
     """The selected ensemble beside the single best model, and which of the two is the default (chosen on
     validation)."""
     best = evaluate.get("single_best")
+    made = (evaluate.get("claims") or {}).get("ensemble_beats_single_best")
     text = (f"Ensemble of this run's models (weights chosen on validation): test accuracy "
-            f"{_flat(evaluate, 'ensemble_accuracy')}; against the single best model ({best}, chosen on validation): "
-            f"{_flat(evaluate, 'ensemble_minus_single_best', pts)}.")
+            f"{_flat(evaluate, 'ensemble_accuracy')}. " + (made["sentence"] if made else
+            f"Against the single best model ({best}, chosen on validation): "
+            f"{_flat(evaluate, 'ensemble_minus_single_best', pts)}."))
     if evaluate.get("default_model") == "ensemble":
         return text + " The ensemble is the default model: it beats the single best on validation."
     return text + f" The single best ({best}) stays the default model: the ensemble does not beat it on validation."
 
 
 def headline(evaluate: Mapping[str, Any]) -> list:
-    """The verdict in two sentences, and the loud line when the classical baseline is not beaten."""
+    """The verdict: the fused accuracy, then each claim evaluate made from a paired interval ("shown" only when the
+    interval lies above 0, else "not shown" or "worse", with the interval), and the loud line when the classical
+    baseline is not shown to be beaten."""
     if "fused_accuracy" not in evaluate:
         return [Text("No evaluation found: run the evaluate stage.", "warning")]
     rows = evaluate.get("fused_accuracy_n")
-    parts = [f"Fused model: test accuracy {_flat(evaluate, 'fused_accuracy')} on {rows} rows."]
-    if evaluate.get("fused_minus_best_unimodal") is not None:
-        parts.append(f"Against the best single modality ({evaluate.get('best_unimodal')}, chosen on validation): "
-                     f"{_flat(evaluate, 'fused_minus_best_unimodal', pts)}.")
-    if evaluate.get("fused_minus_baseline") is not None:
-        parts.append(f"Against the classical baseline ({pct(evaluate.get('baseline_accuracy'))}): "
-                     f"{_flat(evaluate, 'fused_minus_baseline', pts)}.")
-    blocks = [Text(" ".join(parts), "good" if evaluate.get("fused_beats_baseline", True) else "plain")]
+    claims = evaluate.get("claims") or {}
+    parts = [f"Fused model: test accuracy {_flat(evaluate, 'fused_accuracy')} on {rows} rows.",
+             *(made["sentence"] for name, made in claims.items() if name != "ensemble_beats_single_best")]
+    beaten = claims.get("fused_beats_baseline", {}).get("holds", True)
+    blocks = [Text(" ".join(parts), "good" if beaten else "plain")]
     if evaluate.get("ensemble_accuracy") is not None:
         blocks.append(Text(ensemble_sentence(evaluate)))
-    if evaluate.get("fused_beats_baseline") is False:
-        blocks.append(Text("The fused deep model does NOT beat the classical baseline (logistic regression on "
+    if not beaten:
+        blocks.append(Text("The fused deep model is NOT shown to beat the classical baseline (logistic regression on "
                            "standard features): check the data, the search space and the augmentation before "
                            "trusting it.", "warning"))
     return blocks

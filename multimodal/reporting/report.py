@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from multimodal.data.manifest import MANIFEST_NAME, read_manifest
+from multimodal.reporting import explained
 from multimodal.reporting.figures import IMAGE_TYPES, confusion_chart, image_uri, interval_chart
 from multimodal.reporting.model_card import FUSED, headline, interval, model_card, model_kind, pct, pts
 from multimodal.reporting.template import Bullets, Code, Facts, Figure, Heading, Section, Table, Text, render_page
@@ -27,7 +28,8 @@ from multimodal.storage.io import read_json
 log = logging.getLogger(__name__)
 
 # evaluate.json keys the metrics section shows itself; any other key is rendered generically.
-_EVALUATE_SHOWN = {"models", "paired", "all_rows_abstain_wrong", "fusion"}
+# `claims`: their sentences open the summary (model_card.headline).
+_EVALUATE_SHOWN = {"models", "paired", "all_rows_abstain_wrong", "fusion", "claims"}
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,8 @@ def parameters(files: RunFiles, run: ReportInputs) -> Section:
 
 
 SECTIONS: tuple[Callable[[RunFiles, ReportInputs], Section | None], ...] = (
-    summary, card, metrics, confusion, validation, tuning, other_results, parameters)
+    summary, card, metrics, explained.calibration, explained.why, confusion, validation, tuning, other_results,
+    parameters)
 
 
 def build_report(run: ReportInputs) -> str:

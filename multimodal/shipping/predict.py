@@ -26,10 +26,12 @@ from multimodal.modalities import get_modality
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.bundle import load_for_raw_inputs
 from multimodal.models.ensemble import EnsembleModel, EnsembleSpec, is_ensemble
+from multimodal.models.explain import probabilities as class_probabilities
+from multimodal.models.explain import with_contributions
 from multimodal.models.model import ModelSpec
+from multimodal.models.temperature import load_temperature
 from multimodal.storage.dataset import SplitData
 from multimodal.storage.io import atomic_text
-from multimodal.training.train import predict as predict_probs
 
 logger = logging.getLogger(__name__)
 
@@ -106,27 +108,46 @@ def read_batch(rows: pd.DataFrame, readers: dict[str, ManifestCellReader], root:
     return SplitData(rows["sample_id"].tolist(), torch.zeros(n, dtype=torch.long), inputs, masks), errors
 
 
-def output_columns(labels: Sequence[str]) -> list[str]:
-    return ["sample_id", "predicted", *(f"p_{label}" for label in labels), "modalities_used", "error"]
+def output_columns(labels: Sequence[str], modalities: Sequence[str] = ()) -> list[str]:
+    return ["sample_id", "predicted", *(f"p_{label}" for label in labels), *(f"contrib_{m}" for m in modalities),
+            "modalities_used", "error"]
 
 
 def predict_batch(model: torch.nn.Module, labels: Sequence[str], data: SplitData, errors: list[list[str]],
-                  device: torch.device) -> list[list[Any]]:
-    """Output rows for one batch: a prediction where some modality was read, else empty cells and the error."""
+                  device: torch.device, temperature: float = 1.0, contributions: bool = True) -> list[list[Any]]:
+    """Output rows for one batch: a prediction where some modality was read, else empty cells and the error.
+
+    Probabilities are softmax(logits / `temperature`), the model's calibration. With `contributions`, a
+    `contrib_<m>` cell per modality (`output_columns(labels, data.modalities)`): what removing m takes off the
+    predicted class's probability (`multimodal.models.explain`; one more forward pass per modality), empty where
+    the row lacks m."""
     present = data.any_present()
-    probs = torch.empty(0, len(labels))
+    probs, contrib = torch.empty(0, len(labels)), {}
+    shown_modalities = data.modalities if contributions else []
     if present.any():
-        probs = predict_probs(model, data.take(present.nonzero().flatten()), len(data), device)
-    out, next_prob = [], iter(probs.tolist())
+        shown = data.take(present.nonzero().flatten())
+        if contributions:
+            probs, contrib = with_contributions(model, shown, temperature, len(data), device)
+        else:
+            probs = class_probabilities(model, shown, temperature, len(data), device)
+    out, seen = [], 0
     for i, sample_id in enumerate(data.sample_ids):
         used = "+".join(m for m in data.modalities if data.masks[m][i])
         if present[i]:
-            p = next(next_prob)
-            out.append([sample_id, labels[max(range(len(p)), key=p.__getitem__)], *p, used, "; ".join(errors[i])])
+            p = probs[seen].tolist()
+            shares = [_cell(contrib[m][seen]) for m in shown_modalities]
+            seen += 1
+            out.append([sample_id, labels[max(range(len(p)), key=p.__getitem__)], *p, *shares, used,
+                        "; ".join(errors[i])])
         else:
             message = "; ".join([*errors[i], "no modality left to predict from"])
-            out.append([sample_id, "", *[""] * len(labels), "", message])
+            out.append([sample_id, "", *[""] * len(labels), *[""] * len(shown_modalities), "", message])
     return out
+
+
+def _cell(value: torch.Tensor) -> float | str:
+    """A contribution as a CSV cell: empty where the modality was absent (NaN)."""
+    return "" if torch.isnan(value) else float(value)
 
 
 @dataclass
@@ -163,25 +184,30 @@ def load_ensemble_for_raw_inputs(folder: Path, device: torch.device
         raise ValueError(f"{folder}: the ensemble holds classical members {classical}, which predict cannot run "
                          f"yet; predict with its single best model ({ensemble.single_best}), or set "
                          "`ensemble.members` without `classical` and run `dvc repro ensemble`")
-    models, reads, processing, first = [], [], {}, None
+    models, reads, temperatures, processing, first = [], [], [], {}, None
     for member in ensemble.members:
         model, spec, settings = load_for_raw_inputs(folder / member.path, device)
         models.append(model)
         reads.append(spec.modalities)
+        temperatures.append(load_temperature(folder / member.path))  # each member calibrated as it was selected
         first = first or spec
         for modality in spec.modalities:
             processing.setdefault(modality, settings[modality])
     # What predict reads of a spec: the modalities (any member's) and the labels.
     spec = ModelSpec(list(processing), {}, first.labels, first.dim, "ensemble", 0.0, {}, {})
-    return EnsembleModel(models, reads, [m.weight for m in ensemble.members]).eval(), spec, processing
+    return EnsembleModel(models, reads, [m.weight for m in ensemble.members], temperatures).eval(), spec, processing
 
 
-def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int, device: torch.device) -> Summary:
+def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int, device: torch.device,
+                     contributions: bool = True) -> Summary:
     """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy. A model
-    folder holding `ensemble.json` predicts as its weighted members."""
+    folder holding `ensemble.json` predicts as its weighted members. `contributions=False` leaves out the
+    `contrib_<m>` columns and their extra forward passes."""
     # 1. The model with an encoder for every modality, and the readers preprocess used for them.
     load = load_ensemble_for_raw_inputs if is_ensemble(model_dir) else load_for_raw_inputs
     model, spec, processing = load(model_dir, device)
+    # Fitted on validation by tune; 1 for a model saved before, and for an ensemble (its members carry their own).
+    temperature = load_temperature(model_dir)
     readers = {m: ManifestCellReader.build(m, processing[m]) for m in spec.modalities}
     frame = read_manifest(manifest, required=REQUIRED)
     unused = [m for m in modality_columns(frame) if m not in readers]
@@ -195,11 +221,11 @@ def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int
     summary = Summary()
     with atomic_text(out, newline="") as handle, tqdm(total=len(frame), desc="predict", unit="sample") as bar:
         writer = csv.writer(handle)
-        writer.writerow(output_columns(spec.labels))
+        writer.writerow(output_columns(spec.labels, spec.modalities if contributions else ()))
         for start in range(0, len(frame), batch_size):
             rows = frame.iloc[start : start + batch_size]
             data, errors = read_batch(rows, readers, manifest.parent)
-            written = predict_batch(model, spec.labels, data, errors, device)
+            written = predict_batch(model, spec.labels, data, errors, device, temperature, contributions)
             writer.writerows(written)
             summary.add(written, labels and labels[start : start + batch_size])
             bar.update(len(rows))

@@ -124,14 +124,22 @@ def autocast(device: torch.device, precision: str = "fp32"):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: SplitData, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Class probabilities (N, C) in the order of `data`."""
+def predict_logits(model: nn.Module, data: SplitData, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits (N, C) in the order of `data`."""
     model.eval()
     out = []
     for batch in data.batches(batch_size):
         batch = batch.to(device)
-        out.append(torch.softmax(model(batch.inputs, batch.masks).float(), dim=-1).cpu())
+        out.append(model(batch.inputs, batch.masks).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+def predict(model: nn.Module, data: SplitData, batch_size: int, device: torch.device,
+            temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities (N, C) in the order of `data`: softmax(logits / `temperature`), the saved model's
+    calibration (`multimodal.models.temperature`) or 1, the probabilities as trained."""
+    logits = predict_logits(model, data, batch_size, device)
+    return torch.softmax(logits / temperature, dim=-1) if len(logits) else logits
 
 
 def _val_metrics(model: nn.Module, data: SplitData, batch_size: int, device: torch.device,

@@ -33,6 +33,7 @@ TINY_PARAMS = {
     ("evaluate", "corruptions"): {"image": {"noise": [0, 0.5], "blur": [0, 1.0], "occlusion": [0, 0.35]},
                                   "audio": {"noise": [0, 0.316]}, "text": {"tokens": [0, 0.5]}},
     ("evaluate", "efficiency"): {"batch_sizes": [1, 4], "warmup": 0, "repeats": 1},
+    ("evaluate", "explain"): {"rows": 2, "steps": 4},
 }
 
 

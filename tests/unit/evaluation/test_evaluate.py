@@ -20,6 +20,7 @@ from multimodal.evaluation.evaluate import (
 )
 from multimodal.evaluation.scoring import ABSTAIN, top_label
 from multimodal.models.model import ModelSpec, build_model, save_model
+from multimodal.models.temperature import TEMPERATURE
 from multimodal.training.train import predict
 from tests.unit.conftest import knobs, synthetic_split
 
@@ -79,16 +80,43 @@ def test_report_is_deterministic_for_a_seed():
     assert fair_report(Y, PREDS, VAL, 300, seed=8) != fair_report(Y, PREDS, VAL, 300, seed=7)  # some interval moves
 
 
-@pytest.mark.parametrize("baseline, beats", [(np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]), False),
-                                             (np.array([0, 1, 2, 0, 1, 2, 0, 0, 0, 0]), True)])
-def test_warning_fires_when_the_fused_model_does_not_beat_the_baseline(baseline, beats, caplog):
-    report = fair_report(Y, {**PREDS, "baseline_early_fusion": baseline}, VAL, 300, seed=0)
-    assert report["fused_beats_baseline"] is beats
-    assert report["baseline_accuracy"] == pytest.approx((baseline == Y).mean())
+def _rows(fused_right: int, other_right: int, both: int, n: int) -> tuple[np.ndarray, dict]:
+    """Labels and predictions where the fused model alone is right on `fused_right` rows, the baseline alone on
+    `other_right`, both on `both`, neither on the rest."""
+    y = np.zeros(n, dtype=np.int64)
+    fused, other = np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int64)
+    fused[: fused_right + both] = 0
+    other[fused_right: fused_right + both + other_right] = 0
+    return y, {"fused": fused, "baseline_early_fusion": other}
+
+
+@pytest.mark.parametrize("fused_right, other_right, verdict", [(2, 1, "not shown"), (40, 2, "shown"),
+                                                               (2, 40, "worse")])
+def test_beating_the_baseline_is_claimed_only_when_the_interval_is_above_zero(fused_right, other_right, verdict,
+                                                                               caplog):
+    y, preds = _rows(fused_right, other_right, both=100, n=200)
+    report = fair_report(y, preds, {}, 500, seed=0)
+    low, high = report["fused_minus_baseline_ci95_lo"], report["fused_minus_baseline_ci95_hi"]
+    assert report["fused_minus_baseline"] > 0 or verdict == "worse"
+    assert report["fused_beats_baseline"] is (low > 0) is (verdict == "shown")
+    assert report["fused_beats_baseline_verdict"] == verdict
+    sentence = report["claims"]["fused_beats_baseline"]["sentence"]
+    assert f": {verdict} (" in sentence and f"[{100 * low:+.1f}, {100 * high:+.1f}]" in sentence
+    assert report["baseline_accuracy"] == pytest.approx((preds["baseline_early_fusion"] == y).mean())
     with caplog.at_level(logging.WARNING, logger="multimodal.evaluation.evaluate"):
         warn_if_baseline_wins(report)
-    loud = [r for r in caplog.records if r.levelno == logging.WARNING and "does NOT beat" in r.getMessage()]
-    assert bool(loud) is not beats
+    loud = [r for r in caplog.records if r.levelno == logging.WARNING and "NOT shown to beat" in r.getMessage()]
+    assert bool(loud) is (verdict != "shown")
+
+
+def test_fusion_helps_is_the_claim_against_the_best_single_modality():
+    report = fair_report(Y, PREDS, VAL, 500, seed=0)
+    helps = report["claims"]["fusion_helps"]
+    # +25 points on 8 rows: positive, yet the interval holds 0.
+    assert helps["difference"] == report["fused_minus_best_unimodal"] > 0
+    assert helps["ci95"] == [report["fused_minus_best_unimodal_ci95_lo"], report["fused_minus_best_unimodal_ci95_hi"]]
+    assert report["fusion_helps"] is False and report["fusion_helps_verdict"] == "not shown"
+    assert "best single-modality model, unimodal_image, chosen on validation" in helps["sentence"]
 
 
 def test_deep_models_abstain_on_rows_lacking_their_modality(tmp_path):
@@ -120,6 +148,17 @@ def test_deep_models_abstain_on_rows_lacking_their_modality(tmp_path):
     expected = predict(fused, shown_a, 16, torch.device("cpu")).argmax(1).numpy()
     assert np.array_equal(preds["fused_only_a"][has_a], expected)
 
+    # A saved temperature: the calibrated probabilities are softmax(logits / T), with the same argmax.
+    (models / "best" / TEMPERATURE).write_text(json.dumps({"temperature": 3.0}))
+    readers = load_readers(models, test, aligned, torch.device("cpu"))
+    calibrated = reader_probabilities(readers, 16, torch.device("cpu"), calibrated=True)
+    fused_data = readers["fused"].data
+    assert np.allclose(calibrated["fused"], predict(fused, fused_data, 16, torch.device("cpu"), temperature=3.0))
+    assert np.array_equal(top_label(calibrated["fused"]), preds["fused"])
+    assert np.array_equal(top_label(calibrated["fused_only_a"]), preds["fused_only_a"])
+    assert not np.allclose(calibrated["fused"], probs["fused"])
+    assert np.array_equal(calibrated["unimodal_a"], probs["unimodal_a"], equal_nan=True)  # no file: T = 1
+
 
 def test_details_add_calibration_and_missing_modality_figures_after_the_headline():
     report = fair_report(Y, PREDS, VAL, 300, seed=0)
@@ -133,3 +172,11 @@ def test_details_add_calibration_and_missing_modality_figures_after_the_headline
     assert out["fused_accuracy_without"] == {"audio": 0.6} and out["corruption_skipped"] == {"text": "why"}
     assert "ece" not in report["models"]["fused"]  # the input is left as it was
     assert "corruption_skipped" not in with_details(report, calibration, missing, {})
+    after = {"fused": {"ece": 0.03, "temperature": 1.7}}
+    out = with_details(report, calibration, missing, {}, after)
+    keys = list(out)
+    assert keys[keys.index("fused_ece"):keys.index("models")] == ["fused_ece", "fused_ece_calibrated",
+                                                                  "fused_temperature"]
+    assert out["models"]["fused"] == {**out["models"]["fused"], "ece": 0.05, "ece_calibrated": 0.03,
+                                      "temperature": 1.7}
+    assert "temperature" not in out["models"]["unimodal_image"]

@@ -70,10 +70,27 @@ def test_report_has_every_section_with_figures(page):
     assert "Measured on the test split only" in text and "chance is 50.0%" in text
     assert "unimodal_audio" in text and "baseline_early_fusion" in text  # compared with, with figures
     assert "fused minus model" in text and "95% interval" in text
-    assert "against the single best model (fused, chosen on validation)" in text
+    assert "The ensemble beats the single best model (fused, chosen on validation): " in text
     assert "The single best (fused) stays the default model: the ensemble does not beat it on validation" in text
+    # The summary's claims, each with its verdict and paired interval (multimodal/evaluation/claims.py).
+    assert re.search(r"Fusion helps \(the fused model beats the best single-modality model, \w+, chosen on "
+                     r"validation\): (shown|not shown|worse) \(", text)
+    assert re.search(r"beats the classical baseline \(baseline_early_fusion\): (shown|not shown|worse) \([+-]", text)
     pngs = [a["src"] for t, a in tags(page) if t == "img" and a["src"].startswith("data:image/png")]
     assert len(pngs) >= 3  # accuracies, paired differences, confusion matrix
+
+
+def test_calibration_and_explained_rows_are_drawn_from_what_evaluate_wrote(page):
+    text = assert_defused(page, "report")
+    for title in ("Calibration", "ECE as trained", "ECE calibrated", "Why these predictions",
+                  "contribution is the predicted class", "attributions sum to +0.410"):
+        assert title in text, title
+    assert "s0: cat predicted as cat (90.0%, right)" in text and "predicted as cat (65.0%, WRONG)" in text
+    assert f"text: {HOSTILE} 1" in text  # a text cell, as text
+    alts = [a.get("alt") for t, a in tags(page) if t == "img"]
+    assert "reliability diagram of the fused model" in alts
+    assert alts.count("explanation of s0") == alts.count("explanation of s1") == 1
+    assert "rows.json" not in text  # drawn by its section, not again among the other results
 
 
 def test_files_no_section_knows_are_rendered_generically(page):

@@ -22,11 +22,13 @@ from multimodal.modalities.base import FeatureInput
 from multimodal.models.bundle import bundle_inputs, load_for_raw_inputs
 from multimodal.models.ensemble import EnsembleSpec, Member, combine
 from multimodal.models.model import load_model, save_model
+from multimodal.models.temperature import load_temperature
 from multimodal.preprocessing.preprocess import preprocess_modality
 from multimodal.shipping import predict as predict_module
 from multimodal.shipping.predict import output_columns, predict_manifest
-from multimodal.storage.dataset import load_split
+from multimodal.storage.dataset import SplitData, load_split
 from multimodal.training.align import build_encoders
+from multimodal.training.calibrate import calibrate_saved
 from multimodal.training.finetune import initial_model
 from multimodal.training.train import predict
 from stages.predict import main
@@ -155,7 +157,8 @@ def test_bad_cells_become_errors_of_their_rows_only(saved, tmp_path):
     summary = predict_manifest(models / "best", manifest, tmp_path / "p.csv", 3, CPU)
 
     rows = read_rows(tmp_path / "p.csv")
-    assert list(rows[0]) == output_columns(LABELS)
+    assert list(rows[0]) == output_columns(LABELS, MODALITIES)
+    assert by_contrib(rows[0]) and all(by_contrib(r)["text"] == "" for r in rows if r["sample_id"] == "corrupt")
     assert [r["sample_id"] for r in rows] == [c[0] for c in cells]
     by_id = {r["sample_id"]: r for r in rows}
     assert by_id["ok"]["error"] == by_id["no-image"]["error"] == ""
@@ -177,6 +180,47 @@ def test_bad_cells_become_errors_of_their_rows_only(saved, tmp_path):
             p = [float(r[f"p_{c}"]) for c in LABELS]
             assert sum(p) == pytest.approx(1.0, abs=1e-5) and r["predicted"] == LABELS[int(np.argmax(p))]
     assert (summary.rows, summary.predicted, summary.with_errors, summary.labelled) == (7, 5, 5, 0)
+
+
+def by_contrib(row: dict[str, str]) -> dict[str, str]:
+    return {m: row[f"contrib_{m}"] for m in MODALITIES if f"contrib_{m}" in row}
+
+
+def test_predict_applies_the_temperature_tune_fits_and_each_contribution_is_a_pass_without_that_modality(
+        saved, tmp_path):
+    dataset, models, aligned = saved
+    folder = tmp_path / "best"
+    shutil.copytree(models / "best", folder)
+    frame = read_manifest(dataset / "manifest.csv").assign(split="test")
+    test = load_split(frame, "test", LABELS, dataset.parent / "pre", MODALITIES)
+    # As tune does: fitted on the "val" rows (the fixture's test rows stand in for every split), saved beside it.
+    record = calibrate_saved(folder, test, aligned, 4, CPU)
+    assert record["temperature"] == load_temperature(folder) != 1.0
+    assert record["val_nll_after"] < record["val_nll_before"]
+    predict_manifest(folder, dataset / "manifest.csv", tmp_path / "p.csv", 5, CPU)
+    rows = read_rows(tmp_path / "p.csv")
+
+    cached, spec = load_model(folder)
+    data = inputs_for(spec, test, aligned)
+    temperature = record["temperature"]
+    expected = predict(cached, data, 4, CPU, temperature=temperature)
+    probs = torch.tensor([[float(r[f"p_{c}"]) for c in LABELS] for r in rows])
+    assert torch.allclose(probs, expected, atol=1e-5)
+    assert not torch.allclose(probs, predict(cached, data, 4, CPU), atol=1e-3)  # T moved the probabilities
+    chosen = expected.argmax(dim=1)
+    for modality in MODALITIES:  # an independent pass over every row with that modality's mask off
+        off = SplitData(data.sample_ids, data.labels, data.inputs,
+                        {m: torch.zeros_like(v) if m == modality else v for m, v in data.masks.items()})
+        without = predict(cached, off, 4, CPU, temperature=temperature).gather(1, chosen[:, None]).squeeze(1)
+        for i, row in enumerate(rows):
+            if test.masks[modality][i]:
+                assert float(row[f"contrib_{modality}"]) == pytest.approx(float(expected[i, chosen[i]] - without[i]),
+                                                                          abs=1e-5)
+            else:
+                assert row[f"contrib_{modality}"] == ""  # absent: no contribution measured
+    assert any(float(r["contrib_image"]) != 0 for r in rows if r["contrib_image"])
+    predict_manifest(folder, dataset / "manifest.csv", tmp_path / "q.csv", 5, CPU, contributions=False)
+    assert list(read_rows(tmp_path / "q.csv")[0]) == output_columns(LABELS)
 
 
 def test_the_command_prints_accuracy_and_refuses_extra_columns(saved, tmp_path, capsys):
