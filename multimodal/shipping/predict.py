@@ -24,10 +24,9 @@ from tqdm import tqdm
 from multimodal.data.manifest import modality_columns, read_manifest
 from multimodal.modalities import get_modality
 from multimodal.modalities.spec import ModalitySpec
-from multimodal.models.bundle import load_for_raw_inputs
+from multimodal.shipping.backends import Backend, load_backend
 from multimodal.storage.dataset import SplitData
 from multimodal.storage.io import atomic_text
-from multimodal.training.train import predict as predict_probs
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +107,13 @@ def output_columns(labels: Sequence[str]) -> list[str]:
     return ["sample_id", "predicted", *(f"p_{label}" for label in labels), "modalities_used", "error"]
 
 
-def predict_batch(model: torch.nn.Module, labels: Sequence[str], data: SplitData, errors: list[list[str]],
-                  device: torch.device) -> list[list[Any]]:
+def predict_batch(backend: Backend, data: SplitData, errors: list[list[str]]) -> list[list[Any]]:
     """Output rows for one batch: a prediction where some modality was read, else empty cells and the error."""
+    labels = backend.labels
     present = data.any_present()
     probs = torch.empty(0, len(labels))
     if present.any():
-        probs = predict_probs(model, data.take(present.nonzero().flatten()), len(data), device)
+        probs = backend.probabilities(data.batch(present.nonzero().flatten()))
     out, next_prob = [], iter(probs.tolist())
     for i, sample_id in enumerate(data.sample_ids):
         used = "+".join(m for m in data.modalities if data.masks[m][i])
@@ -151,28 +150,36 @@ class Summary:
                 self.labelled_unpredicted += row[1] == ""
 
 
-def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int, device: torch.device) -> Summary:
-    """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy."""
+def build_readers(backend: Backend) -> dict[str, ManifestCellReader]:
+    """The readers preprocess used for each modality of the model, from the settings saved with it."""
+    return {m: ManifestCellReader.build(m, backend.processing[m]) for m in backend.modalities}
+
+
+def predict_manifest(model_dir: Path | None, manifest: Path, out: Path, batch_size: int, device: torch.device,
+                     *, onnx: Path | None = None) -> Summary:
+    """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy. The
+    model runs on PyTorch (`model_dir`), or on onnxruntime when `onnx` names an exported bundle: the rows are read
+    and processed the same way for both."""
     # 1. The model with an encoder for every modality, and the readers preprocess used for them.
-    model, spec, processing = load_for_raw_inputs(model_dir, device)
-    readers = {m: ManifestCellReader.build(m, processing[m]) for m in spec.modalities}
+    backend = load_backend(model_dir, onnx, device)
+    readers = build_readers(backend)
     frame = read_manifest(manifest, required=REQUIRED)
     unused = [m for m in modality_columns(frame) if m not in readers]
     if unused:
-        logger.warning("columns %s are ignored: the model reads %s", unused, spec.modalities)
+        logger.warning("columns %s are ignored: the model reads %s", unused, backend.modalities)
     if not any(m in frame for m in readers):
         logger.warning("%s has none of the model's modality columns %s: no row can be predicted", manifest,
-                       spec.modalities)
+                       backend.modalities)
     labels = [str(v) for v in frame["label"]] if "label" in frame else None
     # 2. Batches: read, process, predict, write; the manifest's folder is the root its paths may not leave.
     summary = Summary()
     with atomic_text(out, newline="") as handle, tqdm(total=len(frame), desc="predict", unit="sample") as bar:
         writer = csv.writer(handle)
-        writer.writerow(output_columns(spec.labels))
+        writer.writerow(output_columns(backend.labels))
         for start in range(0, len(frame), batch_size):
             rows = frame.iloc[start : start + batch_size]
             data, errors = read_batch(rows, readers, manifest.parent)
-            written = predict_batch(model, spec.labels, data, errors, device)
+            written = predict_batch(backend, data, errors)
             writer.writerows(written)
             summary.add(written, labels and labels[start : start + batch_size])
             bar.update(len(rows))
