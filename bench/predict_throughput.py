@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from multimodal.data.manifest import read_manifest
-from multimodal.models.bundle import load_for_raw_inputs
 from multimodal.pipeline.runtime import go_offline
-from multimodal.shipping.predict import REQUIRED, ManifestCellReader, predict_batch, predict_manifest, read_batch
+from multimodal.shipping.backends import TorchBackend
+from multimodal.shipping.predict import REQUIRED, build_readers, predict_batch, predict_manifest, read_batch
 
 
 def main() -> None:
@@ -33,15 +33,15 @@ def main() -> None:
         start = time.perf_counter()
         summary = predict_manifest(args.model, args.manifest, Path(tmp) / "p.csv", args.batch_size, cpu)
         total = time.perf_counter() - start
-    model, spec, processing = load_for_raw_inputs(args.model, cpu)
-    readers = {m: ManifestCellReader.build(m, processing[m]) for m in spec.modalities}
+    backend = TorchBackend.load(args.model, cpu)
+    readers = build_readers(backend)
     frame = read_manifest(args.manifest, required=REQUIRED)
     reading = modelling = 0.0
     for begin in range(0, len(frame), args.batch_size):
         t0 = time.perf_counter()
         data, errors = read_batch(frame.iloc[begin : begin + args.batch_size], readers, args.manifest.parent)
         t1 = time.perf_counter()
-        predict_batch(model, spec.labels, data, errors, cpu)
+        predict_batch(backend, data, errors)
         reading, modelling = reading + t1 - t0, modelling + time.perf_counter() - t1
     n = summary.rows
     print(f"{n} rows, batch {args.batch_size}, {torch.get_num_threads()} torch threads: {total:.1f} s end to end "

@@ -1,6 +1,7 @@
 """Predict with a saved model on a new manifest (the dataset contract; `label` optional, `split` ignored).
 
     python -m stages.predict --model models/best --manifest new/manifest.csv --out predictions.csv
+    python -m stages.predict --onnx onnx --manifest new/manifest.csv --out predictions.csv   # on onnxruntime
 
 Reads the model folder (and the manifest's files) only, from any working directory. Writes one row per manifest
 row, in order: sample_id, predicted, p_<label> per class (calibrated: softmax(logits / T), T the model's
@@ -24,8 +25,10 @@ from multimodal.shipping.predict import predict_manifest
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True,
-                        help="a model folder written by tune (models/best, models/unimodal/<m>)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="a model folder written by tune (models/best, models/unimodal/<m>)")
+    source.add_argument("--onnx", type=Path,
+                        help="a bundle written by `python -m stages.export`: the model runs on onnxruntime (CPU)")
     parser.add_argument("--manifest", type=Path, required=True,
                         help="CSV or Parquet manifest; its paths are relative to its folder and may not leave it")
     parser.add_argument("--out", type=Path, required=True, help="the predictions CSV to write")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     go_offline()
     try:
         summary = predict_manifest(args.model, args.manifest, args.out, args.batch_size, pick_device(args.device),
-                                   args.contributions)
+                                   args.contributions, onnx=args.onnx)
     except (ManifestError, FileNotFoundError, ValueError) as err:
         sys.exit(f"predict: {err}")
     print(f"{summary.rows} rows -> {args.out}: {summary.predicted} predicted, {summary.with_errors} with an error")

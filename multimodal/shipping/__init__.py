@@ -1,4 +1,4 @@
-"""Using a trained model: predictions on a new manifest.
+"""Using a trained model: predictions on a new manifest, the ONNX export, the Ray Serve endpoint.
 """
 
 # The packages this one may import (tests/unit/test_architecture.py enforces it).

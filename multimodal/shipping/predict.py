@@ -24,12 +24,7 @@ from tqdm import tqdm
 from multimodal.data.manifest import modality_columns, read_manifest
 from multimodal.modalities import get_modality
 from multimodal.modalities.spec import ModalitySpec
-from multimodal.models.bundle import load_for_raw_inputs
-from multimodal.models.ensemble import EnsembleModel, EnsembleSpec, is_ensemble
-from multimodal.models.explain import probabilities as class_probabilities
-from multimodal.models.explain import with_contributions
-from multimodal.models.model import ModelSpec
-from multimodal.models.temperature import load_temperature
+from multimodal.shipping.backends import Backend, load_backend
 from multimodal.storage.dataset import SplitData
 from multimodal.storage.io import atomic_text
 
@@ -113,23 +108,24 @@ def output_columns(labels: Sequence[str], modalities: Sequence[str] = ()) -> lis
             "modalities_used", "error"]
 
 
-def predict_batch(model: torch.nn.Module, labels: Sequence[str], data: SplitData, errors: list[list[str]],
-                  device: torch.device, temperature: float = 1.0, contributions: bool = True) -> list[list[Any]]:
+def predict_batch(backend: Backend, data: SplitData, errors: list[list[str]],
+                  contributions: bool = True) -> list[list[Any]]:
     """Output rows for one batch: a prediction where some modality was read, else empty cells and the error.
 
-    Probabilities are softmax(logits / `temperature`), the model's calibration. With `contributions`, a
+    Probabilities are the backend's: softmax(logits / T), the model's calibration. With `contributions`, a
     `contrib_<m>` cell per modality (`output_columns(labels, data.modalities)`): what removing m takes off the
-    predicted class's probability (`multimodal.models.explain`; one more forward pass per modality), empty where
-    the row lacks m."""
+    predicted class's probability (`multimodal.models.explain`; one more pass per modality), empty where the row
+    lacks m."""
+    labels = backend.labels
     present = data.any_present()
     probs, contrib = torch.empty(0, len(labels)), {}
     shown_modalities = data.modalities if contributions else []
     if present.any():
         shown = data.take(present.nonzero().flatten())
         if contributions:
-            probs, contrib = with_contributions(model, shown, temperature, len(data), device)
+            probs, contrib = backend.contributions(shown)
         else:
-            probs = class_probabilities(model, shown, temperature, len(data), device)
+            probs = backend.probabilities(shown)
     out, seen = [], 0
     for i, sample_id in enumerate(data.sample_ids):
         used = "+".join(m for m in data.modalities if data.masks[m][i])
@@ -174,58 +170,37 @@ class Summary:
                 self.labelled_unpredicted += row[1] == ""
 
 
-def load_ensemble_for_raw_inputs(folder: Path, device: torch.device
-                                 ) -> tuple[EnsembleModel, ModelSpec, dict[str, ModalitySpec]]:
-    """An ensemble folder (`ensemble.json`) as one model of its deep members, a spec naming the modalities any
-    member reads, and their processing settings (each modality's from the first member reading it)."""
-    ensemble = EnsembleSpec.load(folder)
-    classical = [m.name for m in ensemble.members if m.kind != "model"]
-    if classical:
-        raise ValueError(f"{folder}: the ensemble holds classical members {classical}, which predict cannot run "
-                         f"yet; predict with its single best model ({ensemble.single_best}), or set "
-                         "`ensemble.members` without `classical` and run `dvc repro ensemble`")
-    models, reads, temperatures, processing, first = [], [], [], {}, None
-    for member in ensemble.members:
-        model, spec, settings = load_for_raw_inputs(folder / member.path, device)
-        models.append(model)
-        reads.append(spec.modalities)
-        temperatures.append(load_temperature(folder / member.path))  # each member calibrated as it was selected
-        first = first or spec
-        for modality in spec.modalities:
-            processing.setdefault(modality, settings[modality])
-    # What predict reads of a spec: the modalities (any member's) and the labels.
-    spec = ModelSpec(list(processing), {}, first.labels, first.dim, "ensemble", 0.0, {}, {})
-    return EnsembleModel(models, reads, [m.weight for m in ensemble.members], temperatures).eval(), spec, processing
+def build_readers(backend: Backend) -> dict[str, ManifestCellReader]:
+    """The readers preprocess used for each modality of the model, from the settings saved with it."""
+    return {m: ManifestCellReader.build(m, backend.processing[m]) for m in backend.modalities}
 
 
-def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int, device: torch.device,
-                     contributions: bool = True) -> Summary:
-    """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy. A model
-    folder holding `ensemble.json` predicts as its weighted members. `contributions=False` leaves out the
-    `contrib_<m>` columns and their extra forward passes."""
+def predict_manifest(model_dir: Path | None, manifest: Path, out: Path, batch_size: int, device: torch.device,
+                     contributions: bool = True, *, onnx: Path | None = None) -> Summary:
+    """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy. The
+    model runs on PyTorch (`model_dir`: a model folder, or an ensemble's holding `ensemble.json`), or on
+    onnxruntime when `onnx` names an exported bundle: the rows are read and processed the same way for both.
+    `contributions=False` leaves out the `contrib_<m>` columns and their extra passes."""
     # 1. The model with an encoder for every modality, and the readers preprocess used for them.
-    load = load_ensemble_for_raw_inputs if is_ensemble(model_dir) else load_for_raw_inputs
-    model, spec, processing = load(model_dir, device)
-    # Fitted on validation by tune; 1 for a model saved before, and for an ensemble (its members carry their own).
-    temperature = load_temperature(model_dir)
-    readers = {m: ManifestCellReader.build(m, processing[m]) for m in spec.modalities}
+    backend = load_backend(model_dir, onnx, device)
+    readers = build_readers(backend)
     frame = read_manifest(manifest, required=REQUIRED)
     unused = [m for m in modality_columns(frame) if m not in readers]
     if unused:
-        logger.warning("columns %s are ignored: the model reads %s", unused, spec.modalities)
+        logger.warning("columns %s are ignored: the model reads %s", unused, backend.modalities)
     if not any(m in frame for m in readers):
         logger.warning("%s has none of the model's modality columns %s: no row can be predicted", manifest,
-                       spec.modalities)
+                       backend.modalities)
     labels = [str(v) for v in frame["label"]] if "label" in frame else None
     # 2. Batches: read, process, predict, write; the manifest's folder is the root its paths may not leave.
     summary = Summary()
     with atomic_text(out, newline="") as handle, tqdm(total=len(frame), desc="predict", unit="sample") as bar:
         writer = csv.writer(handle)
-        writer.writerow(output_columns(spec.labels, spec.modalities if contributions else ()))
+        writer.writerow(output_columns(backend.labels, backend.modalities if contributions else ()))
         for start in range(0, len(frame), batch_size):
             rows = frame.iloc[start : start + batch_size]
             data, errors = read_batch(rows, readers, manifest.parent)
-            written = predict_batch(model, spec.labels, data, errors, device, temperature, contributions)
+            written = predict_batch(backend, data, errors, contributions)
             writer.writerows(written)
             summary.add(written, labels and labels[start : start + batch_size])
             bar.update(len(rows))
