@@ -22,7 +22,8 @@ from multimodal.shipping.predict import predict_manifest
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True,
-                        help="a model folder written by tune (models/best, models/unimodal/<m>)")
+                        help="a model folder: tune's (models/best, models/unimodal/<m>), the ensemble (ensemble), "
+                             "a classical baseline (data/baseline/models/baseline_<m>)")
     parser.add_argument("--manifest", type=Path, required=True,
                         help="CSV or Parquet manifest; its paths are relative to its folder and may not leave it")
     parser.add_argument("--out", type=Path, required=True, help="the predictions CSV to write")

@@ -25,6 +25,7 @@ from multimodal.data.manifest import modality_columns, read_manifest
 from multimodal.modalities import get_modality
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.bundle import load_for_raw_inputs
+from multimodal.models.classical import is_classical, load_classical_for_raw_inputs
 from multimodal.models.ensemble import EnsembleModel, EnsembleSpec, is_ensemble
 from multimodal.models.model import ModelSpec
 from multimodal.storage.dataset import SplitData
@@ -153,19 +154,31 @@ class Summary:
                 self.labelled_unpredicted += row[1] == ""
 
 
+def load_any_for_raw_inputs(folder: Path, device: torch.device
+                            ) -> tuple[torch.nn.Module, ModelSpec, dict[str, ModalitySpec]]:
+    """Any saved model folder as (a module taking processor tensors, its spec, each modality's processing): an
+    ensemble (`ensemble.json`), a classical baseline (`classical.json`) or a deep model."""
+    if is_ensemble(folder):
+        return load_ensemble_for_raw_inputs(folder, device)
+    if is_classical(folder):
+        return load_classical_for_raw_inputs(folder, device)
+    return load_for_raw_inputs(folder, device)
+
+
 def load_ensemble_for_raw_inputs(folder: Path, device: torch.device
                                  ) -> tuple[EnsembleModel, ModelSpec, dict[str, ModalitySpec]]:
-    """An ensemble folder (`ensemble.json`) as one model of its deep members, a spec naming the modalities any
-    member reads, and their processing settings (each modality's from the first member reading it)."""
+    """An ensemble folder (`ensemble.json`) as one model of its members (deep or classical, each by its folder
+    relative to the ensemble's), a spec naming the modalities any member reads, and their processing settings
+    (each modality's from the first member reading it)."""
     ensemble = EnsembleSpec.load(folder)
-    classical = [m.name for m in ensemble.members if m.kind != "model"]
-    if classical:
-        raise ValueError(f"{folder}: the ensemble holds classical members {classical}, which predict cannot run "
-                         f"yet; predict with its single best model ({ensemble.single_best}), or set "
-                         "`ensemble.members` without `classical` and run `dvc repro ensemble`")
+    unsaved = [m.name for m in ensemble.members if not m.path]
+    if unsaved:
+        raise ValueError(f"{folder}: the ensemble names members {unsaved} without a model folder (written before "
+                         "the classical baselines were saved as models): re-run `dvc repro baseline ensemble`, or "
+                         f"predict with its single best model ({ensemble.single_best})")
     models, reads, processing, first = [], [], {}, None
     for member in ensemble.members:
-        model, spec, settings = load_for_raw_inputs(folder / member.path, device)
+        model, spec, settings = load_any_for_raw_inputs(folder / member.path, device)
         models.append(model)
         reads.append(spec.modalities)
         first = first or spec
@@ -178,10 +191,9 @@ def load_ensemble_for_raw_inputs(folder: Path, device: torch.device
 
 def predict_manifest(model_dir: Path, manifest: Path, out: Path, batch_size: int, device: torch.device) -> Summary:
     """Write `out` (CSV, `output_columns`) with one row per row of `manifest`; return counts and accuracy. A model
-    folder holding `ensemble.json` predicts as its weighted members."""
+    folder holding `ensemble.json` predicts as its weighted members, one holding `classical.json` as that baseline."""
     # 1. The model with an encoder for every modality, and the readers preprocess used for them.
-    load = load_ensemble_for_raw_inputs if is_ensemble(model_dir) else load_for_raw_inputs
-    model, spec, processing = load(model_dir, device)
+    model, spec, processing = load_any_for_raw_inputs(model_dir, device)
     readers = {m: ManifestCellReader.build(m, processing[m]) for m in spec.modalities}
     frame = read_manifest(manifest, required=REQUIRED)
     unused = [m for m in modality_columns(frame) if m not in readers]
