@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from multimodal.data.manifest import read_manifest
-from multimodal.evaluation.baseline import VAL_PROBABILITIES
+from multimodal.evaluation.baseline import MODELS, VAL_PROBABILITIES
 from multimodal.evaluation.ensemble import choose
 from multimodal.evaluation.members import classical_probabilities, deep_members, deep_probabilities
 from multimodal.evaluation.params import Ensemble
@@ -41,21 +41,31 @@ def build_ensemble(params: StageParams) -> EnsembleSpec:
     folders = deep_members(models, cfg.members)
     probs, modalities = deep_probabilities(folders, val, "val", Path(paths.aligned), cfg.batch_size,
                                            pick_device(params.base.device))
-    refs = {name: os.path.relpath(folder, out) for name, folder in folders.items()}
+    classical = {}
     if "classical" in cfg.members:
         more, reads = classical_probabilities(Path(paths.baseline) / VAL_PROBABILITIES, val.sample_ids, labels,
                                               list(params.preprocess.modalities))
         probs.update(more)
         modalities.update(reads)
-    # 2. Greedy selection with replacement, then the default: the ensemble only if it beats the single best.
-    spec = choose(probs, modalities, refs, val.labels.numpy(), labels, cfg.metric, cfg.rounds)
+        # Each baseline's saved model (`predict` runs it); one whose features cannot be saved has none.
+        classical = {name: Path(paths.baseline) / MODELS / name for name in more}
+        folders.update({name: folder for name, folder in classical.items() if folder.is_dir()})
+    refs = {name: os.path.relpath(folder, out) for name, folder in folders.items()}
+    # 2. Greedy selection with replacement on every validation row; the default decided by 2-fold cross-fitting
+    #    (groups kept whole): the ensemble only if it beats the single best on rows its weights were not fitted on.
+    groups = (frame.set_index("sample_id").loc[val.sample_ids, "group"].fillna("").astype(str).tolist()
+              if "group" in frame else None)
+    spec = choose(probs, modalities, refs, val.labels.numpy(), labels, cfg.metric, cfg.rounds, classical=classical,
+                  groups=groups, seed=params.base.seed)
     with atomic_dir(out) as tmp:
         spec.save(tmp)
-    figures = spec.validation
-    logger.info("ensemble of %s: validation %s %.4f (accuracy %.4f) vs %.4f (accuracy %.4f) for the single best "
-                "%s; the default model: %s", spec.weights, cfg.metric, figures["ensemble"][f"all_rows_{cfg.metric}"],
-                figures["ensemble"]["accuracy"], figures["members"][spec.single_best][f"all_rows_{cfg.metric}"],
-                figures["members"][spec.single_best]["accuracy"], spec.single_best, spec.default)
+    figures, key = spec.validation, f"all_rows_{cfg.metric}"
+    crossed = figures["cross_fitted"]
+    logger.info("ensemble of %s: validation %s %.4f vs %.4f for the single best %s (in sample); cross-fitted %s; "
+                "the default model: %s", spec.weights, cfg.metric, figures["in_sample"]["ensemble"],
+                figures["in_sample"]["single_best"], spec.single_best,
+                f"{crossed['ensemble'][key]:.4f} vs {crossed['single_best'][key]:.4f}" if crossed
+                else "impossible (too few validation rows or groups)", spec.default)
     return spec
 
 

@@ -26,7 +26,9 @@ from multimodal.shipping.predict import predict_manifest
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", type=Path, help="a model folder written by tune (models/best, models/unimodal/<m>)")
+    source.add_argument("--model", type=Path,
+                        help="a model folder: tune's (models/best, models/unimodal/<m>), the ensemble (ensemble), "
+                             "a classical baseline (data/baseline/models/baseline_<m>)")
     source.add_argument("--onnx", type=Path,
                         help="a bundle written by `python -m stages.export`: the model runs on onnxruntime (CPU)")
     parser.add_argument("--manifest", type=Path, required=True,

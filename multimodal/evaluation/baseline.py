@@ -1,27 +1,25 @@
 """The classical baseline every run is measured against: standard features + scikit-learn logistic regression.
 
-Features come from the preprocessed shards, chosen by the processor's output key (not by modality name), so a
-modality brought by a user gets a baseline as soon as its processor emits a key listed in `FEATURES`. One model per
-modality (fitted and scored on the rows that have it) and one early-fused model (every modality's features side by
-side, zeros where a modality is missing plus one missing-indicator column each). Each is fitted on train, its
-regularisation `C` chosen on val; test predictions and class probabilities are written for `evaluate`, which
-scores them beside the deep models on the same rows.
+Features come from the preprocessed shards through a fitted recipe per modality (`multimodal.models.classical_features`:
+chosen by the processor's output key, or the modality's own). One model per modality (fitted and scored on the rows
+that have it) and one early-fused model (every modality's features side by side, zeros where a modality is missing
+plus one missing-indicator column each). Each is fitted on train, its regularisation `C` chosen on val; test
+predictions and class probabilities are written for `evaluate`, which scores them beside the deep models on the same
+rows, and each model is saved as a folder (`multimodal.models.classical`) that `predict` and an ensemble run.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.fft import dct
-from scipy.sparse import csr_matrix
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -29,9 +27,10 @@ from threadpoolctl import threadpool_limits
 
 from multimodal.evaluation.params import Baseline
 from multimodal.evaluation.scoring import ABSTAIN
-from multimodal.modalities import get_modality
+from multimodal.models.classical import ClassicalModel, design_matrix
+from multimodal.models.classical_features import fit_recipe
 from multimodal.storage.columns import absent_like, concat_rows
-from multimodal.storage.dataset import Column, SplitData, in_row_chunks
+from multimodal.storage.dataset import SplitData
 
 logger = logging.getLogger(__name__)
 
@@ -40,88 +39,7 @@ PREDICTIONS = "test_predictions.csv"  # under base.paths.baseline
 PROBABILITIES = "test_probabilities.csv"  # beside it: one row per (model, test row it sees)
 VAL_PROBABILITIES = "val_probabilities.csv"  # the same for validation rows: what ensemble selection reads
 PREFIX = "baseline_"  # evaluate's name for a baseline model: baseline_early_fusion, baseline_<modality>
-
-# A feature function: (the modality's tensors on every row, rows it may fit statistics on, params) -> (N, d). The
-# tensors may be lazy columns (`multimodal.storage.columns`): read them in chunks of rows (`dataset.in_row_chunks`).
-FeatureFn = Callable[[Mapping[str, Column], np.ndarray, Baseline], np.ndarray]
-
-
-def pixel_features(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
-    """Pixels of `pixel_values` (N, C, H, W), average-pooled to at most `image_size` a side, flattened."""
-
-    def pooled(chunk: dict[str, torch.Tensor]) -> np.ndarray:
-        pixels = chunk["pixel_values"].float()
-        if max(pixels.shape[-2:]) > cfg.image_size:
-            pixels = torch.nn.functional.adaptive_avg_pool2d(pixels, cfg.image_size)
-        return pixels.flatten(1).numpy().astype(np.float64)
-
-    return in_row_chunks(tensors, pooled)
-
-
-def mfcc_statistics(log_mel: np.ndarray, n_mfcc: int) -> np.ndarray:
-    """MFCCs (DCT-II of each frame's log-mel), then their mean and standard deviation over frames."""
-    mfcc = dct(log_mel.astype(np.float64), type=2, norm="ortho", axis=-1)[..., :n_mfcc]
-    return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)], axis=1)
-
-
-def log_mel_features(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
-    """MFCC mean/std of a frames-by-mel spectrogram (`input_values` of ASTFeatureExtractor: (N, frames, mel))."""
-    return in_row_chunks(tensors, lambda chunk: mfcc_statistics(chunk["input_values"].numpy(), cfg.n_mfcc))
-
-
-def mel_by_frame_features(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
-    """The same for mel-by-frames spectrograms (`input_features` of Whisper-style extractors: (N, mel, frames))."""
-    return in_row_chunks(tensors, lambda chunk: mfcc_statistics(chunk["input_features"].numpy().transpose(0, 2, 1),
-                                                                 cfg.n_mfcc))
-
-
-def token_tfidf(tensors: Mapping[str, Column], fit_rows: np.ndarray, cfg: Baseline) -> np.ndarray:
-    """TF-IDF of the tokenizer's ids (`input_ids`, padding left out by `attention_mask`).
-
-    Vocabulary (the `max_tokens` ids in most train documents) and IDF weights are fitted on `fit_rows` only.
-    The ids are read whole: (N, max_length) integers, small beside pixels.
-    """
-    ids = tensors["input_ids"][:].numpy()
-    mask = tensors.get("attention_mask")
-    attended = mask[:].numpy().astype(bool) if mask is not None else np.ones_like(ids, bool)
-    rows, cols = np.nonzero(attended)
-    tokens = ids[rows, cols]
-    in_fit = fit_rows[rows]
-    # Document frequency on the fit rows: each (row, token) pair counted once.
-    seen = np.unique(np.stack([rows[in_fit], tokens[in_fit]]), axis=1)
-    vocab, df = np.unique(seen[1], return_counts=True)
-    vocab = np.sort(vocab[np.argsort(-df, kind="stable")[: cfg.max_tokens]])
-    keep = np.isin(tokens, vocab)
-    counts = csr_matrix((np.ones(keep.sum()), (rows[keep], np.searchsorted(vocab, tokens[keep]))),
-                        shape=(len(ids), len(vocab)))  # duplicates are summed: term counts
-    tfidf = TfidfTransformer(sublinear_tf=True).fit(counts[fit_rows])
-    return tfidf.transform(counts).toarray()
-
-
-# Processor output key -> features, for modalities that bring none of their own; the first key its shards hold decides.
-FEATURES: dict[str, FeatureFn] = {
-    "pixel_values": pixel_features,
-    "input_values": log_mel_features,
-    "input_features": mel_by_frame_features,
-    "input_ids": token_tfidf,
-}
-
-
-def modality_features(name: str, tensors: Mapping[str, torch.Tensor], fit_rows: np.ndarray,
-                      cfg: Baseline) -> np.ndarray | None:
-    """Features of one modality on every row: its module's own (`Modality.baseline_features`), else the first
-    `FEATURES` key its shards hold; None (logged) when neither fits."""
-    own = get_modality(name).baseline_features
-    if own is not None:
-        return own(tensors, fit_rows, cfg)
-    for key, fn in FEATURES.items():
-        # `input_values` of waveform models (wav2vec2) are raw samples (N, samples), not a spectrogram.
-        if key in tensors and (key != "input_values" or len(tensors[key].shape) == 3):
-            return fn(tensors, fit_rows, cfg)
-    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    logger.warning("baseline: no classical features for modality '%s' (tensors %s; known keys %s): left out",
-                   name, shapes, list(FEATURES))
-    return None
+MODELS = "models"  # beside them: each fitted model as a folder `models/baseline_<name>/` (`ClassicalModel`)
 
 
 def joined(splits: Mapping[str, SplitData]) -> tuple[np.ndarray, np.ndarray, dict, dict]:
@@ -141,13 +59,12 @@ def joined(splits: Mapping[str, SplitData]) -> tuple[np.ndarray, np.ndarray, dic
 
 
 def designs(features: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> dict[str, tuple]:
-    """(design matrix, rows it covers) of each model: one per modality, then the early-fused one."""
-    out = {m: (x, masks[m]) for m, x in features.items()}
+    """(design matrix, rows it covers, modalities it reads) of each model: one per modality, then the early-fused
+    one."""
+    out = {m: (design_matrix({m: x}, masks, False), masks[m], [m]) for m, x in features.items()}
     if len(features) > 1:
-        blocks = [np.where(masks[m][:, None], x, 0.0) for m, x in features.items()]
-        missing = np.stack([~masks[m] for m in features], axis=1).astype(np.float64)
         rows = np.stack([masks[m] for m in features]).any(0)
-        out[EARLY_FUSION] = (np.hstack([*blocks, missing]), rows)
+        out[EARLY_FUSION] = (design_matrix(features, masks, True), rows, list(features))
     return out
 
 
@@ -170,34 +87,49 @@ def fit_selected(x_train, y_train, x_val, y_val, cfg: Baseline, seed: int) -> tu
     return best
 
 
-def fit_baselines(splits: Mapping[str, SplitData], cfg: Baseline, seed: int,
-                  n_classes: int) -> tuple[dict, dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    """Metrics per model, its test predictions (a class per test row, ABSTAIN where it has no input) and its
-    class probabilities per split ({"val" | "test": {model: (rows, n_classes)}}, NaN rows where it has no
-    input)."""
+@dataclass
+class Fitted:
+    """What `fit_baselines` fitted, by model name: its metrics, its test predictions (a class per test row, ABSTAIN
+    where it has no input), its class probabilities per split ({"val" | "test": {model: (rows, n_classes)}}, NaN
+    rows where it has no input), and the model to save (absent when a feature recipe cannot be applied to new rows).
+    """
+
+    metrics: dict[str, dict] = field(default_factory=dict)
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    probabilities: dict[str, dict[str, np.ndarray]] = field(default_factory=lambda: {"val": {}, "test": {}})
+    models: dict[str, ClassicalModel] = field(default_factory=dict)
+
+
+def fit_baselines(splits: Mapping[str, SplitData], cfg: Baseline, seed: int, labels: list[str]) -> Fitted:
+    """Every baseline (one per modality with features, and the early-fused one) fitted on train, C chosen on val."""
     which, y, tensors, masks = joined(splits)
-    features = {}
+    recipes, features = {}, {}
     for modality in tensors:
-        x = modality_features(modality, tensors[modality], (which == "train") & masks[modality], cfg)
-        if x is not None:
-            features[modality] = x
-    metrics, predictions, probabilities = {}, {}, {"val": {}, "test": {}}
+        fitted = fit_recipe(modality, tensors[modality], (which == "train") & masks[modality], cfg)
+        if fitted is not None:
+            recipes[modality], features[modality] = fitted
+    out = Fitted()
     # One BLAS thread: on these small problems threads only add contention (200x slower on a busy 2-core
     # machine), and single-threaded reductions make the fitted weights bit-reproducible.
     with threadpool_limits(limits=1):
-        for name, (x, rows) in designs(features, masks).items():
-            fitted = _fit_one(name, x, rows, which, y, cfg, seed, n_classes)
-            if fitted:
-                metrics[name], predictions[name], proba = fitted
-                for split in probabilities:
-                    probabilities[split][name] = proba[split]
-    return metrics, predictions, probabilities
+        for name, (x, rows, reads) in designs(features, masks).items():
+            fitted = _fit_one(name, x, rows, which, y, cfg, seed, len(labels))
+            if not fitted:
+                continue
+            out.metrics[name], out.predictions[name], proba, (pipeline, c) = fitted
+            for split in out.probabilities:
+                out.probabilities[split][name] = proba[split]
+            if all(recipes[m] is not None for m in reads):
+                out.models[name] = ClassicalModel.from_pipeline(
+                    pipeline, labels, {m: recipes[m] for m in reads}, {m: features[m].shape[1] for m in reads},
+                    name == EARLY_FUSION, c)
+    return out
 
 
 def _fit_one(name: str, x: np.ndarray, rows: np.ndarray, which: np.ndarray, y: np.ndarray, cfg: Baseline,
-             seed: int, n_classes: int) -> tuple[dict, np.ndarray, dict[str, np.ndarray]] | None:
-    """One model on `rows`: fitted on train, C chosen on val; its metrics, test predictions and its val and test
-    probabilities."""
+             seed: int, n_classes: int) -> tuple[dict, np.ndarray, dict[str, np.ndarray], tuple] | None:
+    """One model on `rows`: fitted on train, C chosen on val; its metrics, test predictions, its val and test
+    probabilities, and (the fitted pipeline, its C)."""
     test = which == "test"
     train, val = rows & (which == "train"), rows & (which == "val")
     if len(np.unique(y[train])) < 2:
@@ -213,7 +145,7 @@ def _fit_one(name: str, x: np.ndarray, rows: np.ndarray, which: np.ndarray, y: n
                "test_accuracy": float((pred[seen] == y[test][seen]).mean()) if seen.any() else None,
                "n_test": int(seen.sum())}
     logger.info("baseline %s: %s", name, metrics)
-    return metrics, pred, proba
+    return metrics, pred, proba, (model, c)
 
 
 def _probabilities(model: Pipeline, x: np.ndarray, rows: np.ndarray, split: np.ndarray, n_classes: int) -> np.ndarray:

@@ -67,7 +67,9 @@ class Modality:
       (default: chosen by the processor's output key there). `tensors[key]` holds every row of every split but is
       read on demand (`multimodal.storage.columns.LazyColumn`): `column[rows]` reads those rows (`column[:]` all of
       them),
-      so a module can bound its memory by working a chunk of rows at a time.
+      so a module can bound its memory by working a chunk of rows at a time. A saved classical model
+      (`multimodal.models.classical`) applies it to new rows with no `fit_rows`: features that depend on rows
+      other than their own are fitted and scored but not saved.
     - `corruptions`: optional {kind: corrupt(inputs, level, generator)} for evaluate's noise robustness curves
       (`multimodal.evaluation.robustness`; the levels are params `evaluate.corruptions.<name>.<kind>`, level 0 =
       unchanged). Evaluate corrupts one row at a time, each with a generator of its own, so a corruption must

@@ -3,7 +3,7 @@ weighted average of the members' class probabilities that is its prediction.
 
 A member's probabilities are NaN on the rows it cannot see (a unimodal model on a row lacking its modality). On each
 row the average runs over the members that see it, weights renormalised. Selection lives in
-`multimodal.evaluation.ensemble`; `predict` runs an ensemble of deep members as `EnsembleModel`.
+`multimodal.evaluation.ensemble`; `predict` runs an ensemble (deep and classical members) as `EnsembleModel`.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def combine(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray
 
 @dataclass
 class Member:
-    """One member by reference: `kind` "model" (a saved deep model, `path` relative to the ensemble's folder) or
-    "classical" (a baseline of the `baseline` stage, named `name`); `modalities` it reads."""
+    """One member by reference: `kind` "model" (a saved deep model) or "classical" (a baseline of the `baseline`
+    stage, named `name`), `path` its folder relative to the ensemble's; `modalities` it reads."""
 
     name: str
     kind: str
@@ -59,7 +59,7 @@ class EnsembleSpec:
     labels: list[str]
     members: list[Member]
     single_best: str  # the best single full-coverage member on validation
-    default: str  # "ensemble" when it beats `single_best` on validation, else `single_best`
+    default: str  # "ensemble" when it beats `single_best` on validation, cross-fitted; else `single_best`
     validation: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
 

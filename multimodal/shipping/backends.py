@@ -15,6 +15,7 @@ import torch
 from multimodal.modalities import recorded_modality
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.bundle import bundled_processing, load_for_raw_inputs
+from multimodal.models.classical import is_classical, load_classical_for_raw_inputs
 from multimodal.models.ensemble import EnsembleModel, EnsembleSpec, is_ensemble
 from multimodal.models.explain import mask_off, with_contributions
 from multimodal.models.explain import probabilities as class_probabilities
@@ -42,8 +43,7 @@ class TorchBackend:
 
     @classmethod
     def load(cls, model_dir: Path, device: torch.device) -> "TorchBackend":
-        load = load_ensemble_for_raw_inputs if is_ensemble(model_dir) else load_for_raw_inputs
-        model, spec, processing = load(model_dir, device)
+        model, spec, processing = load_any_for_raw_inputs(model_dir, device)
         # Fitted on validation by tune; 1 for a model saved before, and for an ensemble (its members carry theirs).
         return cls(model, list(spec.labels), list(spec.modalities), processing, device, load_temperature(model_dir))
 
@@ -114,22 +114,34 @@ def contributions_by_masking(backend: "OnnxBackend", data: SplitData) -> tuple[t
 Backend = TorchBackend | OnnxBackend
 
 
+def load_any_for_raw_inputs(folder: Path, device: torch.device
+                            ) -> tuple[torch.nn.Module, ModelSpec, dict[str, ModalitySpec]]:
+    """Any saved model folder as (a module taking processor tensors, its spec, each modality's processing): an
+    ensemble (`ensemble.json`), a classical baseline (`classical.json`) or a deep model."""
+    if is_ensemble(folder):
+        return load_ensemble_for_raw_inputs(folder, device)
+    if is_classical(folder):
+        return load_classical_for_raw_inputs(folder, device)
+    return load_for_raw_inputs(folder, device)
+
+
 def load_ensemble_for_raw_inputs(folder: Path, device: torch.device
                                  ) -> tuple[EnsembleModel, ModelSpec, dict[str, ModalitySpec]]:
-    """An ensemble folder (`ensemble.json`) as one model of its deep members, a spec naming the modalities any
+    """An ensemble folder (`ensemble.json`) as one model of its members (deep or classical, each by its folder
+    relative to the ensemble's, each at its own temperature as it was selected), a spec naming the modalities any
     member reads, and their processing settings (each modality's from the first member reading it)."""
     ensemble = EnsembleSpec.load(folder)
-    classical = [m.name for m in ensemble.members if m.kind != "model"]
-    if classical:
-        raise ValueError(f"{folder}: the ensemble holds classical members {classical}, which predict cannot run "
-                         f"yet; predict with its single best model ({ensemble.single_best}), or set "
-                         "`ensemble.members` without `classical` and run `dvc repro ensemble`")
+    unsaved = [m.name for m in ensemble.members if not m.path]
+    if unsaved:
+        raise ValueError(f"{folder}: the ensemble names members {unsaved} without a model folder (written before "
+                         "the classical baselines were saved as models): re-run `dvc repro baseline ensemble`, or "
+                         f"predict with its single best model ({ensemble.single_best})")
     models, reads, temperatures, processing, first = [], [], [], {}, None
     for member in ensemble.members:
-        model, spec, settings = load_for_raw_inputs(folder / member.path, device)
+        model, spec, settings = load_any_for_raw_inputs(folder / member.path, device)
         models.append(model)
         reads.append(spec.modalities)
-        temperatures.append(load_temperature(folder / member.path))  # each member calibrated as it was selected
+        temperatures.append(load_temperature(folder / member.path))  # 1 where none was fitted (classical)
         first = first or spec
         for modality in spec.modalities:
             processing.setdefault(modality, settings[modality])

@@ -28,7 +28,7 @@ import torch
 
 from multimodal.modalities import get_modality
 from multimodal.models.bundle import PROCESSORS, read_inputs
-from multimodal.models.ensemble import EnsembleModel
+from multimodal.models.model import MultimodalModel
 from multimodal.shipping.backends import GRAPH, INPUTS, Backend, OnnxBackend, TorchBackend
 from multimodal.shipping.graph import OPSET, OUTPUT, GraphInput, export_graph
 from multimodal.storage.dataset import SplitData
@@ -116,9 +116,10 @@ def export_bundle(model_dir: Path, out: Path, rows: SplitData, batch_size: int) 
     `load_split` gives them); returns the parity report. Raises, leaving `out` as it was, when the check fails."""
     model_dir, out = Path(model_dir), Path(out)
     reference = TorchBackend.load(model_dir, torch.device("cpu"))
-    if isinstance(reference.model, EnsembleModel):
-        raise ValueError(f"{model_dir} is an ensemble: export each member's model folder (ensemble.json names "
-                         "them) or the single best model; one graph holds one model")
+    if not isinstance(reference.model, MultimodalModel):
+        raise ValueError(f"{model_dir} is not a deep model folder (an ensemble or a classical baseline): export a "
+                         "model folder of tune's (models/best, a member an ensemble.json names); one graph holds one "
+                         "deep model")
     if not len(rows):
         raise ValueError("no rows to check the export on")
     with atomic_dir(out) as tmp:

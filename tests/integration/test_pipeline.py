@@ -73,6 +73,14 @@ def test_pipeline_end_to_end_then_noop(built: Built, reproduced: Path) -> None:
     assert len(val) == 6 and metrics["best_unimodal"] == max(val, key=val.get)
     # The ensemble: weights from validation, scored on test beside the single best, the default named.
     assert sum(m["weight"] for m in ensemble["members"]) == pytest.approx(1.0)
+    # Every member by its folder (a classical one's saved by the baseline stage): predict can run the ensemble.
+    assert all((project / "ensemble" / m["path"] / ("classical.json" if m["kind"] == "classical" else "model.json"))
+               .exists() for m in ensemble["members"])
+    assert {p.name for p in (project / "data/baseline/models").iterdir()} == {
+        "baseline_image", "baseline_audio", "baseline_text", "baseline_early_fusion"}
+    # The default decided on held-out validation rows (2-fold cross-fitting), the in-sample figures beside it.
+    assert ensemble["validation"]["default_by"] == "cross_fitted" and set(ensemble["validation"]["in_sample"]) == {
+        "ensemble", "single_best"}
     assert metrics["ensemble_accuracy_n"] == len(test_rows) and metrics["single_best"] == ensemble["single_best"]
     assert metrics["default_model"] == ensemble["default"] in {"ensemble", ensemble["single_best"]}
     assert metrics["ensemble_minus_single_best_ci95_lo"] <= metrics["ensemble_minus_single_best"] <= \

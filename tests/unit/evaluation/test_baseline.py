@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from multimodal.evaluation.baseline import (
+    MODELS,
     PREDICTIONS,
     PROBABILITIES,
     VAL_PROBABILITIES,
@@ -23,6 +24,7 @@ from multimodal.evaluation.baseline import (
 from multimodal.evaluation.evaluate import fair_report
 from multimodal.evaluation.params import Baseline
 from multimodal.evaluation.scoring import ABSTAIN
+from multimodal.models.classical import ClassicalModel
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.preprocessing.preprocess import preprocess_modality
 from multimodal.storage.dataset import SplitData, load_split
@@ -162,6 +164,31 @@ def test_probabilities_are_written_for_the_rows_each_model_sees(project):
         assert seen.any() and np.allclose(proba[seen].sum(axis=1), 1.0), name
 
 
+def test_saved_models_give_the_fitted_pipelines_probabilities_on_one_split_alone(project):
+    """Each model saved under `models/baseline_<name>/` (JSON + safetensors, no pickle), reloaded and applied to
+    the test split's tensors alone (the TF-IDF uses its saved vocabulary and IDF, fitted on train), gives the
+    probabilities the fitted scikit-learn pipeline wrote."""
+    params, frame = project
+    baseline(params)
+    paths = params.base.paths
+    test = load_split(frame, "test", LABELS, Path(paths.preprocessed), params.preprocess.modalities)
+    written = read_probabilities(Path(paths.baseline) / PROBABILITIES, test.sample_ids, LABELS)
+    folders = sorted(p.name for p in (Path(paths.baseline) / MODELS).iterdir())
+    assert folders == sorted(written) == ["baseline_audio", "baseline_early_fusion", "baseline_image", "baseline_text"]
+    for name in folders:
+        folder = Path(paths.baseline) / MODELS / name
+        model = ClassicalModel.load(folder)
+        proba = model.predict_proba({m: test.inputs[m] for m in model.modalities},
+                                    {m: test.masks[m].numpy() for m in model.modalities})
+        assert np.isnan(proba).any(axis=1).tolist() == np.isnan(written[name]).any(axis=1).tolist(), name
+        seen = ~np.isnan(proba).any(axis=1)
+        np.testing.assert_allclose(proba[seen], written[name][seen], rtol=0, atol=1e-9, err_msg=name)
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        assert {p.suffix for p in files if p.parent == folder} == {".json", ".safetensors"}, name
+        assert not [p for p in files if p.suffix in {".pkl", ".pickle", ".pt", ".bin", ".joblib"}], name
+    assert ClassicalModel.load(Path(paths.baseline) / MODELS / "baseline_text").recipes["text"].kind == "token_tfidf"
+
+
 def test_predictions_of_other_samples_are_refused(project):
     params, _ = project
     baseline(params)
@@ -182,8 +209,9 @@ def test_a_split_without_a_modality_gets_no_predictions_for_it():
         return SplitData([f"{name}{i}" for i in range(n)], y, inputs, masks)
 
     cfg = Baseline(c_grid=[1.0], max_iter=200, image_size=8, n_mfcc=4, max_tokens=10)
-    metrics, preds, by_split = fit_baselines({"train": split("t", 20, True), "val": split("v", 10, True),
-                                              "test": split("s", 10, False)}, cfg, seed=0, n_classes=3)
+    fitted = fit_baselines({"train": split("t", 20, True), "val": split("v", 10, True),
+                            "test": split("s", 10, False)}, cfg, seed=0, labels=["a", "b", "c"])
+    metrics, preds, by_split = fitted.metrics, fitted.predictions, fitted.probabilities
     probs = by_split["test"]
     # Validation has audio: its probabilities are saved for ensemble selection.
     assert not np.isnan(by_split["val"]["audio"]).any() and by_split["val"]["audio"].shape == (10, 3)

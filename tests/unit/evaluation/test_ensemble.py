@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multimodal.evaluation.ensemble import choose, score, select
+from multimodal.evaluation.ensemble import choose, halves, score, select
 from multimodal.models.ensemble import EnsembleSpec, combine, ensemble_probabilities
 
 N, C = 40, 3
@@ -90,8 +90,12 @@ def test_the_single_best_stays_the_default_when_the_ensemble_does_not_beat_it(tm
     assert again == spec and again.members[0].path == "../models/best"
     assert ensemble_probabilities(again, {"fused": best, "baseline_image": other}) == pytest.approx(best)
     mixed = choose({"a": member(y, np.arange(N) % 2 == 0), "b": member(y, np.arange(N) % 2 == 1, 0.9)},
-                   {"a": ["image"], "b": ["audio"]}, {"a": "x", "b": None}, y, ["0", "1", "2"], "log_likelihood", 10)
+                   {"a": ["image"], "b": ["audio"]}, {"a": "x", "b": "../data/baseline/models/b"}, y,
+                   ["0", "1", "2"], "log_likelihood", 10, classical={"b"})
     assert mixed.default == "ensemble" and mixed.members[1].kind == "classical"
+    assert mixed.members[1].path == "../data/baseline/models/b"
+    crossed = mixed.validation["cross_fitted"]  # the ensemble wins on held-out rows too
+    assert crossed["ensemble"]["all_rows_log_likelihood"] > crossed["single_best"]["all_rows_log_likelihood"]
 
 
 def test_weights_depend_on_the_validation_rows_only():
@@ -108,3 +112,42 @@ def test_weights_depend_on_the_validation_rows_only():
 def test_an_unknown_metric_is_refused():
     with pytest.raises(ValueError, match="ensemble metric 'auc'"):
         select({"a": np.full((2, 2), 0.5)}, np.array([0, 1]), "auc", 3)
+
+
+def test_the_default_is_decided_on_rows_the_weights_were_not_fitted_on():
+    """One calibrated member (the labels are drawn from its probabilities: nothing can beat it in expectation) and
+    twenty members of pure noise. On the rows it is fitted on, greedy selection always finds noise that happens to
+    help, so the in-sample comparison prefers the ensemble; cross-fitted, the single best stays the default."""
+    rng = np.random.default_rng(0)
+    n = 120
+    good = rng.dirichlet(np.ones(C), size=n)
+    y = np.array([rng.choice(C, p=p) for p in good])
+    probs = {"fused": good, **{f"noise_{i}": rng.dirichlet(np.ones(C), size=n) for i in range(20)}}
+    spec = choose(probs, {name: ["image"] for name in probs}, {name: f"../{name}" for name in probs}, y,
+                  ["0", "1", "2"], "log_likelihood", rounds=25, seed=0)
+    in_sample, crossed = spec.validation["in_sample"], spec.validation["cross_fitted"]
+    assert len(spec.weights) > 1 and in_sample["ensemble"] > in_sample["single_best"]  # what used to decide
+    assert crossed["ensemble"]["all_rows_log_likelihood"] <= crossed["single_best"]["all_rows_log_likelihood"]
+    assert spec.default == "fused" and spec.validation["default_by"] == "cross_fitted"
+    assert [fold["n_scored_on"] for fold in crossed["folds"]] == [n // 2, n // 2]
+    assert spec.weights == select(probs, y, "log_likelihood", 25).weights  # saved weights: every validation row
+
+
+def test_halves_keep_groups_whole_and_follow_the_seed():
+    groups = [f"speaker{i // 3}" for i in range(30)] + [""] * 6  # ten speakers of three rows, six rows of none
+    first = halves(len(groups), groups, seed=0)
+    for g in set(groups) - {""}:
+        assert len({first[i] for i in range(len(groups)) if groups[i] == g}) == 1, g
+    assert abs(int(first.sum()) - len(groups) // 2) <= 3  # balanced up to a group
+    assert (halves(len(groups), groups, seed=0) == first).all()
+    assert any((halves(len(groups), groups, seed=s) != first).any() for s in (1, 2, 3))
+    assert halves(9, None, seed=0).sum() in (4, 5)  # without groups, each row is its own
+
+
+def test_too_few_validation_groups_keep_the_single_best():
+    y = labels()
+    probs = {"a": member(y, np.arange(N) % 2 == 0), "b": member(y, np.arange(N) % 2 == 1, 0.9)}
+    spec = choose(probs, {"a": ["image"], "b": ["audio"]}, {"a": "x", "b": "y"}, y, ["0", "1", "2"],
+                  "log_likelihood", 10, groups=["one speaker"] * N)
+    assert spec.validation["cross_fitted"] is None and spec.default == spec.single_best
+    assert spec.validation["in_sample"]["ensemble"] > spec.validation["in_sample"]["single_best"]

@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from multimodal.data.manifest import SPLITS, read_manifest
+from multimodal.evaluation.baseline import fit_baselines
 from multimodal.evaluation.evaluate import FUSED, inputs_for, load_readers, reader_probabilities
+from multimodal.evaluation.params import Baseline
 from multimodal.evaluation.scoring import top_label
 from multimodal.modalities.base import FeatureInput
 from multimodal.models.bundle import bundle_inputs, load_for_raw_inputs
@@ -262,8 +264,8 @@ def test_a_frozen_strategy_model_gets_every_aligned_encoder_back(saved, tmp_path
 
 def test_an_ensemble_predicts_the_weighted_average_of_its_members(saved, tmp_path):
     """`predict --model <ensemble folder>`: the members' probabilities averaged with the saved weights; on a row
-    without audio the audio model drops out (the fused model's probabilities alone). A classical member is refused
-    with the way out."""
+    without audio the audio model drops out (the fused model's probabilities alone). A classical member is run from
+    its saved folder; one without a folder (an old ensemble.json) is refused with the way out."""
     dataset, models, aligned = saved
     _, spec = load_model(models / "best")
     torch.manual_seed(1)
@@ -289,7 +291,43 @@ def test_an_ensemble_predicts_the_weighted_average_of_its_members(saved, tmp_pat
     no_audio = ~test.masks["audio"].numpy()
     assert no_audio.any() and np.allclose(probs[no_audio], scored[FUSED][no_audio], atol=1e-5)
 
-    members.append(Member("baseline_image", "classical", 0.0, 0, ["image"]))
+    # A classical member, by its folder as the baseline stage saves it: its features from the same processor outputs.
+    baselines = tmp_path / "data" / "baseline" / "models"
+    classical = fitted_baseline(test, baselines / "baseline_early_fusion")
+    members.append(Member("baseline_early_fusion", "classical", 0.5, 2, MODALITIES,
+                          "../data/baseline/models/baseline_early_fusion"))
     EnsembleSpec("log_likelihood", 4, LABELS, members, "fused", "ensemble").save(folder)
-    with pytest.raises(ValueError, match="classical members \\['baseline_image'\\].*single best model \\(fused\\)"):
-        predict_manifest(folder, dataset / "manifest.csv", tmp_path / "q.csv", 5, CPU)
+    predict_manifest(folder, dataset / "manifest.csv", tmp_path / "q.csv", 5, CPU)
+    with_classical = np.array([[float(r[f"p_{c}"]) for c in LABELS] for r in read_rows(tmp_path / "q.csv")])
+    expected = combine([scored[FUSED], scored["unimodal_audio"], classical], [0.25, 0.75, 0.5])
+    assert np.allclose(with_classical, expected, atol=1e-5) and not np.allclose(with_classical, probs, atol=1e-3)
+    members[-1].path = None  # an ensemble.json written before the baselines were saved as models
+    EnsembleSpec("log_likelihood", 4, LABELS, members, "fused", "ensemble").save(folder)
+    with pytest.raises(ValueError, match="members \\['baseline_early_fusion'\\] without a model folder.*"
+                                         "dvc repro baseline ensemble.*single best model \\(fused\\)"):
+        predict_manifest(folder, dataset / "manifest.csv", tmp_path / "r.csv", 5, CPU)
+
+
+def fitted_baseline(data: SplitData, folder: Path) -> np.ndarray:
+    """The early-fused classical baseline fitted on `data` (standing in for every split) and saved in `folder`, as
+    the baseline stage does; its probabilities on `data`."""
+    cfg = Baseline(c_grid=[1.0], max_iter=200, image_size=4, n_mfcc=4, max_tokens=20)
+    model = fit_baselines({s: data for s in SPLITS}, cfg, seed=0, labels=LABELS).models["early_fusion"]
+    model.save(folder, TINY_SPECS)
+    return model.predict_proba(data.inputs, {m: data.masks[m].numpy() for m in MODALITIES})
+
+
+def test_a_classical_baseline_predicts_from_the_raw_files(saved, tmp_path):
+    """`predict --model data/baseline/models/baseline_early_fusion`: the saved model's probabilities from the
+    manifest's files, processed with the settings (and tokenizer) saved beside it."""
+    dataset, _, _ = saved
+    frame = read_manifest(dataset / "manifest.csv").assign(split="test")
+    test = load_split(frame, "test", LABELS, dataset.parent / "pre", MODALITIES)
+    expected = fitted_baseline(test, tmp_path / "baseline_early_fusion")
+    assert (tmp_path / "baseline_early_fusion" / "processors" / "text").is_dir()  # the tokenizer travels with it
+    main(["--model", str(tmp_path / "baseline_early_fusion"), "--manifest", str(dataset / "manifest.csv"),
+          "--out", str(tmp_path / "p.csv"), "--device", "cpu"])
+    rows = read_rows(tmp_path / "p.csv")
+    probs = np.array([[float(r[f"p_{c}"]) for c in LABELS] for r in rows])
+    assert np.allclose(probs, expected, atol=1e-5)
+    assert [r["predicted"] for r in rows] == [LABELS[i] for i in expected.argmax(axis=1)]
