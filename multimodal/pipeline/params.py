@@ -49,6 +49,7 @@ class Paths(Strict):
     preprocessed: Path
     aligned: Path
     models: Path
+    compressed: Path  # the compress stage's variants of models/best
     baseline: Path
     metrics: Path
     plots: Path
