@@ -22,13 +22,12 @@ from multimodal.data.manifest import read_manifest
 from multimodal.evaluation.params import Efficiency
 from multimodal.modalities.params import LISTED
 from multimodal.models.model import ModelSpec
-from multimodal.pipeline.params import Base, Schema, load_params
+from multimodal.pipeline.params import Base, Paths, Schema, load_params
 from multimodal.pipeline.runtime import go_offline, pick_device, seed_everything, setup_logging
 from multimodal.pipeline.stage_params import StageParams
 from multimodal.storage.dataset import load_split
 from multimodal.storage.io import atomic_dir, read_json, write_json
 from multimodal.training.align import load_cached_features
-from multimodal.training.load_data import load_labels
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +42,10 @@ DETERMINISTIC = ("kind", "accuracy", "accuracy_ci95_lo", "accuracy_ci95_hi", "n"
                  "weights_bytes", "size_ratio", "parameters", "sparsity", "encoding")
 
 
-def load_splits(params: StageParams, spec: ModelSpec) -> Splits:
+def load_splits(paths: Paths, spec: ModelSpec) -> Splits:
     """Processor outputs of every split; train and val also in the form the model trained in (cached features)."""
-    paths = params.base.paths
-    frame, labels = read_manifest(Path(paths.validated) / "manifest.csv"), load_labels(params)
+    frame = read_manifest(Path(paths.validated) / "manifest.csv")
+    labels = [str(v) for v in read_json(Path(paths.validated) / "labels.json")]
     train, val, test = (load_split(frame, split, labels, Path(paths.preprocessed), spec.modalities)
                         for split in ("train", "val", "test"))
     tuned = {name: load_cached_features(Path(paths.aligned), data, name, spec.feature_modalities)
@@ -55,10 +54,11 @@ def load_splits(params: StageParams, spec: ModelSpec) -> Splits:
 
 
 def compress(params: StageParams) -> list[dict]:
+    """The stage: variants of `<models>/best` into `<compressed>/`, the table into metrics and plots."""
     paths, cfg = params.base.paths, params.compress
     best, device = Path(paths.models) / "best", pick_device(params.base.device)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    splits = load_splits(params, ModelSpec(**read_json(best / "model.json")))
+    splits = load_splits(paths, ModelSpec(**read_json(best / "model.json")))
     with atomic_dir(Path(paths.compressed)) as out:
         made = build_variants(best, out, splits, cfg, device)
         rows = measure(best, made, splits, cfg, params.evaluate.bootstrap, params.evaluate.efficiency,
@@ -66,12 +66,16 @@ def compress(params: StageParams) -> list[dict]:
     write_json(Path(paths.metrics) / "compress.json",
                {row["variant"]: {k: row[k] for k in DETERMINISTIC if k in row} for row in rows}, sort_keys=False)
     write_json(Path(paths.plots) / FRONT, rows, sort_keys=False)
+    log_table(rows)
+    return rows
+
+
+def log_table(rows: list[dict]) -> None:
     for row in rows:
         logger.info("%-15s accuracy %.4f%s size %.3fx, CPU throughput %.2fx%s", row["variant"], row["accuracy"],
                     "" if row["variant"] == ORIGINAL else f" ({row['minus_original']:+.4f} [{row['minus_original_ci95_lo']:+.4f}, "
                     f"{row['minus_original_ci95_hi']:+.4f}] vs the original)", row["size_ratio"],
                     row["cpu_throughput_ratio"], "  <- meets the target" if meets_target(row) else "")
-    return rows
 
 
 def main() -> None:

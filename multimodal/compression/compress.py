@@ -71,7 +71,7 @@ def distilled(teacher: EndToEnd, spec: ModelSpec, splits: Splits, cfg: Compress,
     """The student trained on the teacher's softened probabilities and the labels, best epoch on validation."""
     d = cfg.distill
     sspec = student_spec(teacher, spec, d.encoders)
-    student = build_student(teacher, sspec)
+    student = build_student(teacher, sspec, spec)
     teacher.to(device)
     result = fit(student, splits.train, splits.val, training_config(best, d.epochs, d.lr), device,
                  objective=distillation_objective(teacher, d.temperature, d.alpha))

@@ -12,6 +12,7 @@ and masks; the best epoch is chosen on validation accuracy (`train.fit`).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import torch
@@ -74,10 +75,39 @@ def teacher_state(teacher: EndToEnd) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_student(teacher: EndToEnd, spec: ModelSpec) -> MultimodalModel:
-    """The student of `spec`, starting from the teacher's tensors wherever a name and shape match."""
+LAYER = re.compile(r"^(embedder\.encoders\.(\w+)\..*\.layer\.)(\d+)(\..*)$")  # a transformer block's tensors
+
+
+def spread_layers(state: dict[str, torch.Tensor], teacher_layers: dict[str, int], student_layers: dict[str, int]
+                  ) -> dict[str, torch.Tensor]:
+    """`state` with the transformer blocks of each modality whose student has fewer renumbered so that student
+    block i takes teacher block round((i + 1) * T / S) - 1: evenly spread, the last kept (its outputs are what
+    the copied projection was trained on), as DistilBERT takes every other block."""
+    out = {}
+    for name, tensor in state.items():
+        match = LAYER.match(name)
+        if match is None or student_layers.get(match[2], 0) >= teacher_layers.get(match[2], 0):
+            out[name] = tensor
+            continue
+        t, s = teacher_layers[match[2]], student_layers[match[2]]
+        picked = {round((i + 1) * t / s) - 1: i for i in range(s)}
+        if int(match[3]) in picked:
+            out[f"{match[1]}{picked[int(match[3])]}{match[4]}"] = tensor
+    return out
+
+
+def _depths(spec: ModelSpec) -> dict[str, int]:
+    return {m: int(e["hf_config"]["num_hidden_layers"]) for m, e in spec.encoders.items()
+            if "num_hidden_layers" in e.get("hf_config", {})}
+
+
+def build_student(teacher: EndToEnd, spec: ModelSpec, teacher_spec: ModelSpec) -> MultimodalModel:
+    """The student of `spec`, starting from the teacher's tensors wherever a name and shape match (a shortened
+    transformer from evenly spread teacher blocks: `spread_layers`)."""
     student = build_model(spec)
-    source, own = teacher_state(teacher), student.state_dict()
+    full = student_spec(teacher, teacher_spec, {})  # the teacher's encoders as the student records them
+    source = spread_layers(teacher_state(teacher), _depths(full), _depths(spec))
+    own = student.state_dict()
     shared = {k: v.clone() for k, v in source.items() if k in own and own[k].shape == v.shape}
     student.load_state_dict(shared, strict=False)
     logger.info("student: %d of %d tensors from the teacher, %d parameters (teacher %d)", len(shared), len(own),

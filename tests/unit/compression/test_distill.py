@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from multimodal.compression.compress import distilled
-from multimodal.compression.distill import build_student, kd_loss, student_spec
+from multimodal.compression.distill import build_student, kd_loss, spread_layers, student_spec
 from multimodal.compression.variant import load_variant
 from tests.unit.compression.tiny import CPU, save_tiny_best
 from tests.unit.conftest import params_section
@@ -32,13 +32,22 @@ def test_the_student_is_smaller_and_starts_from_the_teachers_matching_tensors(tm
     teacher, spec = load_variant(tmp_path / "best")
     sspec = student_spec(teacher, spec, {"text": {"num_hidden_layers": 1}})
     assert sspec.feature_modalities == []  # the student runs its own text encoder
-    student = build_student(teacher, sspec)
+    student = build_student(teacher, sspec, spec)
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
     kept = student.embedder.encoders["text"].model.encoder.layer[0].attention.self.query.weight
-    assert torch.equal(kept, teacher.encoders["text"].model.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(kept, teacher.encoders["text"].model.encoder.layer[1].attention.self.query.weight)  # the last
     assert torch.equal(student.head.weight, teacher.model.head.weight)
     with pytest.raises(ValueError, match=r"names \['audio'\], which the model has not"):
         student_spec(teacher, spec, {"audio": {"hidden_sizes": [4]}})
+
+
+def test_a_shortened_transformer_takes_evenly_spread_teacher_blocks_ending_with_the_last():
+    state = {f"embedder.encoders.text.model.encoder.layer.{i}.w": torch.tensor(float(i)) for i in range(6)}
+    state["embedder.encoders.text.model.embeddings.w"] = torch.tensor(-1.0)
+    got = spread_layers(state, {"text": 6}, {"text": 3})
+    assert {k.split("layer.")[-1]: v.item() for k, v in got.items() if "layer." in k} == {"0.w": 1, "1.w": 3, "2.w": 5}
+    assert got["embedder.encoders.text.model.embeddings.w"] == -1
+    assert spread_layers(state, {"text": 6}, {"text": 6}) == state
 
 
 def test_distillation_lowers_its_loss_and_keeps_the_best_validation_epoch(tmp_path: Path):
