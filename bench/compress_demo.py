@@ -1,6 +1,6 @@
 """The compress stage's work on another project's reproduced outputs, nothing written into that project.
 
-    python bench/compress_demo.py --project DIR --out OUT [--threads 2] [--distill-epochs N]
+    python bench/compress_demo.py --project DIR --out OUT [--threads 2] [--distill-epochs N] [--variants int8 pruned]
 
 DIR is a reproduced project (its `models/best`, `data/validated`, `data/preprocessed`, `data/aligned`); the
 `compress` and `evaluate` settings come from this repository's params.yaml. The variants go to OUT/variants and the
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--distill-epochs", type=int, default=None, help="override compress.distill.epochs")
+    parser.add_argument("--variants", nargs="+", default=None, help="override compress.variants")
     args = parser.parse_args()
     setup_logging()
     go_offline()
@@ -44,6 +45,8 @@ def main() -> None:
     cfg = params.compress
     if args.distill_epochs is not None:
         cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"epochs": args.distill_epochs})})
+    if args.variants is not None:
+        cfg = cfg.model_copy(update={"variants": args.variants})
     project = args.project.resolve()
     mine = params.base.paths.model_dump()
     paths = Paths(**{k: project / v for k, v in mine.items()})

@@ -39,7 +39,7 @@ FRONT = Path("compress") / "front.json"
 # Figures of metrics/compress.json: the deterministic columns of the table (timings vary run to run).
 DETERMINISTIC = ("kind", "accuracy", "accuracy_ci95_lo", "accuracy_ci95_hi", "n", "minus_original",
                  "minus_original_ci95_lo", "minus_original_ci95_hi", "paired_n", "agreement", "within_1_point",
-                 "weights_bytes", "size_ratio", "parameters", "sparsity", "encoding")
+                 "weights_bytes", "size_ratio", "model_bytes", "parameters", "sparsity", "encoding")
 
 
 def load_splits(paths: Paths, spec: ModelSpec) -> Splits:
@@ -72,10 +72,12 @@ def compress(params: StageParams) -> list[dict]:
 
 def log_table(rows: list[dict]) -> None:
     for row in rows:
+        versus = "" if row["variant"] == ORIGINAL else (
+            f" ({row['minus_original']:+.4f} [{row['minus_original_ci95_lo']:+.4f}, "
+            f"{row['minus_original_ci95_hi']:+.4f}] vs the original)")
         logger.info("%-15s accuracy %.4f%s size %.3fx, CPU throughput %.2fx%s", row["variant"], row["accuracy"],
-                    "" if row["variant"] == ORIGINAL else f" ({row['minus_original']:+.4f} [{row['minus_original_ci95_lo']:+.4f}, "
-                    f"{row['minus_original_ci95_hi']:+.4f}] vs the original)", row["size_ratio"],
-                    row["cpu_throughput_ratio"], "  <- meets the target" if meets_target(row) else "")
+                    versus, row["size_ratio"], row["cpu_throughput_ratio"],
+                    "  <- meets the target" if meets_target(row) else "")
 
 
 def main() -> None:

@@ -144,8 +144,10 @@ def measure(best: Path, made: dict[str, Path], splits: Splits, cfg: Compress, re
 def _notes(folder: Path, model: EndToEnd) -> dict:
     """What the table says of a model beside its figures: kind, parameters, sparsity, how its tensors are stored."""
     meta = read_json(folder / COMPRESSION) if (folder / COMPRESSION).exists() else {"kind": "original"}
-    out = {"kind": meta["kind"], "parameters": sum(p.numel() for p in model.parameters()) + sum(
-        b.numel() for n, b in model.named_buffers() if n.endswith("weight_int8"))}
+    # model_bytes: the model's own file (what pruning encodes sparse), without the encoders behind cached features.
+    weights = sum(p.numel() for p in model.parameters()) + sum(
+        b.numel() for n, b in model.named_buffers() if n.endswith("weight_int8"))  # int8 weights are buffers
+    out = {"kind": meta["kind"], "model_bytes": (folder / "model.safetensors").stat().st_size, "parameters": weights}
     if "sparsity" in meta:
         out |= {"sparsity": meta["sparsity"], "encoding": "bitmask + float32 non-zero values (safetensors)"}
     elif "int8" in meta:

@@ -57,7 +57,8 @@ class Int8Conv2d(Int8Weight):
         super().__init__()
         if layer.padding_mode != "zeros":
             raise ValueError(f"int8 Conv2d supports padding_mode='zeros' only, got {layer.padding_mode!r}")
-        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        self.stride, self.padding = layer.stride, layer.padding
+        self.dilation, self.groups = layer.dilation, layer.groups
         self._store(layer.weight.shape)
         self.bias = layer.bias
 

@@ -260,8 +260,8 @@ def tuning(files: RunFiles, run: ReportInputs) -> Section | None:
 
 # Columns of the compression table, in this order (plots/compress/front.json has more: every timing).
 _COMPRESS_SHOWN = ("variant", "accuracy", "minus_original", "minus_original_ci95_lo", "minus_original_ci95_hi",
-                   "within_1_point", "size_ratio", "cpu_throughput_ratio", "latency_ms", "weights_bytes", "sparsity",
-                   "encoding")
+                   "within_1_point", "size_ratio", "cpu_throughput_ratio", "latency_ms", "weights_bytes",
+                   "model_bytes", "sparsity", "encoding")
 
 
 def compression(files: RunFiles, run: ReportInputs) -> Section | None:

@@ -32,8 +32,8 @@ def test_every_variant_is_scored_on_the_original_rows_and_measured(tmp_path: Pat
     rows = {r["variant"]: r for r in measure(tmp_path / "best", made, splits, cfg, 200, timing, 0, [CPU], CPU)}
     assert next(iter(rows)) == ORIGINAL and set(rows) == {ORIGINAL, *made}
     # The rows each model sees are the original's (a row lacking every modality is no one's).
-    seen = {name: ~np.isnan(probabilities_on_test(load_variant(folder)[0], load_variant(folder)[1], splits.test, 8, CPU))
-            .any(1) for name, folder in {ORIGINAL: tmp_path / "best", **made}.items()}
+    seen = {name: ~np.isnan(probabilities_on_test(*load_variant(folder), splits.test, 8, CPU)).any(1)
+            for name, folder in {ORIGINAL: tmp_path / "best", **made}.items()}
     assert all(np.array_equal(mask, seen[ORIGINAL]) for mask in seen.values())
     n = int(seen[ORIGINAL].sum())
     for name, row in rows.items():
@@ -43,8 +43,11 @@ def test_every_variant_is_scored_on_the_original_rows_and_measured(tmp_path: Pat
             assert row["paired_n"] == n
             assert row["minus_original"] == pytest.approx(row["accuracy"] - rows[ORIGINAL]["accuracy"])
             assert row["minus_original_ci95_lo"] <= row["minus_original"] <= row["minus_original_ci95_hi"]
-    assert rows["int8"]["agreement"] >= 0.9 and rows["int8"]["size_ratio"] < 0.6  # tiny layers: headers, biases and scales weigh
-    assert rows["pruned_80"]["sparsity"] == pytest.approx(0.8, abs=1e-2) and rows["distilled"]["parameters"] < rows[ORIGINAL]["parameters"]
+    # Tiny layers: headers, biases and scales weigh more than on the demo (0.254x there).
+    assert rows["int8"]["agreement"] >= 0.9 and rows["int8"]["size_ratio"] < 0.6
+    assert rows["pruned_80"]["model_bytes"] < 0.5 * rows[ORIGINAL]["model_bytes"]  # stored sparse
+    assert rows["pruned_80"]["sparsity"] == pytest.approx(0.8, abs=1e-2)
+    assert rows["distilled"]["parameters"] < rows[ORIGINAL]["parameters"]
 
 
 @pytest.mark.parametrize(("within", "size", "speed", "met"), [

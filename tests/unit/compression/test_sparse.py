@@ -81,4 +81,5 @@ def test_a_pruned_model_keeps_its_zeros_through_fine_tuning_and_after_reload(tmp
     reloaded, _ = load_variant(tmp_path / "pruned")
     assert sparsity(reloaded.model) == meta["sparsity"]
     with torch.no_grad():
-        assert torch.equal(reloaded(splits.test.inputs, splits.test.masks), model(splits.test.inputs, splits.test.masks))
+        test = splits.test
+        assert torch.equal(reloaded(test.inputs, test.masks), model(test.inputs, test.masks))

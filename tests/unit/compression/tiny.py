@@ -23,8 +23,9 @@ LABELS = ["x", "y", "z"]
 # MiniLM is: the student can keep one of its layers.
 SPECS = {
     "image": ModalitySpec(pretrained=None, image_size=8,
-                          config={"model_type": "resnet", "num_channels": 3, "embedding_size": 8, "hidden_sizes": [8, 16],
-                                  "depths": [1, 1], "layer_type": "basic", "downsample_in_first_stage": False}),
+                          config={"model_type": "resnet", "num_channels": 3, "embedding_size": 8,
+                                  "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic",
+                                  "downsample_in_first_stage": False}),
     "text": ModalitySpec.model_validate({**TINY_SPECS["text"].model_dump(),
                                          "config": {**TINY_SPECS["text"].config, "num_hidden_layers": 2,
                                                     "vocab_size": 64}}),
