@@ -17,6 +17,7 @@ from multimodal.pipeline.params import ParamsError, Schema, load_keys, validate_
 from multimodal.pipeline.stage_params import Section
 from stages.align import PARAMS as ALIGN
 from stages.baseline import PARAMS as BASELINE
+from stages.compress import PARAMS as COMPRESS
 from stages.demo import PARAMS as DEMO
 from stages.ensemble import PARAMS as ENSEMBLE
 from stages.evaluate import PARAMS as EVALUATE
@@ -28,7 +29,8 @@ from stages.validate import PARAMS as VALIDATE
 
 # Every section, typed as the stage reading it types it (the report stage reads nearly all of them), and the Prefect
 # flow's own section, which no stage reads.
-ALL: Schema = DEMO | INGEST | VALIDATE | PREPROCESS | BASELINE | ALIGN | TUNE | ENSEMBLE | EVALUATE | REPORT | FLOW
+ALL: Schema = (DEMO | INGEST | VALIDATE | PREPROCESS | BASELINE | ALIGN | TUNE | ENSEMBLE | EVALUATE | COMPRESS | REPORT
+                | FLOW)
 
 
 def load_all(path: str | Path = "params.yaml") -> Section:

@@ -50,6 +50,7 @@ class Paths(Strict):
     aligned: Path
     models: Path
     ensemble: Path  # the ensemble stage's model: ensemble.json naming members under `models` and `baseline`
+    compressed: Path  # the compress stage's variants of models/best
     baseline: Path
     metrics: Path
     plots: Path

@@ -70,6 +70,27 @@ def interval_chart(names: Sequence[str], values: Sequence[float], lows: Sequence
     return _png(fig)
 
 
+def front_chart(names: Sequence[str], latency_ms: Sequence[float], accuracy: Sequence[float],
+                lows: Sequence[float | None], highs: Sequence[float | None], xlabel: str) -> str:
+    """Accuracy (with its 95% interval) against latency, one labelled point per model: the compression front."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    for name, x, y, low, high in zip(names, latency_ms, accuracy, lows, highs):
+        color = "#a4330f" if name == "original" else "#2459a8"
+        if low is not None and high is not None:
+            ax.plot([x, x], [low, high], color=color, linewidth=1.6, alpha=0.6)
+        ax.plot([x], [y], "o", color=color, markersize=6)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8, color=color)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel("test accuracy", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(color="#e4e7ec", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return _png(fig)
+
+
 def confusion_chart(labels: Sequence[str], counts: np.ndarray, xlabel: str, ylabel: str) -> str:
     """Counts per (actual, predicted), coloured by the share of each actual class's row."""
     plt = _pyplot()

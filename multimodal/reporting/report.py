@@ -20,7 +20,7 @@ import yaml
 
 from multimodal.data.manifest import MANIFEST_NAME, read_manifest
 from multimodal.reporting import explained
-from multimodal.reporting.figures import IMAGE_TYPES, confusion_chart, image_uri, interval_chart
+from multimodal.reporting.figures import IMAGE_TYPES, confusion_chart, front_chart, image_uri, interval_chart
 from multimodal.reporting.model_card import FUSED, headline, interval, model_card, model_kind, pct, pts
 from multimodal.reporting.template import Bullets, Code, Facts, Figure, Heading, Section, Table, Text, render_page
 from multimodal.storage.io import read_json
@@ -260,6 +260,30 @@ def tuning(files: RunFiles, run: ReportInputs) -> Section | None:
     return Section("tuning", "Tuning", blocks)
 
 
+# Columns of the compression table, in this order (plots/compress/front.json has more: every timing).
+_COMPRESS_SHOWN = ("variant", "accuracy", "minus_original", "minus_original_ci95_lo", "minus_original_ci95_hi",
+                   "within_1_point", "size_ratio", "cpu_throughput_ratio", "latency_ms", "weights_bytes",
+                   "model_bytes", "sparsity", "encoding")
+
+
+def compression(files: RunFiles, run: ReportInputs) -> Section | None:
+    """The compress stage's variants: the accuracy-vs-latency front and the table against the original."""
+    rows = files.json(run.plots / "compress" / "front.json")
+    files.json(run.metrics / "compress.json")  # the same figures, deterministic ones only: shown here already
+    if not rows:
+        return None
+    chart = front_chart([r["variant"] for r in rows], [r["latency_ms"] for r in rows], [r["accuracy"] for r in rows],
+                        [r.get("accuracy_ci95_lo") for r in rows], [r.get("accuracy_ci95_hi") for r in rows],
+                        "CPU latency of one call at the smallest batch timed (ms)")
+    table = records_table([{k: r[k] for k in _COMPRESS_SHOWN if k in r} for r in rows],
+                          "Each variant on the original's test rows; differences are variant minus original with a "
+                          "paired 95% interval; size and throughput are ratios to the original", run.max_rows)
+    return Section("compression", "Compressed variants", [
+        Text("Variants of the chosen model (compress stage): int8 weights, a distilled student, magnitude pruning. "
+             "Timings vary from run to run; accuracy and sizes do not."),
+        Figure(chart, "accuracy against CPU latency of each variant", "plots/compress/front.json"), table])
+
+
 def other_results(files: RunFiles, run: ReportInputs) -> Section | None:
     """Every metrics/plots file no section above used: JSON as tables, CSV as a table, images inline."""
     blocks: list = []
@@ -282,8 +306,8 @@ def parameters(files: RunFiles, run: ReportInputs) -> Section:
 
 
 SECTIONS: tuple[Callable[[RunFiles, ReportInputs], Section | None], ...] = (
-    summary, card, metrics, explained.calibration, explained.why, confusion, validation, tuning, other_results,
-    parameters)
+    summary, card, metrics, explained.calibration, explained.why, confusion, validation, tuning, compression,
+    other_results, parameters)
 
 
 def build_report(run: ReportInputs) -> str:

@@ -168,6 +168,9 @@ def rows_with_inputs(data: SplitData) -> SplitData:
 
 
 StateSaver = Callable[[Path], None]
+# The loss of a training batch from the model's logits, the (augmented) batch and the masks the model saw; the
+# default is cross-entropy with the labels (distillation passes its own: multimodal.compression.distill).
+Objective = Callable[[torch.Tensor, SplitData, dict[str, torch.Tensor]], torch.Tensor]
 
 
 def fit(
@@ -178,9 +181,11 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochMetrics, nn.Module, StateSaver], None] | None = None,
     resume_from: Path | None = None,
+    objective: Objective | None = None,
 ) -> FitResult:
     """Train `model` in place; keep the best-on-val weights; stop after `patience` epochs without improvement.
 
+    `objective(logits, batch, masks)` is the loss of a training batch (default: cross-entropy with its labels).
     After each epoch `on_epoch(metrics, model, save_state)` is called; `save_state(directory)` writes the complete
     training state there, and `fit(..., resume_from=directory)` continues with the next epoch.
 
@@ -204,7 +209,8 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * cfg.max_epochs, cfg.warmup_ratio)
     )
-    loss_fn = nn.CrossEntropyLoss()
+    cross_entropy = nn.CrossEntropyLoss()
+    objective = objective or (lambda logits, batch, masks: cross_entropy(logits, batch.labels))
     augment = Augmenter(cfg.augment, cfg.augment_strength, train)
     result = FitResult(best_state=copy.deepcopy(model.state_dict()), best=None)
     parts = TrainingState(model, optimizer, scheduler, generator, result)
@@ -231,7 +237,7 @@ def fit(
                 batch, masks = batch.take(index), {m: mask[index] for m, mask in masks.items()}
             if len(batch):
                 with autocast(device, cfg.precision):
-                    loss = loss_fn(model(batch.inputs, masks).float(), batch.labels)
+                    loss = objective(model(batch.inputs, masks).float(), batch, masks)
                 (loss / divisor).backward()
                 total += loss.item() * len(batch)
                 seen += len(batch)

@@ -34,6 +34,12 @@ TINY_PARAMS = {
                                   "audio": {"noise": [0, 0.316]}, "text": {"tokens": [0, 0.5]}},
     ("evaluate", "efficiency"): {"batch_sizes": [1, 4], "warmup": 0, "repeats": 1},
     ("evaluate", "explain"): {"rows": 2, "steps": 4},
+    # Every kind of variant, each as short as it gets: one epoch, a one-block student (saved and scored with int8
+    # weights only: the float student is the same code path), one sparsity. About half the default's work.
+    ("compress", "variants"): ["int8", "distilled_int8", "pruned"],
+    ("compress", "distill"): {"epochs": 1, "lr": 0.0005, "temperature": 4.0, "alpha": 0.7,
+                              "encoders": {"text": {"num_hidden_layers": 1}}},
+    ("compress", "prune"): {"sparsities": [0.8], "scope": "global", "epochs": 1, "lr": 0.0003},
 }
 
 

@@ -22,7 +22,7 @@ from tests.integration.conftest import TINY_PARAMS
 pytestmark = pytest.mark.integration
 
 STAGES = {"demo", "ingest", "validate", "preprocess@image", "preprocess@audio", "preprocess@text", "baseline", "align", "tune",
-          "ensemble", "evaluate", "report"}
+          "ensemble", "evaluate", "compress", "report"}
 
 
 def stages_run(output: str) -> set[str]:

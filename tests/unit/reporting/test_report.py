@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -128,3 +129,20 @@ def test_stage_renders_declared_params_only(run, tmp_path, monkeypatch):
     assert "on_invalid:" in text and "bootstrap:" in text  # the validate and evaluate sections
     assert not re.search(r"^demo:", text, re.MULTILINE)  # not declared for the report: not shown
     assert all(label in text for label in LABELS)
+
+
+def test_compressed_variants_get_their_front_and_table(run, tmp_path):
+    plots = tmp_path / "plots"
+    shutil.copytree(run["plots"], plots)
+    rows = [{"variant": "original", "accuracy": 0.9, "accuracy_ci95_lo": 0.87, "accuracy_ci95_hi": 0.93,
+             "latency_ms": 40.0, "size_ratio": 1.0, "cpu_throughput_ratio": 1.0, "cpu_b64_latency_ms": 600.0},
+            {"variant": f"int8{HOSTILE}", "accuracy": 0.895, "accuracy_ci95_lo": 0.86, "accuracy_ci95_hi": 0.92,
+             "latency_ms": 41.0, "minus_original": -0.005, "minus_original_ci95_lo": -0.01,
+             "minus_original_ci95_hi": 0.0, "within_1_point": True, "size_ratio": 0.26, "cpu_throughput_ratio": 0.98}]
+    (plots / "compress").mkdir()
+    (plots / "compress" / "front.json").write_text(json.dumps(rows))
+    text = assert_defused(build_report(inputs({**run, "plots": plots})), "report")
+    section = text[text.index("Variants of the chosen model"):text.rindex("Other results")]
+    assert f"int8{HOSTILE}" in section and "0.26" in section and "within_1_point" in section
+    assert "cpu_b64_latency_ms" not in section  # every timing stays in the file; the table shows the ratios
+    assert "compress/front.json" not in text[text.rindex("Other results"):]  # shown once, in its own section

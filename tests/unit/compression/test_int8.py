@@ -1,0 +1,86 @@
+"""Int8 weights: close to the float model, saved as int8 tensors in safetensors, loaded without pickle."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from multimodal.compression.compress import int8_copy
+from multimodal.compression.int8 import Int8Conv2d, Int8Embedding, Int8Linear, quantizable, quantize_weight, to_int8
+from multimodal.compression.variant import load_variant, save_variant
+from tests.unit.compression.tiny import save_tiny_best
+from tests.unit.conftest import params_section
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture
+def best(tmp_path: Path):
+    splits, spec = save_tiny_best(tmp_path / "best")
+    return tmp_path / "best", splits, spec
+
+
+def test_each_weight_is_within_half_a_step_of_its_int8_value():
+    weight = torch.randn(5, 3, 3, 3) * torch.tensor([0.01, 0.1, 1.0, 10.0, 0.0]).view(5, 1, 1, 1)
+    values, scale = quantize_weight(weight)
+    assert values.dtype == torch.int8 and scale.shape == (5,)
+    restored = values.float() * scale.view(5, 1, 1, 1)
+    assert ((restored - weight).abs() <= scale.view(5, 1, 1, 1) / 2 + 1e-7).all()
+    assert (restored[4] == 0).all()  # an all-zero channel stays zero
+
+
+def test_int8_layers_compute_what_the_float_layers_compute_up_to_rounding():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 16), nn.Linear(16, 8))
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    ids, images = torch.randint(0, 20, (4, 5)), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected, expected_conv = model(ids), conv(images)
+        to_int8(model, quantizable(model, ["linear", "embedding"], 1))
+        holder = nn.Sequential(conv)
+        to_int8(holder, quantizable(holder, ["conv"], 1))
+        assert [type(m) for m in (*model, *holder)] == [Int8Embedding, Int8Linear, Int8Conv2d]
+        assert torch.allclose(model(ids), expected, atol=0.05)
+        assert torch.allclose(holder(images), expected_conv, atol=0.05)
+
+
+def test_the_quantized_model_predicts_as_the_original_and_reloads_from_safetensors_only(best, tmp_path, monkeypatch):
+    folder, splits, _ = best
+    original, spec = load_variant(folder)
+    cfg = params_section("compress", int8={"min_params": 1})
+    quantized, names = int8_copy(original, cfg)
+    assert names["model"] and names["encoders"]["text"]  # the image ResNet and the BERT behind cached features
+    save_variant(tmp_path / "int8", folder, quantized, spec, {"kind": "int8", "int8": names})
+    # Loading reads JSON and safetensors only: any unpickling fails the test.
+    for name in ("load", "loads"):
+        monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("pickle used to load a variant"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load used to load a variant"))
+    reloaded, _ = load_variant(tmp_path / "int8")
+    test = splits.test
+    with torch.no_grad():
+        before = torch.softmax(original(test.inputs, test.masks), -1)
+        saved = torch.softmax(quantized(test.inputs, test.masks), -1)
+        after = torch.softmax(reloaded(test.inputs, test.masks), -1)
+    assert torch.equal(saved, after)
+    assert (after - before).abs().max() < 0.02
+    assert (after.argmax(1) == before.argmax(1)).float().mean() >= 0.9
+    with safe_open(str(tmp_path / "int8" / "encoders" / "text.safetensors"), "pt") as handle:
+        names = handle.keys()  # a safetensors handle, not a dict
+        dtypes = {key: handle.get_slice(key).get_dtype() for key in names}
+    assert dtypes["model.embeddings.word_embeddings.weight_int8"] == "I8"
+    assert not any(key.endswith("word_embeddings.weight") for key in dtypes)
+
+
+def test_a_variant_whose_files_disagree_with_its_description_is_refused_naming_the_file(best, tmp_path):
+    folder, _, spec = best
+    original, _ = load_variant(folder)
+    save_variant(tmp_path / "v", folder, original, spec, {"kind": "int8", "int8": {"model": [], "encoders": {}}})
+    # compression.json now claims int8 layers the tensors do not hold.
+    (tmp_path / "v" / "compression.json").write_text('{"kind": "int8", "int8": {"model": ["head"]}}')
+    with pytest.raises(ValueError, match=r"model\.safetensors does not fit"):
+        load_variant(tmp_path / "v")
