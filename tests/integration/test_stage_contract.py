@@ -161,7 +161,7 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(committed: Pat
     (("align", "lr"), 0.01, {"align", "report"}),
     (("evaluate", "batch_size"), 100, {"evaluate", "report"}),
     (("tune", "num_samples"), 3, {"tune", "report"}),
-    (("base", "device"), "cpu", {"align", "tune", "evaluate"}),
+    (("base", "device"), "cpu", {"align", "tune", "ensemble", "evaluate", "compress"}),
     # tune too: a searched input_norm of a modality align caches is refused (multimodal.tuning.params).
     (("align", "freeze"), [], {"align", "tune", "report"}),
     # Not evaluate: it encodes corrupted inputs with the encoders align saved, not ones rebuilt from this section.
