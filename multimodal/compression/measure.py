@@ -86,7 +86,10 @@ def table(accuracy: Mapping[str, dict], sizes: Mapping[str, int], timed: Mapping
         row["cpu_throughput_ratio"] = cpu(name)[-1]["throughput_per_s"] / base_rate
         row |= notes.get(name, {})
         rows.append(row)
-    return rows
+    # Every row with the same keys (None where a figure does not apply, e.g. the original's difference to itself):
+    # DVC's plot loader fails ("argument of type 'NoneType' is not iterable") on rows of differing keys.
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return [{k: row.get(k) for k in keys} for row in rows]
 
 
 def meets_target(row: dict) -> bool:

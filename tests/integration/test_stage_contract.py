@@ -165,7 +165,8 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(committed: Pat
     # tune too: a searched input_norm of a modality align caches is refused (multimodal.tuning.params).
     (("align", "freeze"), [], {"align", "tune", "report"}),
     # Not evaluate: it encodes corrupted inputs with the encoders align saved, not ones rebuilt from this section.
-    (("modalities", "audio", "num_mel_bins"), 32, {"preprocess@audio", "align", "report"}),
+    # baseline too: its saved classical models record the processing settings they were fitted on.
+    (("modalities", "audio", "num_mel_bins"), 32, {"preprocess@audio", "baseline", "align", "report"}),
     (("report", "max_rows"), 10, {"report"}),
 ])
 def test_changing_a_params_key_marks_exactly_its_readers(committed: Path, keys: tuple[str, ...], value,
@@ -295,8 +296,8 @@ MODALITY = Modality(
 def test_a_modality_module_and_a_checkpoint_folder_that_params_name_are_deps_of_their_loaders(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Editing the user's modality module marks every stage importing the modality registry; replacing a file of a
-    local tokenizer folder marks the stages that load it (align; every preprocess@<m>: a foreach's copies share
-    their deps). A stage whose deps lack either refuses to start, naming it and the command that adds it."""
+    local tokenizer folder marks the stages that load it (align, baseline; every preprocess@<m>: a foreach's copies
+    share their deps). A stage whose deps lack either refuses to start, naming it and the command that adds it."""
     import shutil
 
     from multimodal.modalities.checkpoints import local_path
@@ -324,7 +325,8 @@ def test_a_modality_module_and_a_checkpoint_folder_that_params_name_are_deps_of_
     assert load_params(project / "params.yaml", stage="align", schema=ALIGN).modalities["beads"].module
     commit_placeholders(project)
     every_stage = _importers("multimodal/modalities/__init__.py")
-    loaders = {"align", *(s for s in read_stages(project / "dvc.yaml") if s.startswith("preprocess@"))}
+    # baseline saves the tokenizer with its classical text model.
+    loaders = {"align", "baseline", *(s for s in read_stages(project / "dvc.yaml") if s.startswith("preprocess@"))}
     for edited, dep, stages in (("myplugins/parse.py", "myplugins/parse.py", every_stage),
                                 ("checkpoints/tok/vocab.txt", "checkpoints/tok", loaders)):
         path = project / edited

@@ -54,3 +54,18 @@ def test_every_variant_is_scored_on_the_original_rows_and_measured(tmp_path: Pat
     (True, 0.25, 1.0, True), (True, 0.9, 2.0, True), (True, 0.26, 1.9, False), (False, 0.1, 5.0, False)])
 def test_the_target_is_one_point_at_a_quarter_of_the_size_or_twice_the_throughput(within, size, speed, met):
     assert meets_target({"within_1_point": within, "size_ratio": size, "cpu_throughput_ratio": speed}) is met
+
+
+def test_every_row_of_the_front_has_the_same_keys() -> None:
+    # DVC's plot loader fails on rows of differing keys ("argument of type 'NoneType' is not iterable").
+    from multimodal.compression.measure import table
+
+    timing = [{"device": "cpu", "batch_size": 1, "latency_ms_per_sample": 2.0, "throughput_per_s": 500.0,
+               "peak_memory_mib": 1.0}]
+    accuracy = {"original": {"accuracy": 0.9, "n": 10, "accuracy_ci95": [0.8, 1.0]},
+                "int8": {"accuracy": 0.9, "n": 10, "accuracy_ci95": [0.8, 1.0], "minus_original": 0.0,
+                         "minus_original_ci95": [0.0, 0.0]}}
+    rows = table(accuracy, {"original": 4, "int8": 1}, {"original": timing, "int8": timing},
+                 {"int8": {"sparsity": None, "kind": "int8"}})
+    assert [list(r) for r in rows] == [list(rows[0])] * 2
+    assert rows[0]["minus_original"] is None and rows[1]["minus_original_ci95_lo"] == 0.0
