@@ -64,7 +64,8 @@ def compress(params: StageParams) -> list[dict]:
         rows = measure(best, made, splits, cfg, params.evaluate.bootstrap, params.evaluate.efficiency,
                        params.base.seed, devices, device)
     write_json(Path(paths.metrics) / "compress.json",
-               {row["variant"]: {k: row[k] for k in DETERMINISTIC if k in row} for row in rows}, sort_keys=False)
+               {row["variant"]: {k: row[k] for k in DETERMINISTIC if row.get(k) is not None} for row in rows},
+               sort_keys=False)  # a figure that does not apply (the original's difference to itself) is left out
     write_json(Path(paths.plots) / FRONT, rows, sort_keys=False)
     log_table(rows)
     return rows
