@@ -36,6 +36,14 @@ def probabilities(model: nn.Module, data: SplitData, temperature: float, batch_s
     return torch.cat(out) if out else torch.empty(0)
 
 
+def probability_drop(probs: torch.Tensor, without: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """(N,) the predicted class's probability in `probs` minus its probability in `without` (the same rows with one
+    modality's mask off), NaN where that modality is not `present`: the one definition of a contribution."""
+    chosen = probs.argmax(dim=1, keepdim=True)
+    drop = (probs.gather(1, chosen) - without.gather(1, chosen)).squeeze(1)
+    return torch.where(present.cpu(), drop, torch.tensor(float("nan")))
+
+
 @torch.no_grad()
 def with_contributions(model: nn.Module, data: SplitData, temperature: float, batch_size: int,
                        device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -54,7 +62,6 @@ def with_contributions(model: nn.Module, data: SplitData, temperature: float, ba
         embedded = model.embedder(batch.inputs, batch.masks) if split else None
         logits = model.classify(embedded, batch.masks) if split else model(batch.inputs, batch.masks)
         p = torch.softmax(logits.float() / temperature, dim=-1).cpu()
-        chosen = p.argmax(dim=1, keepdim=True)
         for modality in batch.modalities:
             masked = mask_off(batch, modality)
             if split:
@@ -62,8 +69,7 @@ def with_contributions(model: nn.Module, data: SplitData, temperature: float, ba
             else:
                 logits = model(masked.inputs, masked.masks)
             without = torch.softmax(logits.float() / temperature, dim=-1).cpu()
-            drop = (p.gather(1, chosen) - without.gather(1, chosen)).squeeze(1)
-            out[modality].append(torch.where(batch.masks[modality].cpu(), drop, torch.tensor(float("nan"))))
+            out[modality].append(probability_drop(p, without, batch.masks[modality]))
         probs.append(p)
     if not probs:
         return torch.empty(0), {m: torch.empty(0) for m in data.modalities}

@@ -17,7 +17,7 @@ from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.bundle import bundled_processing, load_for_raw_inputs
 from multimodal.models.classical import is_classical, load_classical_for_raw_inputs
 from multimodal.models.ensemble import EnsembleModel, EnsembleSpec, is_ensemble
-from multimodal.models.explain import mask_off, with_contributions
+from multimodal.models.explain import mask_off, probability_drop, with_contributions
 from multimodal.models.explain import probabilities as class_probabilities
 from multimodal.models.model import ModelSpec
 from multimodal.models.temperature import load_temperature
@@ -102,13 +102,8 @@ def contributions_by_masking(backend: "OnnxBackend", data: SplitData) -> tuple[t
     """Probabilities of `data`, and per modality the predicted class's probability minus its probability with that
     modality's mask off (NaN where the row lacks it): one more pass per modality."""
     probs = backend.probabilities(data)
-    chosen = probs.argmax(dim=1, keepdim=True)
-    out = {}
-    for modality in data.modalities:
-        without = backend.probabilities(mask_off(data, modality))
-        drop = (probs.gather(1, chosen) - without.gather(1, chosen)).squeeze(1)
-        out[modality] = torch.where(data.masks[modality], drop, torch.tensor(float("nan")))
-    return probs, out
+    return probs, {m: probability_drop(probs, backend.probabilities(mask_off(data, m)), data.masks[m])
+                   for m in data.modalities}
 
 
 Backend = TorchBackend | OnnxBackend
