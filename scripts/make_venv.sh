@@ -48,6 +48,18 @@ with_uv() {   # every step chained: `set -e` does not apply inside a function ca
       "import sys; sys.dont_write_bytecode = False" > "$site/_setup_write_bytecode.pth"
 }
 
+native_libraries() {   # after either installer: soundfile must find libsndfile (audio decoding needs it)
+  .venv/bin/python -c "import soundfile" 2>/dev/null && return 0
+  # uv takes a version's files from the first index listing it; where that index has only soundfile's pure-Python
+  # wheel, libsndfile must come from the system. pip picks the best wheel across all indexes: the platform wheel,
+  # which bundles the library.
+  echo "soundfile found no libsndfile: reinstalling it with pip (its platform wheel bundles the library)"
+  .venv/bin/python -m pip install -q --no-deps --force-reinstall --only-binary=:all: \
+    "$(grep -i '^soundfile==' requirements.lock)" || true
+  .venv/bin/python -c "import soundfile" 2>/dev/null ||
+    echo "WARNING: soundfile cannot load libsndfile; install it (Debian: apt-get install libsndfile1)" >&2
+}
+
 case "${SETUP_INSTALLER:-uv}" in
   pip) with_pip ;;
   uv)
@@ -60,3 +72,4 @@ case "${SETUP_INSTALLER:-uv}" in
     fi ;;
   *) echo "SETUP_INSTALLER must be uv or pip, not '$SETUP_INSTALLER'" >&2; exit 2 ;;
 esac
+native_libraries
