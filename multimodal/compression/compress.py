@@ -60,10 +60,11 @@ def int8_copy(model: EndToEnd, cfg: Compress) -> tuple[EndToEnd, dict]:
     names = {"model": quantizable(quantized.model, cfg.int8.layers, cfg.int8.min_params),
              "encoders": {m: quantizable(e, cfg.int8.layers, cfg.int8.min_params)
                           for m, e in quantized.encoders.items()}}
-    to_int8(quantized.model, names["model"])
+    bits = {"embedding_bits": cfg.int8.embedding_bits, "group_size": cfg.int8.group_size}
+    to_int8(quantized.model, names["model"], **bits)
     for modality, encoder in quantized.encoders.items():
-        to_int8(encoder, names["encoders"][modality])
-    return quantized.eval(), names
+        to_int8(encoder, names["encoders"][modality], **bits)
+    return quantized.eval(), {**names, **bits}
 
 
 def distilled(teacher: EndToEnd, spec: ModelSpec, splits: Splits, cfg: Compress, best: Path,
@@ -145,13 +146,16 @@ def _notes(folder: Path, model: EndToEnd) -> dict:
     """What the table says of a model beside its figures: kind, parameters, sparsity, how its tensors are stored."""
     meta = read_json(folder / COMPRESSION) if (folder / COMPRESSION).exists() else {"kind": "original"}
     # model_bytes: the model's own file (what pruning encodes sparse), without the encoders behind cached features.
-    weights = sum(p.numel() for p in model.parameters()) + sum(
-        b.numel() for n, b in model.named_buffers() if n.endswith("weight_int8"))  # int8 weights are buffers
+    weights = sum(p.numel() for p in model.parameters()) + sum(  # quantized weights are buffers
+        b.numel() * (2 if n.endswith("weight_int4") else 1) for n, b in model.named_buffers()
+        if n.endswith(("weight_int8", "weight_int4")))
     out = {"kind": meta["kind"], "model_bytes": (folder / "model.safetensors").stat().st_size, "parameters": weights}
     if "sparsity" in meta:
         out |= {"sparsity": meta["sparsity"], "encoding": "bitmask + float32 non-zero values (safetensors)"}
     elif "int8" in meta:
         out["encoding"] = "int8 weights + float32 per-channel scales (safetensors)"
+        if meta["int8"].get("embedding_bits") == 4:
+            out["encoding"] += f"; embedding tables 4-bit, a scale per {meta['int8']['group_size']} values"
     else:
         out["encoding"] = "float32 (safetensors)"
     return out

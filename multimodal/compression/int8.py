@@ -1,4 +1,5 @@
-"""Int8 weight-only quantization of Linear, Conv2d and Embedding layers: per-output-channel symmetric scales.
+"""Int8 weight-only quantization of Linear, Conv2d and Embedding layers: per-output-channel symmetric scales;
+embedding tables optionally at 4 bits in groups (`embedding_bits: 4`).
 
 torch.ao.quantization (`quantize_dynamic`) is deprecated in torch 2.13 in favour of torchao, which is not a
 dependency here, and its packed weights are not plain tensors that safetensors can hold. So the weights are stored
@@ -6,6 +7,11 @@ as int8 tensors plus float32 scales (one per output channel, or per row of an em
 safetensors, and dequantized at run time: a quarter of the weight bytes, the same arithmetic as before up to the
 rounding of each weight. On this CPU build `torch._int_mm` and `torch._weight_int8pack_mm` on float32 inputs were
 40-60x slower than the float matmul (measured 2026-12-07), so the matmul itself stays float32.
+
+An embedding table is the one layer that a forward pass reads a few rows of (the tokens present), and in the demo
+the biggest (MiniLM's 30,522 x 384 word embeddings, half its weights): at 4 bits with a float32 scale per group of
+`group_size` values in a row it takes 0.5 + 4/group_size bytes per weight instead of 1, and only the rows looked up
+are unpacked.
 """
 
 from __future__ import annotations
@@ -79,6 +85,51 @@ class Int8Embedding(Int8Weight):
         return self.weight_int8[ids].float() * self.scale[ids].unsqueeze(-1)
 
 
+def quantize_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-bit values of a (rows, cols) table, two per uint8 (low nibble first), and a float32 scale per group of
+    `group_size` values of a row, with `weight ≈ (nibble - 8) * scale`, nibbles in 1..15 (symmetric: -7..7)."""
+    rows, cols = weight.shape
+    groups = weight.detach().float().reshape(rows, cols // group_size, group_size)
+    scale = (groups.abs().amax(dim=-1) / 7).clamp_min(1e-12)
+    nibbles = (torch.round(groups / scale[..., None]).clamp(-7, 7) + 8).to(torch.uint8).reshape(rows, cols)
+    return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4), scale
+
+
+def dequantize_groups(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The float rows of `quantize_groups`' output (any leading shape: a lookup of some rows)."""
+    nibbles = torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2).float() - 8
+    grouped = nibbles.unflatten(-1, (scale.shape[-1], -1)) * scale.unsqueeze(-1)
+    return grouped.flatten(-2)
+
+
+class Int4Embedding(nn.Module):
+    """An embedding table at 4 bits per weight (`quantize_groups`); buffers `weight_int4` and `scale`."""
+
+    def __init__(self, layer: nn.Embedding, group_size: int):
+        super().__init__()
+        if layer.max_norm is not None:
+            raise ValueError("4-bit Embedding does not support max_norm (it renormalises the table in place)")
+        rows, cols = layer.weight.shape
+        self.padding_idx = layer.padding_idx
+        self.register_buffer("weight_int4", torch.zeros(rows, cols // 2, dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(rows, cols // group_size))
+
+    @staticmethod
+    def fits(layer: nn.Module, group_size: int) -> bool:
+        """Whether `layer` is an embedding table whose rows split into whole groups of an even size."""
+        return isinstance(layer, nn.Embedding) and group_size % 2 == 0 and layer.embedding_dim % group_size == 0
+
+    def set_from(self, weight: torch.Tensor) -> None:
+        self.weight_int4, self.scale = quantize_groups(weight, weight.shape[1] // self.scale.shape[1])
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return dequantize_groups(self.weight_int4, self.scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return dequantize_groups(self.weight_int4[ids], self.scale[ids])
+
+
 INT8 = {nn.Linear: Int8Linear, nn.Conv2d: Int8Conv2d, nn.Embedding: Int8Embedding}
 
 
@@ -94,14 +145,19 @@ def _base(layer: nn.Module) -> type:
     return nn.Linear if isinstance(layer, nn.Linear) else type(layer)
 
 
-def to_int8(model: nn.Module, names: list[str], quantize: bool = True) -> nn.Module:
-    """`model` with the layers `names` replaced by int8 ones, in place; `quantize=False` gives empty int8 layers
-    (the shape of a saved int8 model, whose state dict then fills them)."""
+def to_int8(model: nn.Module, names: list[str], quantize: bool = True, embedding_bits: int = 8,
+            group_size: int = 32) -> nn.Module:
+    """`model` with the layers `names` replaced by int8 ones, in place (embedding tables at 4 bits where
+    `embedding_bits` is 4 and their rows split into groups of `group_size`); `quantize=False` gives empty layers
+    (the shape of a saved quantized model, whose state dict then fills them)."""
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = getattr(parent, child)
-        replacement = INT8[_base(layer)](layer)
+        if embedding_bits == 4 and Int4Embedding.fits(layer, group_size):
+            replacement = Int4Embedding(layer, group_size)
+        else:
+            replacement = INT8[_base(layer)](layer)
         if quantize:
             replacement.set_from(layer.weight)
         setattr(parent, child, replacement)

@@ -2,7 +2,8 @@
 
 A variant folder is a model folder (`model.json`, `model.safetensors`, `inputs.json`, `encoders/<m>.safetensors`,
 `processors/`) plus `compression.json`, which says how its tensors are stored: `int8` lists the layers holding int8
-weights and scales (`multimodal.compression.int8`), of the model and of each encoder behind cached features;
+weights and scales (`multimodal.compression.int8`), of the model and of each encoder behind cached features, and
+the bits of embedding tables (`embedding_bits`, `group_size`);
 `sparse` the tensors stored as bitmask + non-zero values (`multimodal.compression.sparse`) with their shapes.
 Only safetensors and JSON are read: the architecture is rebuilt from the spec, then shaped by `compression.json`,
 then filled with the tensors.
@@ -40,14 +41,15 @@ def load_variant(folder: str | Path) -> tuple[EndToEnd, ModelSpec]:
     for modality, entry in inputs["processing"].items():  # a modality of the user's first: the model builds it
         recorded_modality(modality, entry.get("module"), str(folder))
     spec = ModelSpec(**read_json(folder / "model.json"))
-    model = to_int8(build_model(spec), int8.get("model", []), quantize=False)
+    bits = {key: int8[key] for key in ("embedding_bits", "group_size") if key in int8}
+    model = to_int8(build_model(spec), int8.get("model", []), quantize=False, **bits)
     _fill(model, folder / "model.safetensors", sparse.get("model", {}))
     encoders = {}
     for modality in spec.feature_modalities:
         entry = inputs["encoders"][modality]
         encoder = build_encoder_from_entry(modality, {"hf_config": entry["hf_config"]})
         set_input_norm(encoder, modality, entry["input_norm"])
-        to_int8(encoder, int8.get("encoders", {}).get(modality, []), quantize=False)
+        to_int8(encoder, int8.get("encoders", {}).get(modality, []), quantize=False, **bits)
         _fill(encoder, folder / ENCODERS / f"{modality}.safetensors", sparse.get("encoders", {}).get(modality, {}))
         encoders[modality] = encoder
     return EndToEnd(model, encoders).eval(), spec

@@ -1,4 +1,5 @@
-"""Int8 weights: close to the float model, saved as int8 tensors in safetensors, loaded without pickle."""
+"""Int8 weights (4-bit embedding tables): close to the float model, saved as int8/uint8 tensors in safetensors,
+loaded without pickle."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from safetensors import safe_open
 from torch import nn
 
 from multimodal.compression.compress import int8_copy
-from multimodal.compression.int8 import Int8Conv2d, Int8Embedding, Int8Linear, quantizable, quantize_weight, to_int8
+from multimodal.compression.int8 import (Int4Embedding, Int8Conv2d, Int8Embedding, Int8Linear, dequantize_groups,
+                                        quantizable, quantize_groups, quantize_weight, to_int8)
 from multimodal.compression.variant import load_variant, save_variant
 from tests.unit.compression.tiny import save_tiny_best
 from tests.unit.conftest import params_section
@@ -34,6 +36,32 @@ def test_each_weight_is_within_half_a_step_of_its_int8_value():
     assert (restored[4] == 0).all()  # an all-zero channel stays zero
 
 
+def test_each_embedding_weight_is_within_half_a_step_of_its_4_bit_value():
+    torch.manual_seed(0)
+    table = torch.randn(6, 16) * torch.tensor([0.01, 0.1, 1.0, 10.0, 0.0, 1.0]).view(6, 1)
+    table[5, 8:] = 0  # one all-zero group in a row that is not zero
+    packed, scale = quantize_groups(table, group_size=8)
+    assert packed.dtype == torch.uint8 and packed.shape == (6, 8) and scale.shape == (6, 2)
+    restored = dequantize_groups(packed, scale)
+    step = scale.repeat_interleave(8, dim=1)
+    assert ((restored - table).abs() <= step / 2 + 1e-7).all()
+    assert (restored[4] == 0).all() and (restored[5, 8:] == 0).all()
+    assert torch.equal(dequantize_groups(packed[[3, 1]], scale[[3, 1]]), restored[[3, 1]])  # rows looked up alone
+
+
+def test_a_4_bit_table_answers_lookups_as_the_float_table_up_to_rounding():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 16), nn.Embedding(20, 12))  # 12: not whole groups of 8, stays int8
+    ids = torch.randint(0, 20, (4, 5))
+    with torch.no_grad():
+        expected = [layer(ids) for layer in model]
+        to_int8(model, quantizable(model, ["embedding"], 1), embedding_bits=4, group_size=8)
+        assert [type(m) for m in model] == [Int4Embedding, Int8Embedding]
+        step = model[0].scale.repeat_interleave(8, dim=1)[ids]
+        assert ((model[0](ids) - expected[0]).abs() <= step / 2 + 1e-6).all()
+        assert torch.equal(model[0].weight[ids], model[0](ids))
+
+
 def test_int8_layers_compute_what_the_float_layers_compute_up_to_rounding():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(20, 16), nn.Linear(16, 8))
@@ -49,10 +77,12 @@ def test_int8_layers_compute_what_the_float_layers_compute_up_to_rounding():
         assert torch.allclose(holder(images), expected_conv, atol=0.05)
 
 
-def test_the_quantized_model_predicts_as_the_original_and_reloads_from_safetensors_only(best, tmp_path, monkeypatch):
+@pytest.mark.parametrize("embedding_bits", [8, 4])
+def test_the_quantized_model_predicts_as_the_original_and_reloads_from_safetensors_only(best, tmp_path, monkeypatch,
+                                                                                        embedding_bits):
     folder, splits, _ = best
     original, spec = load_variant(folder)
-    cfg = params_section("compress", int8={"min_params": 1})
+    cfg = params_section("compress", int8={"min_params": 1, "embedding_bits": embedding_bits, "group_size": 8})
     quantized, names = int8_copy(original, cfg)
     assert names["model"] and names["encoders"]["text"]  # the image ResNet and the BERT behind cached features
     save_variant(tmp_path / "int8", folder, quantized, spec, {"kind": "int8", "int8": names})
@@ -72,7 +102,8 @@ def test_the_quantized_model_predicts_as_the_original_and_reloads_from_safetenso
     with safe_open(str(tmp_path / "int8" / "encoders" / "text.safetensors"), "pt") as handle:
         names = handle.keys()  # a safetensors handle, not a dict
         dtypes = {key: handle.get_slice(key).get_dtype() for key in names}
-    assert dtypes["model.embeddings.word_embeddings.weight_int8"] == "I8"
+    stored = {8: ("weight_int8", "I8"), 4: ("weight_int4", "U8")}[embedding_bits]
+    assert dtypes[f"model.embeddings.word_embeddings.{stored[0]}"] == stored[1]
     assert not any(key.endswith("word_embeddings.weight") for key in dtypes)
 
 
