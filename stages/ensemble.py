@@ -1,6 +1,7 @@
 """Stage `ensemble`: greedy ensemble selection (Caruana et al. 2004) on validation rows, over the models the run
 already has (the fused best model, the top-k trials' models, the unimodal references, the classical baselines);
-writes `<base.paths.ensemble>/ensemble.json` (members by reference, weights, and the validation figures that chose them).
+writes `<base.paths.ensemble>/ensemble.json` (members by reference, weights, and the validation figures that chose
+them).
 
 Only the validation split is read: test labels cannot move a weight.
 """

@@ -39,7 +39,7 @@ from multimodal.evaluation.evaluate import (
     with_details,
 )
 from multimodal.evaluation.explanations import explain_rows, pick_rows, write_explanations
-from multimodal.evaluation.members import deep_probabilities
+from multimodal.evaluation.members import TRIALS, deep_members, deep_probabilities
 from multimodal.evaluation.params import Evaluate
 from multimodal.evaluation.plots import CALIBRATED, EXPLANATIONS, write_efficiency, write_tables
 from multimodal.evaluation.robustness import Pooled, check_corruptions, corruption_curves, missing_modality
@@ -69,13 +69,19 @@ def single_modality_val_accuracy(ensemble: EnsembleSpec) -> dict[str, float]:
             if name.startswith("unimodal_") or (name.startswith(PREFIX) and name != PREFIX + EARLY_FUSION)}
 
 
-def with_ensemble(probs: dict[str, np.ndarray], ensemble: EnsembleSpec, ensemble_dir: Path, test: SplitData,
-                  aligned: Path, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
-    """`probs` plus the ensemble's test probabilities, from its members' (loading those not scored yet: the
-    other top-k trials' models)."""
+def with_ensemble(probs: dict[str, np.ndarray], ensemble: EnsembleSpec, ensemble_dir: Path, models_dir: Path,
+                  test: SplitData, aligned: Path, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+    """The ensemble's test probabilities, from its members' (loading those not scored yet: the other top-k trials'
+    models), and the single best's when it is such a trial (validation can prefer another trial to the fused best
+    by the ensemble's metric), at its temperature: {ENSEMBLE: ..., single best: ...} or {ENSEMBLE: ...}."""
     extra = {m.name: ensemble_dir / m.path for m in ensemble.members if m.name not in probs and m.kind == "model"}
+    if ensemble.single_best not in probs and ensemble.single_best not in extra:
+        extra[ensemble.single_best] = deep_members(models_dir, [TRIALS])[ensemble.single_best]
     member_probs = {**probs, **deep_probabilities(extra, test, "test", aligned, batch_size, device)[0]}
-    return {**probs, ENSEMBLE: ensemble_probabilities(ensemble, member_probs)}
+    out = {ENSEMBLE: ensemble_probabilities(ensemble, member_probs)}
+    if ensemble.single_best not in probs:
+        out[ensemble.single_best] = member_probs[ensemble.single_best]
+    return out
 
 
 def load_test(params: StageParams) -> SplitData:
@@ -117,8 +123,8 @@ def evaluate(params: StageParams) -> dict:
     probs.update(read_probabilities(Path(paths.baseline) / PROBABILITIES, test.sample_ids, spec.labels))
     ensemble = EnsembleSpec.load(Path(paths.ensemble))
     # The ensemble averages its deep members at their temperatures, as it was selected (and as `predict` runs it).
-    probs[ENSEMBLE] = with_ensemble({**probs, **calibrated}, ensemble, Path(paths.ensemble), test, aligned,
-                                    cfg.batch_size, device)[ENSEMBLE]
+    probs.update(with_ensemble({**probs, **calibrated}, ensemble, Path(paths.ensemble), Path(paths.models), test,
+                               aligned, cfg.batch_size, device))
     preds = {name: top_label(p) for name, p in probs.items()}
     preds.update(read_predictions(Path(paths.baseline) / PREDICTIONS, test.sample_ids, spec.labels))
     y = test.labels.numpy()

@@ -18,6 +18,7 @@ FUSED = "fused"  # the model names multimodal.evaluation.evaluate writes into ev
 # Kinds of the other models, by the prefix of their evaluate.json name (multimodal.evaluation.evaluate,
 # multimodal.evaluation.baseline).
 KINDS = (("fused_only_", "the fused model shown one modality"), ("unimodal_", "deep model of one modality"),
+         ("trial_", "another trial's fused model (the ensemble's single best on validation)"),
          ("baseline_early_fusion", "classical: logistic regression on all modalities' features"),
          ("baseline_", "classical: logistic regression on one modality's features"))
 
@@ -154,9 +155,13 @@ def ensemble_sentence(evaluate: Mapping[str, Any]) -> str:
             f"{_flat(evaluate, 'ensemble_accuracy')}. " + (made["sentence"] if made else
             f"Against the single best model ({best}, chosen on validation): "
             f"{_flat(evaluate, 'ensemble_minus_single_best', pts)}."))
+    # The default is decided on validation rows the weights were not fitted on (2-fold cross-fitting,
+    # multimodal.evaluation.ensemble.choose): in sample the ensemble can only gain.
     if evaluate.get("default_model") == "ensemble":
-        return text + " The ensemble is the default model: it beats the single best on validation."
-    return text + f" The single best ({best}) stays the default model: the ensemble does not beat it on validation."
+        return text + (" The ensemble is the default model: it beats the single best on validation rows its weights "
+                       "were not chosen on (2-fold cross-fitting).")
+    return text + (f" The single best ({best}) stays the default model: the ensemble does not beat it on validation "
+                   "rows its weights were not chosen on (2-fold cross-fitting).")
 
 
 def headline(evaluate: Mapping[str, Any]) -> list:

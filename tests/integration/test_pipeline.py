@@ -149,6 +149,23 @@ def test_ensemble_weights_do_not_move_when_the_test_labels_are_shuffled(reproduc
     assert after == before
 
 
+def test_evaluate_scores_the_single_best_when_validation_prefers_another_trial(reproduced: Path) -> None:
+    """The ensemble's metric is not tune's: validation can prefer another top-k trial's model to the fused best as
+    the single best (the demo did, on another machine). evaluate then loads it from models/trials and scores it."""
+    project = reproduced
+    path = project / "ensemble/ensemble.json"
+    spec = json.loads(path.read_text())
+    other = f"trial_{sorted(d.name for d in (project / 'models/trials').iterdir())[0]}"
+    spec["single_best"] = spec["default"] = other
+    path.write_text(json.dumps(spec))
+    run([sys.executable, "-m", "stages.evaluate"], project)
+    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+    assert metrics["single_best"] == metrics["default_model"] == other
+    assert metrics["models"][other]["n"] == metrics["n_test"]
+    assert metrics["single_best_accuracy"] == metrics["models"][other]["accuracy"]
+    assert metrics["ensemble_minus_single_best_n"] == metrics["n_test"]
+
+
 @pytest.mark.slow
 def test_same_params_and_data_give_the_same_metrics(reproduced: Path) -> None:
     project = reproduced
