@@ -4,7 +4,8 @@ any subset) answers what `predict` writes for the same inputs, as JSON; `GET /he
 A request is checked before any model work, with the validate stage's header-first bounds: its size against
 `validate.max_file_mb` per file (from Content-Length, before the body is read: 413), each file against the same
 modality `probe` validate runs (`validate.modalities.<m>`: a picture's pixel count and an audio header's promised
-duration are refused before decoding; a file that does not decode is refused too: 422, with the reason). What passes
+duration are refused before decoding; a file that does not decode is refused too: 422, with the reason; a text
+outside `min_chars..max_chars`: 413 when longer, 422 when shorter). What passes
 is read, processed and predicted by `multimodal.shipping.predict` (the same readers and backend as the command),
 requests batched by `@serve.batch`. Clients send files and text, never pickles; nothing a client sends is unpickled.
 """
@@ -159,6 +160,11 @@ class ModelServer:
         mod, checks = get_modality(modality), self.bounds.checks.get(modality)
         if checks is None:
             return
+        if not mod.reads_file and hasattr(checks, "max_chars"):  # text: the length validate's row check allows
+            chars, low, high = len(cell), checks.min_chars, checks.max_chars
+            if not low <= chars <= high:
+                raise Refused(413 if chars > high else 422, f"{modality}: {chars} characters; validate allows "
+                                                            f"{low}..{high} (validate.modalities.{modality})")
         try:
             if mod.reads_file:
                 with (self.spool / cell).open("rb") as source:

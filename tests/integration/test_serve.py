@@ -116,6 +116,8 @@ def test_bad_files_are_refused_with_a_reason_and_the_server_keeps_serving(server
     assert liar.status_code in (413, 422) and "header promises" in liar.json()["error"], liar.text
     nothing = httpx.post(f"{url}/predict", data={"colour": "red"})
     assert nothing.status_code == 422 and "colour" in nothing.json()["error"]
+    novel = httpx.post(f"{url}/predict", data={"text": "word " * 401})  # validate.modalities.text.max_chars: 2000
+    assert novel.status_code == 413 and "2005 characters" in novel.json()["error"], novel.text
     empty = httpx.post(f"{url}/predict", data={"text": ""})
     assert empty.status_code == 422 and "no input" in empty.json()["error"]
     after = post(url, dataset, {"image": "img/3.png", "text": "red apples"})
