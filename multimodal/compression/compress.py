@@ -25,10 +25,11 @@ from multimodal.compression.variant import COMPRESSION, load_variant, save_varia
 from multimodal.evaluation.efficiency import EndToEnd
 from multimodal.evaluation.params import Efficiency
 from multimodal.models.model import ModelSpec
+from multimodal.models.temperature import fit_temperature, save_temperature
 from multimodal.storage.dataset import SplitData
 from multimodal.storage.io import read_json
 from multimodal.training.finetune import train_config
-from multimodal.training.train import TrainConfig, fit
+from multimodal.training.train import TrainConfig, fit, predict_logits, rows_with_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,16 @@ def int8_copy(model: EndToEnd, cfg: Compress) -> tuple[EndToEnd, dict]:
     for modality, encoder in quantized.encoders.items():
         to_int8(encoder, names["encoders"][modality], **bits)
     return quantized.eval(), {**names, **bits}
+
+
+def calibrate(folder: Path, model: EndToEnd, spec: ModelSpec, val: SplitData, batch_size: int,
+              device: torch.device) -> dict:
+    """`folder/temperature.json` fitted on the validation rows the variant sees, as tune fits the original's: a
+    variant's probabilities are calibrated as its own (a student's confidence is not its teacher's)."""
+    data = rows_with_inputs(val.only(spec.modalities))
+    logits = predict_logits(model.to(device), data, batch_size, device)
+    model.cpu()
+    return save_temperature(folder, fit_temperature(logits, data.labels), logits, data.labels)
 
 
 def distilled(teacher: EndToEnd, spec: ModelSpec, splits: Splits, cfg: Compress, best: Path,
@@ -107,7 +118,9 @@ def build_variants(best: Path, out: Path, splits: Splits, cfg: Compress, device:
     def save(name: str, model: EndToEnd, vspec: ModelSpec, meta: dict, sparse: list[str] = ()) -> None:
         save_variant(out / name, best, model, vspec, meta, sparse)
         made[name] = out / name
-        logger.info("saved %s (%.1f MB of weights)", out / name, weights_bytes(out / name) / 1e6)
+        fitted = calibrate(out / name, model, vspec, splits.val, cfg.batch_size, device)
+        logger.info("saved %s (%.1f MB of weights; temperature %.3f on %d validation rows)", out / name,
+                    weights_bytes(out / name) / 1e6, fitted["temperature"], fitted["n"])
 
     if "int8" in cfg.variants:
         model, names = int8_copy(teacher, cfg)

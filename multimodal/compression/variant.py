@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -23,8 +24,10 @@ from multimodal.compression.int8 import to_int8
 from multimodal.compression.sparse import decode, encode
 from multimodal.evaluation.efficiency import EndToEnd
 from multimodal.modalities import recorded_modality, set_input_norm
-from multimodal.models.bundle import ENCODERS, INPUTS, PROCESSORS, read_inputs
-from multimodal.models.model import ModelSpec, build_encoder_from_entry, build_model, state_dict_for_saving
+from multimodal.modalities.spec import ModalitySpec
+from multimodal.models.bundle import ENCODERS, INPUTS, PROCESSORS, bundled_processing, read_inputs
+from multimodal.models.model import (ModelSpec, MultimodalModel, build_encoder_from_entry, build_model,
+                                     state_dict_for_saving)
 from multimodal.storage.io import read_json, write_json
 
 COMPRESSION = "compression.json"
@@ -53,6 +56,25 @@ def load_variant(folder: str | Path) -> tuple[EndToEnd, ModelSpec]:
         _fill(encoder, folder / ENCODERS / f"{modality}.safetensors", sparse.get("encoders", {}).get(modality, {}))
         encoders[modality] = encoder
     return EndToEnd(model, encoders).eval(), spec
+
+
+def is_variant(folder: str | Path) -> bool:
+    return (Path(folder) / COMPRESSION).exists()
+
+
+def load_variant_for_raw_inputs(folder: str | Path, device: torch.device | str = "cpu"
+                                ) -> tuple[MultimodalModel, ModelSpec, dict[str, ModalitySpec]]:
+    """A variant folder as `bundle.load_for_raw_inputs` gives a model folder (what predict, serve and export
+    run): the model with its own, compressed encoders in place of cached features, its spec, and each modality's
+    processing settings pointing at the processors in `folder`."""
+    folder = Path(folder)
+    end_to_end, spec = load_variant(folder)
+    model = end_to_end.model
+    for modality, encoder in end_to_end.encoders.items():
+        model.embedder.encoders[modality] = encoder
+    processing = read_inputs(folder)["processing"]
+    return model.to(device).eval(), spec, {m: bundled_processing(folder, m, ModalitySpec.model_validate(processing[m]))
+                                           for m in spec.modalities}
 
 
 def _fill(module: nn.Module, path: Path, shapes: dict[str, list[int]]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from multimodal.compression.variant import is_variant, load_variant_for_raw_inputs
 from multimodal.modalities import recorded_modality
 from multimodal.modalities.spec import ModalitySpec
 from multimodal.models.bundle import bundled_processing, load_for_raw_inputs
@@ -112,11 +113,14 @@ Backend = TorchBackend | OnnxBackend
 def load_any_for_raw_inputs(folder: Path, device: torch.device
                             ) -> tuple[torch.nn.Module, ModelSpec, dict[str, ModalitySpec]]:
     """Any saved model folder as (a module taking processor tensors, its spec, each modality's processing): an
-    ensemble (`ensemble.json`), a classical baseline (`classical.json`) or a deep model."""
+    ensemble (`ensemble.json`), a classical baseline (`classical.json`), a compressed variant (`compression.json`)
+    or a deep model."""
     if is_ensemble(folder):
         return load_ensemble_for_raw_inputs(folder, device)
     if is_classical(folder):
         return load_classical_for_raw_inputs(folder, device)
+    if is_variant(folder):  # a compressed variant of the compress stage (int8, distilled, pruned)
+        return load_variant_for_raw_inputs(folder, device)
     return load_for_raw_inputs(folder, device)
 
 

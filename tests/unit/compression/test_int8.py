@@ -15,6 +15,7 @@ from multimodal.compression.compress import int8_copy
 from multimodal.compression.int8 import (Int4Embedding, Int8Conv2d, Int8Embedding, Int8Linear, dequantize_groups,
                                         quantizable, quantize_groups, quantize_weight, to_int8)
 from multimodal.compression.variant import load_variant, save_variant
+from multimodal.shipping.backends import load_any_for_raw_inputs
 from tests.unit.compression.tiny import save_tiny_best
 from tests.unit.conftest import params_section
 
@@ -98,6 +99,11 @@ def test_the_quantized_model_predicts_as_the_original_and_reloads_from_safetenso
         after = torch.softmax(reloaded(test.inputs, test.masks), -1)
     assert torch.equal(saved, after)
     assert (after - before).abs().max() < 0.02
+    # What predict, serve and export load: the same model, its int8 encoders in place of cached features.
+    raw_model, raw_spec, processing = load_any_for_raw_inputs(tmp_path / "int8", torch.device("cpu"))
+    assert raw_spec == spec and set(processing) == set(spec.modalities)
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(raw_model(test.inputs, test.masks), -1), after, atol=1e-6)
     assert (after.argmax(1) == before.argmax(1)).float().mean() >= 0.9
     with safe_open(str(tmp_path / "int8" / "encoders" / "text.safetensors"), "pt") as handle:
         names = handle.keys()  # a safetensors handle, not a dict
