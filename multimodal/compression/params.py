@@ -15,8 +15,8 @@ class Int8(Strict):
 
     layers: list[Literal[tuple(KINDS)]] = Field(min_length=1)  # layer kinds quantized
     min_params: int = Field(ge=1)  # smaller layers stay float32 (norms, tiny heads cost nothing)
-    embedding_bits: Literal[4, 8] = 8  # 4: embedding tables at 4 bits, a float32 scale per group of a row
-    group_size: int = Field(default=32, ge=2)  # values per scale at 4 bits (even; a table's row a multiple of it)
+    embedding_bits: Literal[4, 8]  # 4: embedding tables at 4 bits, a float32 scale per group of a row
+    group_size: int = Field(ge=2)  # values per scale at 4 bits (even; a table's row a multiple of it)
 
 
 class Distill(Strict):
