@@ -97,7 +97,11 @@ def quantize_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor
 
 def dequantize_groups(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The float rows of `quantize_groups`' output (any leading shape: a lookup of some rows)."""
-    nibbles = torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2).float() - 8
+    # Arithmetic, not bit operations: ONNX's BitShift takes unsigned types only and the exporter mixed uint8 and
+    # int8 in the stack (onnxruntime refused the graph); 0..255 is exact in float32.
+    values = packed.float()
+    high = torch.floor(values / 16)
+    nibbles = torch.stack([values - 16 * high, high], dim=-1).flatten(-2) - 8
     grouped = nibbles.unflatten(-1, (scale.shape[-1], -1)) * scale.unsqueeze(-1)
     return grouped.flatten(-2)
 
