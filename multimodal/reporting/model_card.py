@@ -19,6 +19,7 @@ FUSED = "fused"  # the model names multimodal.evaluation.evaluate writes into ev
 # multimodal.evaluation.baseline).
 KINDS = (("fused_only_", "the fused model shown one modality"), ("unimodal_", "deep model of one modality"),
          ("trial_", "another trial's fused model (the ensemble's single best on validation)"),
+         ("ensemble", "weighted average of this run's models, weights chosen on validation"),
          ("baseline_early_fusion", "classical: logistic regression on all modalities' features"),
          ("baseline_", "classical: logistic regression on one modality's features"))
 
