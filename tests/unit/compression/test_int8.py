@@ -16,6 +16,7 @@ from multimodal.compression.int8 import (Int4Embedding, Int8Conv2d, Int8Embeddin
                                         quantizable, quantize_groups, quantize_weight, to_int8)
 from multimodal.compression.variant import load_variant, save_variant
 from multimodal.shipping.backends import load_any_for_raw_inputs
+from multimodal.shipping.export import export_bundle
 from tests.unit.compression.tiny import save_tiny_best
 from tests.unit.conftest import params_section
 
@@ -121,3 +122,15 @@ def test_a_variant_whose_files_disagree_with_its_description_is_refused_naming_t
     (tmp_path / "v" / "compression.json").write_text('{"kind": "int8", "int8": {"model": ["head"]}}')
     with pytest.raises(ValueError, match=r"model\.safetensors does not fit"):
         load_variant(tmp_path / "v")
+
+
+def test_a_quantized_variant_exports_to_onnx_and_onnxruntime_agrees(best, tmp_path):
+    """The variant's int8 weights and 4-bit tables go into the graph as they are; onnxruntime loads it and agrees
+    with PyTorch on every test row (export_bundle refuses to write a bundle that does not)."""
+    folder, splits, spec = best
+    original, _ = load_variant(folder)
+    cfg = params_section("compress", int8={"min_params": 1, "embedding_bits": 4, "group_size": 8})
+    quantized, names = int8_copy(original, cfg)
+    save_variant(tmp_path / "int8", folder, quantized, spec, {"kind": "int8", "int8": names})
+    report = export_bundle(tmp_path / "int8", tmp_path / "onnx", splits.test, batch_size=8)
+    assert report["predictions_identical"] and report["max_abs_diff"] <= 1e-4
