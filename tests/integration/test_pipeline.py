@@ -162,7 +162,7 @@ def test_ensemble_weights_do_not_move_when_the_test_labels_are_shuffled(reproduc
 
 def test_evaluate_scores_the_single_best_when_validation_prefers_another_trial(reproduced: Path) -> None:
     """The ensemble's metric is not tune's: validation can prefer another top-k trial's model to the fused best as
-    the single best (the demo did, on another machine). evaluate then loads it from models/trials and scores it."""
+    the single best (this machine's demo run did). evaluate then loads it from models/trials and scores it."""
     project = reproduced
     path = project / "ensemble/ensemble.json"
     spec = json.loads(path.read_text())
